@@ -1,0 +1,1 @@
+"""region-router's control plane: the admin HTTP API and what it drives."""
