@@ -1,0 +1,64 @@
+"""The admin HTTP application (aiohttp): health, readiness, metrics, and the admin API."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from admin.errors import error_middleware, json_error
+from router.runtime import Runtime
+
+RUNTIME = web.AppKey("runtime", Runtime)
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    admin = runtime.registry.config.admin
+    token = admin.token
+    if not token or request.path in OPEN_PATHS:
+        return await handler(request)
+    if request.path == "/metrics" and admin.public_metrics:
+        return await handler(request)
+    given = request.headers.get("Authorization", "")
+    expected = f"Bearer {token}"
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        return json_error(401, "unauthorized", "missing or wrong bearer token")
+    return await handler(request)
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    first_round = runtime.health.first_round.is_set()
+    ready = first_round and runtime.ready()
+    eligible = [r.id for r in runtime.holder.current.regions if r.eligible]
+    body = {"ready": ready, "first_round_done": first_round, "eligible": eligible}
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    payload = generate_latest(runtime.metrics)
+    return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_app(runtime: Runtime) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware],
+        client_max_size=runtime.registry.config.admin.max_body_bytes,
+    )
+    app[RUNTIME] = runtime
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,148 @@
+"""The composition root: ``region-router run | check | demo``; wires the data and admin planes.
+
+This is the one module of ``router/`` allowed to import ``admin/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from admin.app import create_app
+from router import __version__
+from router.check import check_command
+from router.config import (
+    Config,
+    ConfigError,
+    config_notes,
+    default_instance_id,
+    is_loopback,
+    load_config,
+    resolve_config_path,
+)
+from router.runtime import Runtime
+from router.server import ProxyServer
+
+log = logging.getLogger("router")
+
+EXIT_OK, EXIT_CONFIG, EXIT_START = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="region-router", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"region-router {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="serve the proxy and admin listeners")
+    run.add_argument("-c", "--config", help="config file (default: $ROUTER_CONFIG, ./config.yaml)")
+    run.add_argument("--workers", default="1", help="worker processes: N or auto (default 1)")
+    check = sub.add_parser("check", help="validate a config file")
+    check.add_argument("-c", "--config")
+    demo = sub.add_parser("demo", help="local demo: three regions, traffic, failover")
+    demo.add_argument("-c", "--config", help="config (default: ./config.yaml, else packaged)")
+    demo.add_argument("--duration", type=float, default=0.0, help="seconds; 0 = until Ctrl-C")
+    demo.add_argument(
+        "--non-interactive", action="store_true", help="plain log lines instead of a live table"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "check":
+        return check_command(args.config)
+    if args.command == "demo":
+        from router.demo import demo_command
+
+        return demo_command(args.config, args.duration, interactive=not args.non_interactive)
+    return run_command(args.config, args.workers)
+
+
+def run_command(config_arg: str | None, workers: str) -> int:
+    path = resolve_config_path(config_arg)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        return EXIT_CONFIG
+    if not config.admin.token and not is_loopback(config.listen.admin.host):
+        print(
+            f"listen.admin: {config.listen.admin} is not a loopback address and admin.token is "
+            "empty; set a token (admin.token or ROUTER_ADMIN_TOKEN) or bind admin to loopback",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    if workers not in ("1", ""):
+        print("--workers: only 1 worker is supported in this version", file=sys.stderr)
+        return EXIT_CONFIG
+    for note in config_notes(config):
+        log.warning("%s", note)
+    import uvloop
+
+    return uvloop.run(serve(config))
+
+
+async def serve(
+    config: Config,
+    *,
+    shutdown: Callable[[], Awaitable[object]] | None = None,
+    install_signals: bool = True,
+) -> int:
+    """Run until SIGTERM/SIGINT (or ``shutdown`` returns); then drain and return an exit code."""
+    loop = asyncio.get_running_loop()
+    runtime = Runtime(config, loop, instance_id=default_instance_id(config))
+    proxy = ProxyServer(runtime.core)
+    listen = config.listen
+    try:
+        await proxy.start(listen.proxy.host, listen.proxy.port)
+    except OSError as exc:
+        log.error("cannot listen on %s (proxy): %s", listen.proxy, exc)
+        return EXIT_START
+    runner = web.AppRunner(create_app(runtime), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, listen.admin.host, listen.admin.port).start()
+    except OSError as exc:
+        log.error("cannot listen on %s (admin): %s", listen.admin, exc)
+        await proxy.drain(0)
+        await runner.cleanup()
+        return EXIT_START
+    await runtime.start()
+    stop = asyncio.Event()
+    if install_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "region-router %s: proxy on %s, admin on %s, %d regions, strategy %s",
+        __version__, listen.proxy, listen.admin, len(config.regions), config.strategy,
+    )
+    # Long-lived start-up objects never need the cyclic collector again.
+    gc.collect()
+    gc.freeze()
+    waiters = [loop.create_task(stop.wait())]
+    if shutdown is not None:
+        waiters.append(loop.create_task(_await(shutdown())))
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for w in waiters:
+        w.cancel()
+    log.info("shutting down: draining in-flight requests (grace %.1fs)", config.shutdown_grace_s)
+    drained = await proxy.drain(config.shutdown_grace_s)
+    if not drained:
+        log.warning("grace period over: closed connections with requests in flight")
+    await runtime.stop()
+    await runner.cleanup()
+    if install_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return EXIT_OK
+
+
+async def _await(aw: Awaitable[object]) -> None:
+    await aw

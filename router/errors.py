@@ -1,0 +1,76 @@
+"""The router's error tree; each proxy-made error knows its HTTP status and wire code.
+
+    RouterError
+    ├── RegistryError            registry mutations that cannot apply
+    │   ├── UnknownRegion        no region with that id (404 in the admin API)
+    │   └── RegionConflict       duplicate id, config-owned region, bad state change (409)
+    └── ProxyError               errors the proxy answers itself, rendered as JSON
+        ├── BadRequest           400 malformed request
+        ├── BodyTooLarge         413
+        ├── HeadersTooLarge      431
+        ├── NoEligibleRegion     503 with Retry-After
+        ├── UpstreamConnectError 502 (unreachable / reset after retries)
+        └── UpstreamTimeout      504
+
+Config and admin-body validation errors live in router/validate.py (``ValidationError``).
+"""
+
+from __future__ import annotations
+
+
+class RouterError(Exception):
+    """Base of every error the router raises on purpose."""
+
+
+class RegistryError(RouterError):
+    pass
+
+
+class UnknownRegion(RegistryError):
+    def __init__(self, region_id: str) -> None:
+        super().__init__(f"no region with id {region_id!r}")
+        self.region_id = region_id
+
+
+class RegionConflict(RegistryError):
+    pass
+
+
+class ProxyError(RouterError):
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class BadRequest(ProxyError):
+    status = 400
+    code = "bad_request"
+
+
+class BodyTooLarge(ProxyError):
+    status = 413
+    code = "body_too_large"
+
+
+class HeadersTooLarge(ProxyError):
+    status = 431
+    code = "headers_too_large"
+
+
+class NoEligibleRegion(ProxyError):
+    status = 503
+    code = "no_eligible_region"
+
+
+class UpstreamConnectError(ProxyError):
+    status = 502
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(ProxyError):
+    status = 504
+    code = "upstream_timeout"

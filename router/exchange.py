@@ -1,0 +1,569 @@
+"""One proxied request: region choice, attempts and retries, response relay, accounting.
+
+The client connection creates an ``Exchange`` when a request head has been read and
+validated; the exchange binds to a pooled upstream connection (or opens one), writes the
+re-framed request, relays the re-framed response, and tells the client connection when it
+is done. All of it runs in protocol callbacks; only opening a connection is a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from router.errors import NoEligibleRegion, ProxyError, UpstreamConnectError, UpstreamTimeout
+from router.headers import CRLF, RESPONSE_SPECIAL, connection_tokens, error_response
+from router.snapshot import RegionView, RoutePlan, Snapshot
+from router.strategies import RequestInfo
+from router.upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from router.proxy import ClientConnection, ProxyCore
+
+_CHUNK_END = b"0\r\n\r\n"
+_PENDING_PAUSE_BYTES = 256 * 1024
+
+
+class Exchange:
+    __slots__ = (
+        "_connect_task",
+        "_informational",
+        "attempts",
+        "body_bytes",
+        "body_done",
+        "body_too_large_for_retry",
+        "chunked_request",
+        "client",
+        "close_client",
+        "counted",
+        "core",
+        "deadline",
+        "discard_response",
+        "done",
+        "head_common",
+        "head_only_done",
+        "info",
+        "is_head",
+        "keep_alive",
+        "method",
+        "method_label",
+        "pending",
+        "pending_bytes",
+        "plan",
+        "region",
+        "request_id",
+        "request_line",
+        "resp_chunked",
+        "resp_close_delimited",
+        "resp_headers",
+        "resp_reason",
+        "resp_started",
+        "retry_buffer",
+        "retrying",
+        "set_cookie",
+        "snapshot",
+        "started_at",
+        "status",
+        "tried",
+        "tunnel_pending",
+        "upgrade",
+        "upstream",
+        "upstream_host",
+        "idempotent",
+    )
+
+    def __init__(
+        self,
+        core: ProxyCore,
+        client: ClientConnection,
+        *,
+        method: bytes,
+        method_label: str,
+        request_line: bytes,
+        head_common: bytes,
+        upstream_host: bytes | None,
+        chunked_request: bool,
+        has_body: bool,
+        keep_alive: bool,
+        upgrade: bool,
+        idempotent: bool,
+        request_id: bytes,
+        snapshot: Snapshot,
+        plan: RoutePlan,
+        info: RequestInfo | None,
+        now: float,
+    ) -> None:
+        self.core = core
+        self.client = client
+        self.method = method
+        self.method_label = method_label
+        self.is_head = method == b"HEAD"
+        self.request_line = request_line
+        self.head_common = head_common
+        self.upstream_host = upstream_host  # None: the region endpoint's host
+        self.chunked_request = chunked_request
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.idempotent = idempotent
+        self.request_id = request_id
+        self.snapshot = snapshot
+        self.plan = plan
+        self.info = info
+        self.started_at = now
+        self.body_done = not has_body
+        self.body_bytes = 0
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.retry_buffer: list[bytes] | None = [] if idempotent and has_body else None
+        self.body_too_large_for_retry = False
+        self.region: RegionView | None = None
+        self.upstream: UpstreamConnection | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+        self.tried: set[str] = set()
+        self.counted = False
+        self.attempts = 0
+        self.retrying = False
+        self.deadline = 0.0
+        self.status = 0
+        self.resp_reason = b""
+        self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.resp_started = False
+        self.resp_chunked = False
+        self.resp_close_delimited = False
+        self.head_only_done = False
+        self.discard_response = False
+        self._informational = False
+        self.close_client = not keep_alive
+        self.done = False
+        self.set_cookie: bytes | None = None
+        self.tunnel_pending: list[bytes] = []
+
+    def __repr__(self) -> str:
+        region = self.region.id if self.region else None
+        return f"<Exchange {self.method.decode()} region={region} attempts={self.attempts}>"
+
+    # -- attempts ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        core = self.core
+        now = core.loop.time()
+        region = core.selector.choose(self.snapshot, self.plan, self.info, now, self.tried)
+        if region is None:
+            self._fail(self._no_region_error(now))
+            return
+        self.region = region
+        self.attempts += 1
+        core.loads.get(region.id).inflight += 1
+        core.inflight += 1
+        self.counted = True
+        if self.core.affinity_cookie is not None and (
+            self.info is None or self.info.affinity_region != region.id
+        ):
+            self.set_cookie = core.affinity_cookie_header(region.id)
+        conn = core.pool.acquire_idle(region.endpoint.url)
+        if conn is not None:
+            self._bind(conn)
+        else:
+            self._connect_task = core.loop.create_task(self._connect(region))
+
+    async def _connect(self, region: RegionView) -> None:
+        try:
+            conn = await self.core.pool.connect(region.endpoint, region.ca_file)
+        except TimeoutError:
+            self._connect_task = None
+            if not self.done:
+                self._attempt_failed("connect-timeout", sent=False)
+            return
+        except OSError:
+            self._connect_task = None
+            if not self.done:
+                self._attempt_failed("connect-failure", sent=False)
+            return
+        self._connect_task = None
+        if self.done:
+            self.core.pool.release(conn, self.core.loop.time())
+            return
+        self._bind(conn)
+
+    def _bind(self, conn: UpstreamConnection) -> None:
+        assert self.region is not None
+        self.upstream = conn
+        conn.exchange = self
+        host = self.upstream_host or self.region.endpoint.host_header.encode()
+        base = self.region.endpoint.base_path
+        line = self.request_line if not base else self._with_base(base)
+        parts = [line, b"Host: ", host, CRLF, self.head_common]
+        if self.pending:
+            if self.chunked_request:
+                for chunk in self.pending:
+                    parts += (b"%x\r\n" % len(chunk), chunk, CRLF)
+            else:
+                parts += self.pending
+            self.pending = []
+            self.pending_bytes = 0
+            self.client.resume_reading_for("buffer")
+        if self.body_done and self.chunked_request:
+            parts.append(_CHUNK_END)
+        conn.write(b"".join(parts))
+        self.deadline = self.core.loop.time() + self.core.response_headers_timeout_s
+        self.core.awaiting.add(self)
+
+    def _with_base(self, base: str) -> bytes:
+        method, rest = self.request_line.split(b" ", 1)
+        return method + b" " + base.encode() + rest
+
+    # -- request body (from the client connection) -------------------------------------
+
+    def feed_body(self, data: bytes) -> None:
+        self.body_bytes += len(data)
+        if self.body_bytes > self.core.max_body_bytes:
+            raise_body_too_large(self.core.max_body_bytes)
+        buf = self.retry_buffer
+        if buf is not None:
+            if self.body_bytes <= self.core.buffer_body_max_bytes:
+                buf.append(data)
+            else:
+                self.retry_buffer = None
+                self.body_too_large_for_retry = True
+        conn = self.upstream
+        if conn is not None and not self.discard_response:
+            if self.chunked_request:
+                conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+            else:
+                conn.write(data)
+        else:
+            self.pending.append(data)
+            self.pending_bytes += len(data)
+            if self.pending_bytes > _PENDING_PAUSE_BYTES:
+                self.client.pause_reading_for("buffer")
+
+    def body_complete(self) -> None:
+        self.body_done = True
+        if self.upstream is not None and self.chunked_request and not self.discard_response:
+            self.upstream.write(_CHUNK_END)
+
+    def tunnel_data(self, data: bytes) -> None:
+        """Client bytes after a WebSocket handshake, before the upstream accepted it."""
+        self.tunnel_pending.append(data)
+
+    # -- response (from the upstream connection) ---------------------------------------
+
+    def on_response_head(self, status: int) -> None:
+        if 100 <= status < 200 and status != 101:
+            self._informational = True  # 100/103: dropped; the final response follows
+            self.resp_headers = []
+            return
+        core = self.core
+        core.awaiting.discard(self)
+        region = self.region
+        assert region is not None
+        now = core.loop.time()
+        elapsed = now - self.started_at
+        load = core.loads.get(region.id)
+        self.status = status
+        if status >= 500:
+            load.observe_failure(now)
+            core.observer(region.id, False, str(status))
+            if status == 503 or status == 429:
+                self._honour_retry_after(load, now)
+            if status in core.retry_statuses and self._may_retry(str(status)):
+                self.discard_response = True
+                self.head_only_done = self.is_head  # no body will follow a HEAD answer
+                return
+        else:
+            if status == 429:
+                self._honour_retry_after(load, now)
+            load.observe(elapsed, now)
+            core.observer(region.id, True, "")
+        self._send_response_head(status)
+
+    def _honour_retry_after(self, load: object, now: float) -> None:
+        for name, value in self.resp_headers:
+            if name.lower() == b"retry-after" and value.strip().isdigit():
+                load.not_before = now + min(int(value), 3600)  # type: ignore[attr-defined]  # RegionLoad
+                return
+
+    def _send_response_head(self, status: int) -> None:
+        core = self.core
+        client = self.client
+        assert self.region is not None
+        drop = RESPONSE_SPECIAL
+        lines = [b"HTTP/1.1 %d %b\r\n" % (status, self.resp_reason)]
+        content_length: bytes | None = None
+        named: set[bytes] | None = None
+        for name, value in self.resp_headers:
+            lname = name.lower()
+            if lname in drop:
+                if lname == b"content-length":
+                    content_length = value
+                elif lname == b"connection":
+                    tokens = connection_tokens(value)
+                    named = tokens if named is None else named | tokens
+                continue
+            lines.append(b"%b: %b\r\n" % (name, value))
+        if named:
+            lines = [lines[0]] + [
+                ln for ln in lines[1:] if ln.split(b":", 1)[0].lower() not in named
+            ]
+        if status == 101:
+            lines.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
+        elif self.is_head or status in (204, 304):
+            if content_length is not None:
+                lines.append(b"Content-Length: %b\r\n" % content_length)
+        elif content_length is not None:
+            lines.append(b"Content-Length: %b\r\n" % content_length)
+        elif client.http11:
+            self.resp_chunked = True
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            self.resp_close_delimited = True
+            self.close_client = True
+        if core.region_header:
+            lines.append(b"X-Router-Region: %b\r\n" % self.region.id.encode())
+        if core.request_id_header:
+            lines.append(b"X-Request-ID: %b\r\n" % self.request_id)
+        if self.set_cookie is not None:
+            lines.append(self.set_cookie)
+        if self.close_client or core.draining:
+            self.close_client = True
+            lines.append(b"Connection: close\r\n")
+        elif not client.http11:
+            lines.append(b"Connection: keep-alive\r\n")
+        lines.append(CRLF)
+        self.resp_started = True
+        client.write(b"".join(lines))
+        if self.is_head:
+            self.head_only_done = True  # HEAD: the parser would wait for a body that never comes
+
+    def on_response_body(self, data: bytes) -> None:
+        if self.discard_response:
+            return
+        if self.resp_chunked:
+            self.client.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.client.write(data)
+
+    def on_response_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        conn = self.upstream
+        if self.discard_response:
+            self._retry_after_status(conn)
+            return
+        if self.done:
+            return
+        if self.resp_chunked:
+            self.client.write(_CHUNK_END)
+        reusable = (
+            conn is not None
+            and self.body_done
+            and not self.head_only_done
+            and conn.parser.should_keep_alive()
+        )
+        if self.head_only_done and conn is not None:
+            conn.reset_parser()
+            reusable = self.body_done
+        self._release_upstream(reuse=reusable)
+        if not self.body_done:
+            self.close_client = True  # the client is still sending a body nobody reads
+        self._finish(self.status)
+
+    def on_upgrade_data(self, rest: bytes) -> None:
+        """The upstream accepted a WebSocket: splice the two connections together."""
+        conn = self.upstream
+        assert conn is not None
+        self.core.awaiting.discard(self)
+        self._release_upstream(reuse=False, keep_open=True)
+        self.client.start_tunnel(conn, rest, self.tunnel_pending)
+        self.tunnel_pending = []
+        self._finish(101, close=False)
+
+    def on_upstream_protocol_error(self, message: str) -> None:
+        self._attempt_failed("protocol", sent=True, detail=message)
+
+    def on_upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
+        if self.done or conn is not self.upstream:
+            return
+        if self.resp_started:
+            if self.resp_close_delimited and not self.discard_response:
+                self.upstream = None
+                self._release_upstream(reuse=False)
+                self._finish(self.status)  # end of a close-delimited body
+                return
+            # Truncated mid-body: the only honest signal left is to cut the client off.
+            self._release_upstream(reuse=False)
+            self.close_client = True
+            self._finish(self.status, aborted=True)
+            return
+        if self.discard_response:
+            self._retry_after_status(None)
+            return
+        stale = conn.reused and self.status == 0
+        self._attempt_failed("reset", sent=True, stale=stale)
+
+    def on_timeout(self) -> None:
+        """The response-headers deadline passed (the core's sweeper calls this)."""
+        if not self.done and not self.resp_started:
+            self._attempt_failed("timeout", sent=True)
+
+    # -- failures and retries ----------------------------------------------------------
+
+    def _may_retry(self, reason: str) -> bool:
+        core = self.core
+        if self.attempts > core.max_retries:
+            return False
+        if not (self.idempotent or reason in ("connect-failure", "connect-timeout")):
+            return False
+        if self.retry_buffer is None and not self.body_done_empty():
+            if self.body_too_large_for_retry:
+                core.stats.retry("skipped_body_too_large")
+            return False
+        budget = max(core.retry_min_concurrent, core.retry_budget_fraction * core.inflight)
+        if core.retries_active >= budget:
+            core.stats.retry("skipped_budget")
+            return False
+        return True
+
+    def body_done_empty(self) -> bool:
+        return self.body_done and self.body_bytes == 0
+
+    def _attempt_failed(
+        self, kind: str, *, sent: bool, stale: bool = False, detail: str = ""
+    ) -> None:
+        core = self.core
+        core.awaiting.discard(self)
+        region = self.region
+        assert region is not None
+        now = core.loop.time()
+        self._release_upstream(reuse=False)
+        if not stale:
+            core.loads.get(region.id).observe_failure(now)
+            core.stats.upstream_error(region.id, kind)
+            core.observer(region.id, False, kind)
+            self.tried.add(region.id)
+        condition = "connect-failure" if kind.startswith("connect") else kind
+        always = not sent or stale
+        allowed = always or condition in core.retry_conditions
+        if allowed and self._may_retry("connect-failure" if always else condition):
+            self._schedule_retry("stale-connection" if stale else condition)
+            return
+        error: ProxyError
+        if kind == "timeout" or kind == "connect-timeout":
+            error = UpstreamTimeout(f"region {region.id} did not answer in time")
+        else:
+            error = UpstreamConnectError(detail or f"region {region.id} failed: {kind}")
+        self._fail(error)
+
+    def _retry_after_status(self, conn: UpstreamConnection | None) -> None:
+        # The discarded 5xx was read in full; its connection may be reused.
+        self.discard_response = False
+        reusable = conn is not None and self.body_done and conn.parser.should_keep_alive()
+        if conn is not None and self.head_only_done:
+            conn.reset_parser()
+            self.head_only_done = False
+        self._release_upstream(reuse=reusable)
+        assert self.region is not None
+        self.core.stats.upstream_error(self.region.id, str(self.status))
+        self.tried.add(self.region.id)
+        self._schedule_retry(str(self.status))
+
+    def _schedule_retry(self, reason: str) -> None:
+        core = self.core
+        core.stats.retry(reason)
+        self.status = 0
+        self.resp_headers = []
+        self.resp_reason = b""
+        if self.retry_buffer:
+            self.pending = list(self.retry_buffer)
+            self.pending_bytes = sum(len(c) for c in self.pending)
+        if not self.retrying:
+            self.retrying = True
+            core.retries_active += 1
+        n = self.attempts
+        cap = min(core.retry_backoff_max_s, core.retry_backoff_base_s * (2 ** (n - 1)))
+        delay = core.selector.rng.uniform(0, cap)  # full jitter
+        core.loop.call_later(delay, self._retry)
+
+    def _retry(self) -> None:
+        if not self.done:
+            self.start()
+
+    def _release_upstream(self, *, reuse: bool, keep_open: bool = False) -> None:
+        if self.counted:
+            self.counted = False
+            assert self.region is not None
+            self.core.loads.get(self.region.id).inflight -= 1
+            self.core.inflight -= 1
+        conn = self.upstream
+        self.upstream = None
+        if conn is None:
+            return
+        conn.exchange = None
+        if keep_open:
+            return
+        if reuse:
+            self.core.pool.release(conn, self.core.loop.time())
+        else:
+            conn.abort()
+
+    def _no_region_error(self, now: float) -> NoEligibleRegion:
+        wake = self.snapshot.next_eligible_at
+        hint = self.snapshot.config.health_check.interval_s
+        seconds = int(max(1.0, (wake - now) if wake else hint) + 0.999)
+        return NoEligibleRegion("no eligible region for this request", retry_after_s=seconds)
+
+    def _fail(self, error: ProxyError) -> None:
+        if self.done:
+            return
+        if self.resp_started:
+            self.close_client = True
+            self._finish(self.status, aborted=True)
+            return
+        self.close_client = self.close_client or not self.body_done
+        self.client.write(
+            error_response(error, self.request_id, close=self.close_client)
+            if not self.is_head
+            else error_response(error, self.request_id, close=self.close_client, head_only=True)
+        )
+        self.status = error.status
+        self._finish(error.status, router_error=error.code)
+
+    def _finish(
+        self, status: int, *, aborted: bool = False, close: bool | None = None,
+        router_error: str | None = None,
+    ) -> None:
+        if self.done:
+            return
+        self._release_upstream(reuse=False)
+        self.done = True
+        core = self.core
+        core.awaiting.discard(self)
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            self._connect_task = None
+        if self.retrying:
+            core.retries_active -= 1
+            self.retrying = False
+        now = core.loop.time()
+        region_id = self.region.id if self.region is not None else "none"
+        core.stats.record(region_id, self.method_label, str(status), now - self.started_at)
+        if core.access_log is not None:
+            core.access_log(self, status, now - self.started_at, aborted, router_error)
+        self.client.exchange_finished(self, self.close_client if close is None else close)
+
+    def client_lost(self) -> None:
+        """The client went away: cancel the upstream request (its connection is not reused)."""
+        if self.done:
+            return
+        self.close_client = True
+        self.resp_started = True  # nothing more can be written
+        if self.upstream is not None:
+            self._release_upstream(reuse=False)
+        self._finish(self.status or 499, aborted=True)
+
+
+def raise_body_too_large(limit: int) -> None:
+    from router.errors import BodyTooLarge
+
+    raise BodyTooLarge(f"request body exceeds {limit} bytes")

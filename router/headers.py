@@ -1,0 +1,81 @@
+"""Header rules decided once: hop-by-hop sets, head builders, router-made error responses."""
+
+from __future__ import annotations
+
+import orjson
+
+from router.errors import ProxyError
+
+# Never forwarded in either direction (RFC 9110 7.6.1 plus the usual extras).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+
+# Request headers the proxy consumes or rewrites itself (everything else passes verbatim).
+REQUEST_SPECIAL = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-request-id",
+    b"expect",
+}
+
+RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length"}
+
+IDEMPOTENT_METHODS = frozenset(
+    {b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"}
+)
+# Metric label values for methods; anything else is counted as "OTHER" (bounded cardinality).
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
+)
+
+CRLF = b"\r\n"
+
+
+def connection_tokens(value: bytes) -> set[bytes]:
+    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+
+
+def error_response(
+    error: ProxyError, request_id: bytes | None, *, close: bool, head_only: bool = False
+) -> bytes:
+    body = orjson.dumps({"error": {"code": error.code, "message": error.message}})
+    lines = [
+        b"HTTP/1.1 %d %s" % (error.status, _REASONS.get(error.status, b"Error")),
+        b"Content-Type: application/json",
+        b"Content-Length: %d" % len(body),
+        b"X-Router-Error: " + error.code.encode(),
+    ]
+    if error.retry_after_s is not None:
+        lines.append(b"Retry-After: %d" % max(1, error.retry_after_s))
+    if request_id:
+        lines.append(b"X-Request-ID: " + request_id)
+    if close:
+        lines.append(b"Connection: close")
+    head = CRLF.join(lines) + CRLF + CRLF
+    return head if head_only else head + body
+
+
+_REASONS = {
+    400: b"Bad Request",
+    404: b"Not Found",
+    413: b"Content Too Large",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}

@@ -1,0 +1,301 @@
+"""The one owner of region state: synchronous mutations, immutable snapshots out.
+
+Every mutation is a plain method with no I/O that returns what happened (a ``Transition``
+when a region's state changed); the caller logs, counts and persists it. After each
+mutation the registry rebuilds its snapshot and hands it to its listeners (the proxy's
+``SnapshotHolder`` in one process, a broadcaster to worker processes with several).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Literal
+
+from router.config import Config, RegionConfig
+from router.errors import RegionConflict, UnknownRegion
+from router.snapshot import RegionState, RegionView, RoutePlan, Snapshot
+from router.tiers import plan_tiers
+
+HISTORY_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transition:
+    at: float  # wall-clock seconds (time.time())
+    region: str
+    from_state: RegionState
+    to_state: RegionState
+    reason: str
+
+
+@dataclass(slots=True, kw_only=True)
+class RegionRecord:
+    """Mutable per-region state, private to the registry."""
+
+    config: RegionConfig
+    source: Literal["config", "runtime"]
+    state: RegionState = RegionState.UNKNOWN
+    probed: bool = False  # at least one probe verdict
+    probe_up: bool = False  # active-check verdict after thresholds
+    ejected_until: float | None = None  # monotonic
+    times_ejected: int = 0
+    ramp_started_at: float | None = None  # monotonic; slow start in progress
+    ramp: float = 1.0
+    manual: str | None = None  # "draining" | "failed_over" while an operator holds it out
+    drain_until: float | None = None  # monotonic end of the drain period
+    removing: bool = False
+    probe_latency_s: float | None = None
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+
+class Registry:
+    def __init__(self, config: Config, *, now: float = 0.0) -> None:
+        self._config = config
+        self._records: dict[str, RegionRecord] = {}
+        self._version = itertools.count(1)
+        self._listeners: list[Callable[[Snapshot], None]] = []
+        self.history: deque[Transition] = deque(maxlen=HISTORY_LIMIT)
+        for rc in config.regions:
+            self._records[rc.id] = RegionRecord(config=rc, source="config")
+        self._snapshot = self._build(now)
+
+    # -- reading -----------------------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def record(self, region_id: str) -> RegionRecord:
+        try:
+            return self._records[region_id]
+        except KeyError:
+            raise UnknownRegion(region_id) from None
+
+    def records(self) -> Iterable[RegionRecord]:
+        return self._records.values()
+
+    def subscribe(self, listener: Callable[[Snapshot], None]) -> None:
+        self._listeners.append(listener)
+        listener(self._snapshot)
+
+    def __repr__(self) -> str:
+        s = self._snapshot
+        eligible = sum(1 for r in s.regions if r.eligible)
+        return f"<Registry v{s.version} regions={len(s.regions)} eligible={eligible} panic={s.panic}>"
+
+    # -- membership --------------------------------------------------------------------
+
+    def add_region(self, rc: RegionConfig, now: float) -> None:
+        if rc.id in self._records:
+            raise RegionConflict(f"region {rc.id!r} already exists")
+        self._records[rc.id] = RegionRecord(config=rc, source="runtime")
+        self.publish(now)
+
+    def update_region(self, region_id: str, now: float, **changes: object) -> RegionConfig:
+        rec = self.record(region_id)
+        rec.config = replace(rec.config, **changes)  # type: ignore[arg-type]  # validated by caller
+        self.publish(now)
+        return rec.config
+
+    def remove_region(self, region_id: str, now: float) -> None:
+        rec = self.record(region_id)
+        if rec.source == "config":
+            raise RegionConflict(
+                f"region {region_id!r} is defined in the config file; remove it there and reload"
+            )
+        del self._records[region_id]
+        self.publish(now)
+
+    def apply_config(self, config: Config, now: float) -> None:
+        """Swap in a new config; regions with the same id and endpoint keep their state."""
+        old = self._records
+        new: dict[str, RegionRecord] = {}
+        for rc in config.regions:
+            prev = old.get(rc.id)
+            if prev is not None and prev.config.endpoint == rc.endpoint:
+                prev.config = rc
+                prev.source = "config"
+                new[rc.id] = prev
+            else:
+                new[rc.id] = RegionRecord(config=rc, source="config")
+        for rid, rec in old.items():
+            if rec.source == "runtime" and rid not in new:
+                new[rid] = rec
+        self._records = new
+        self._config = config
+        self.publish(now)
+
+    # -- health verdicts ---------------------------------------------------------------
+
+    def set_probe_verdict(
+        self, region_id: str, up: bool, now: float, reason: str, wall: float
+    ) -> Transition | None:
+        """Record the thresholded active-check verdict (health.py applies thresholds)."""
+        rec = self.record(region_id)
+        was_up = rec.probe_up and rec.probed
+        first = not rec.probed
+        rec.probed = True
+        rec.probe_up = up
+        if up:
+            if rec.ejected_until is not None:
+                rec.ejected_until = None  # a passing active check un-ejects
+            if not was_up and not first and self._config.failover.slow_start_s > 0:
+                rec.ramp_started_at = now
+                rec.ramp = 0.0
+        return self._refresh(rec, now, wall, reason)
+
+    def set_probe_latency(self, region_id: str, latency_s: float) -> None:
+        self.record(region_id).probe_latency_s = latency_s
+
+    def eject(self, region_id: str, now: float, wall: float, reason: str) -> Transition | None:
+        rec = self.record(region_id)
+        od = self._config.outlier_detection
+        rec.times_ejected += 1
+        duration = min(od.base_ejection_time_s * rec.times_ejected, od.max_ejection_time_s)
+        rec.ejected_until = now + duration
+        rec.ramp_started_at = None
+        rec.ramp = 1.0
+        return self._refresh(rec, now, wall, reason)
+
+    def set_manual(
+        self, region_id: str, manual: str | None, now: float, wall: float, reason: str,
+        drain_s: float = 0.0,
+    ) -> Transition | None:
+        rec = self.record(region_id)
+        rec.manual = manual
+        rec.drain_until = now + drain_s if manual and drain_s > 0 else None
+        return self._refresh(rec, now, wall, reason)
+
+    def tick(self, now: float, wall: float) -> list[Transition]:
+        """Advance time: ejections expire, drains end, slow-start ramps grow."""
+        out: list[Transition] = []
+        changed = False
+        slow = self._config.failover.slow_start_s
+        for rec in self._records.values():
+            if rec.ejected_until is not None and now >= rec.ejected_until:
+                rec.ejected_until = None
+                changed = True
+                if rec.probe_up and slow > 0:
+                    rec.ramp_started_at, rec.ramp = now, 0.0
+            if rec.drain_until is not None and now >= rec.drain_until:
+                rec.drain_until = None
+                changed = True
+            if rec.ramp_started_at is not None:
+                ramp = (now - rec.ramp_started_at) / slow if slow > 0 else 1.0
+                if ramp >= 1.0:
+                    rec.ramp_started_at, rec.ramp = None, 1.0
+                else:
+                    rec.ramp = ramp
+                changed = True
+            t = self._derive(rec, now, wall, "tick")
+            if t is not None:
+                out.append(t)
+        if changed or out:
+            self.publish(now)
+        return out
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _refresh(self, rec: RegionRecord, now: float, wall: float, reason: str) -> Transition | None:
+        t = self._derive(rec, now, wall, reason)
+        self.publish(now)
+        return t
+
+    def _derive(self, rec: RegionRecord, now: float, wall: float, reason: str) -> Transition | None:
+        if rec.manual is not None:
+            draining = rec.manual == "draining" or rec.drain_until is not None
+            state = RegionState.DRAINING if draining else RegionState.FAILED_OVER
+        elif not rec.probed:
+            state = RegionState.UNKNOWN
+        elif not rec.probe_up:
+            state = RegionState.UNHEALTHY
+        elif rec.ejected_until is not None:
+            state = RegionState.EJECTED
+        elif rec.ramp_started_at is not None:
+            state = RegionState.RECOVERING
+        else:
+            state = RegionState.HEALTHY
+        if state is rec.state:
+            return None
+        t = Transition(
+            at=wall, region=rec.config.id, from_state=rec.state, to_state=state, reason=reason
+        )
+        rec.state = state
+        self.history.append(t)
+        return t
+
+    def publish(self, now: float) -> None:
+        self._snapshot = self._build(now)
+        for listener in self._listeners:
+            listener(self._snapshot)
+
+    def _build(self, now: float) -> Snapshot:
+        cfg = self._config
+        views: list[RegionView] = []
+        for i, rec in enumerate(self._records.values()):
+            rc = rec.config
+            ramp = max(0.1, rec.ramp) if rec.ramp_started_at is not None else 1.0
+            views.append(
+                RegionView(
+                    index=i,
+                    id=rc.id,
+                    name=rc.name,
+                    endpoint=rc.endpoint,
+                    weight=rc.weight,
+                    priority=rc.priority,
+                    labels=rc.labels,
+                    max_inflight=rc.max_inflight,
+                    ca_file=rc.ca_file,
+                    metrics_path=rc.metrics_path,
+                    source=rec.source,
+                    state=rec.state,
+                    effective_weight=rc.weight * ramp,
+                    probe_latency_s=rec.probe_latency_s,
+                    artifacts=MappingProxyType(dict(rec.artifacts)),
+                )
+            )
+        regions = tuple(views)
+        by_id: Mapping[str, RegionView] = MappingProxyType({r.id: r for r in regions})
+        default_plan = _plan(None, cfg.strategy, regions, cfg)
+        route_plans = tuple(
+            _plan(
+                route,
+                route.strategy or cfg.strategy,
+                tuple(by_id[r] for r in route.regions if r in by_id) if route.regions else regions,
+                cfg,
+            )
+            for route in cfg.routes
+        )
+        wake = [r.ejected_until for r in self._records.values() if r.ejected_until is not None]
+        return Snapshot(
+            version=next(self._version),
+            config=cfg,
+            regions=regions,
+            by_id=by_id,
+            default_plan=default_plan,
+            route_plans=route_plans,
+            panic=default_plan.panic,
+            next_eligible_at=min(wake) if wake else None,
+        )
+
+
+def _plan(route: object, strategy: str, regions: tuple[RegionView, ...], cfg: Config) -> RoutePlan:
+    from router.config import RouteConfig
+
+    tiers, panic = plan_tiers(
+        regions, cfg.failover.overprovisioning_factor, cfg.failover.panic_threshold_percent
+    )
+    return RoutePlan(
+        route=route if isinstance(route, RouteConfig) else None,
+        strategy=strategy,
+        regions=regions,
+        tiers=tiers,
+        panic=panic,
+    )
