@@ -27,6 +27,7 @@ from router.config import (
     load_config,
     resolve_config_path,
 )
+from router.health import ProbeFn
 from router.runtime import Runtime
 from router.server import ProxyServer
 
@@ -89,6 +90,64 @@ def run_command(config_arg: str | None, workers: str) -> int:
     return uvloop.run(serve(config))
 
 
+class RouterService:
+    """The whole router in this process: proxy listener, admin listener, runtime.
+
+    Tests use it directly (ports 0 pick free ports; ``proxy_port``/``admin_port`` tell which).
+    """
+
+    def __init__(self, config: Config, *, probe: ProbeFn | None = None) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.runtime = Runtime(
+            config, self.loop, probe=probe, instance_id=default_instance_id(config)
+        )
+        self.proxy = ProxyServer(self.runtime.core)
+        self._runner: web.AppRunner | None = None
+        self._admin_site: web.TCPSite | None = None
+
+    async def start(self) -> None:
+        """Bind both listeners and start background work; raises OSError when a bind fails."""
+        listen = self.config.listen
+        await self.proxy.start(listen.proxy.host, listen.proxy.port)
+        self._runner = web.AppRunner(
+            create_app(self.runtime), access_log=None, handle_signals=False
+        )
+        await self._runner.setup()
+        self._admin_site = web.TCPSite(self._runner, listen.admin.host, listen.admin.port)
+        try:
+            await self._admin_site.start()
+        except OSError:
+            await self.proxy.drain(0)
+            await self._runner.cleanup()
+            raise
+        await self.runtime.start()
+
+    @property
+    def proxy_port(self) -> int:
+        return self.proxy.port
+
+    @property
+    def admin_port(self) -> int:
+        assert self._runner is not None
+        server = self._runner.server
+        assert server is not None
+        for site in self._runner.sites:
+            sock = site._server.sockets[0] if site._server else None  # type: ignore[attr-defined]  # aiohttp keeps the asyncio server private
+            if sock is not None:
+                return int(sock.getsockname()[1])
+        raise RuntimeError("admin listener not started")
+
+    async def stop(self, grace_s: float | None = None) -> bool:
+        """Drain in-flight requests (up to the grace period) and close everything."""
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        drained = await self.proxy.drain(grace)
+        await self.runtime.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        return drained
+
+
 async def serve(
     config: Config,
     *,
@@ -97,24 +156,13 @@ async def serve(
 ) -> int:
     """Run until SIGTERM/SIGINT (or ``shutdown`` returns); then drain and return an exit code."""
     loop = asyncio.get_running_loop()
-    runtime = Runtime(config, loop, instance_id=default_instance_id(config))
-    proxy = ProxyServer(runtime.core)
+    service = RouterService(config)
     listen = config.listen
     try:
-        await proxy.start(listen.proxy.host, listen.proxy.port)
+        await service.start()
     except OSError as exc:
-        log.error("cannot listen on %s (proxy): %s", listen.proxy, exc)
+        log.error("cannot listen (proxy %s, admin %s): %s", listen.proxy, listen.admin, exc)
         return EXIT_START
-    runner = web.AppRunner(create_app(runtime), access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, listen.admin.host, listen.admin.port).start()
-    except OSError as exc:
-        log.error("cannot listen on %s (admin): %s", listen.admin, exc)
-        await proxy.drain(0)
-        await runner.cleanup()
-        return EXIT_START
-    await runtime.start()
     stop = asyncio.Event()
     if install_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -133,11 +181,8 @@ async def serve(
     for w in waiters:
         w.cancel()
     log.info("shutting down: draining in-flight requests (grace %.1fs)", config.shutdown_grace_s)
-    drained = await proxy.drain(config.shutdown_grace_s)
-    if not drained:
+    if not await service.stop():
         log.warning("grace period over: closed connections with requests in flight")
-    await runtime.stop()
-    await runner.cleanup()
     if install_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

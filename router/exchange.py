@@ -189,6 +189,7 @@ class Exchange:
         assert self.region is not None
         self.upstream = conn
         conn.exchange = self
+        self.client.cork_upstream(conn)
         host = self.upstream_host or self.region.endpoint.host_header.encode()
         base = self.region.endpoint.base_path
         line = self.request_line if not base else self._with_base(base)

@@ -167,6 +167,9 @@ class ClientConnection(asyncio.Protocol):
         self._paused: set[str] = set()
         self._writing_paused = False
         self.tunnel: UpstreamConnection | None = None
+        self._cork: list[bytes] | None = None
+        self.feeding = False
+        self.corked_upstream: UpstreamConnection | None = None
         self._reset_head()
 
     def _reset_head(self) -> None:
@@ -202,6 +205,7 @@ class ClientConnection(asyncio.Protocol):
         if self.parsing is not None and self.parsing.upgrade:
             self.parsing.tunnel_data(data)  # WebSocket bytes before the 101 arrives
             return
+        self.feeding = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -220,6 +224,12 @@ class ClientConnection(asyncio.Protocol):
                 raise
         except httptools.HttpParserError as exc:
             self._reject(BadRequest(f"malformed request: {exc}"))
+        finally:
+            self.feeding = False
+            corked = self.corked_upstream
+            if corked is not None:
+                self.corked_upstream = None
+                corked.uncork()
 
     def eof_received(self) -> bool | None:
         # A half-closed client may still be waiting for its response.
@@ -431,8 +441,26 @@ class ClientConnection(asyncio.Protocol):
         )
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
+        out = self._cork
+        if out is not None:
+            out.append(data)
+        elif self.transport is not None and not self.closed:
             self.transport.write(data)
+
+    def cork(self) -> None:
+        if self._cork is None:
+            self._cork = []
+
+    def uncork(self) -> None:
+        out, self._cork = self._cork, None
+        if out and self.transport is not None and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def cork_upstream(self, conn: UpstreamConnection) -> None:
+        """Hold writes to ``conn`` until the current client read is fully parsed."""
+        if self.feeding and self.corked_upstream is None:
+            conn.corked = []
+            self.corked_upstream = conn
 
     def pause_reading_for(self, reason: str) -> None:
         if not self._paused and self.transport is not None and not self.closed:
@@ -497,6 +525,7 @@ class ClientConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
+            self.uncork()
             self.closed = True
             self.transport.close()
 

@@ -25,6 +25,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_on_lost",
         "closed",
+        "corked",
         "exchange",
         "idle_since",
         "key",
@@ -44,6 +45,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.idle_since = 0.0
         self.tunnel: Any = None  # the client connection once a WebSocket is tunnelled
+        self.corked: list[bytes] | None = None  # writes held until the client read is parsed
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -59,6 +61,8 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes on an idle connection: the upstream is confused; never reuse it.
             self.close()
             return
+        client = ex.client
+        client.cork()  # one write to the client per upstream read, not one per event
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -68,6 +72,8 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             if ex.head_only_done:
                 ex.on_response_complete()
+        finally:
+            client.uncork()
 
     def eof_received(self) -> bool | None:
         return False  # close the transport; connection_lost follows
@@ -120,8 +126,16 @@ class UpstreamConnection(asyncio.Protocol):
     # -- control -----------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
+        out = self.corked
+        if out is not None:
+            out.append(data)
+        elif self.transport is not None:
+            self.transport.write(data)
+
+    def uncork(self) -> None:
+        out, self.corked = self.corked, None
+        if out and self.transport is not None and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def reset_parser(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
