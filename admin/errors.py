@@ -15,9 +15,7 @@ def json_error(status: int, code: str, message: str, details: Any = None) -> web
     body: dict[str, Any] = {"error": {"code": code, "message": message}}
     if details is not None:
         body["error"]["details"] = details
-    return web.Response(
-        body=orjson.dumps(body), status=status, content_type="application/json"
-    )
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
 @web.middleware

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     if args.command == "check":
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from router.demo import demo_command
 
-        return demo_command(args.config, args.duration, interactive=not args.non_interactive)
+        return int(demo_command(args.config, args.duration, interactive=not args.non_interactive))
     return run_command(args.config, args.workers)
 
 
@@ -169,12 +170,16 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     log.info(
         "region-router %s: proxy on %s, admin on %s, %d regions, strategy %s",
-        __version__, listen.proxy, listen.admin, len(config.regions), config.strategy,
+        __version__,
+        listen.proxy,
+        listen.admin,
+        len(config.regions),
+        config.strategy,
     )
     # Long-lived start-up objects never need the cyclic collector again.
     gc.collect()
     gc.freeze()
-    waiters = [loop.create_task(stop.wait())]
+    waiters: list[asyncio.Task[bool]] = [loop.create_task(stop.wait())]
     if shutdown is not None:
         waiters.append(loop.create_task(_await(shutdown())))
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -189,5 +194,6 @@ async def serve(
     return EXIT_OK
 
 
-async def _await(aw: Awaitable[object]) -> None:
+async def _await(aw: Awaitable[object]) -> bool:
     await aw
+    return True

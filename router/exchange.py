@@ -11,7 +11,13 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from router.errors import NoEligibleRegion, ProxyError, UpstreamConnectError, UpstreamTimeout
+from router.errors import (
+    BodyTooLarge,
+    NoEligibleRegion,
+    ProxyError,
+    UpstreamConnectError,
+    UpstreamTimeout,
+)
 from router.headers import CRLF, RESPONSE_SPECIAL, connection_tokens, error_response
 from router.snapshot import RegionView, RoutePlan, Snapshot
 from router.strategies import RequestInfo
@@ -35,13 +41,14 @@ class Exchange:
         "chunked_request",
         "client",
         "close_client",
-        "counted",
         "core",
+        "counted",
         "deadline",
         "discard_response",
         "done",
         "head_common",
         "head_only_done",
+        "idempotent",
         "info",
         "is_head",
         "keep_alive",
@@ -69,7 +76,6 @@ class Exchange:
         "upgrade",
         "upstream",
         "upstream_host",
-        "idempotent",
     )
 
     def __init__(
@@ -265,7 +271,7 @@ class Exchange:
         if status >= 500:
             load.observe_failure(now)
             core.observer(region.id, False, str(status))
-            if status == 503 or status == 429:
+            if status in {503, 429}:
                 self._honour_retry_after(load, now)
             if status in core.retry_statuses and self._may_retry(str(status)):
                 self.discard_response = True
@@ -450,7 +456,7 @@ class Exchange:
             self._schedule_retry("stale-connection" if stale else condition)
             return
         error: ProxyError
-        if kind == "timeout" or kind == "connect-timeout":
+        if kind in {"timeout", "connect-timeout"}:
             error = UpstreamTimeout(f"region {region.id} did not answer in time")
         else:
             error = UpstreamConnectError(detail or f"region {region.id} failed: {kind}")
@@ -531,7 +537,11 @@ class Exchange:
         self._finish(error.status, router_error=error.code)
 
     def _finish(
-        self, status: int, *, aborted: bool = False, close: bool | None = None,
+        self,
+        status: int,
+        *,
+        aborted: bool = False,
+        close: bool | None = None,
         router_error: str | None = None,
     ) -> None:
         if self.done:
@@ -565,6 +575,4 @@ class Exchange:
 
 
 def raise_body_too_large(limit: int) -> None:
-    from router.errors import BodyTooLarge
-
     raise BodyTooLarge(f"request body exceeds {limit} bytes")

@@ -34,9 +34,7 @@ REQUEST_SPECIAL = HOP_BY_HOP | {
 
 RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length"}
 
-IDEMPOTENT_METHODS = frozenset(
-    {b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"}
-)
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 # Metric label values for methods; anything else is counted as "OTHER" (bounded cardinality).
 KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}

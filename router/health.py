@@ -10,6 +10,7 @@ faster interval. The probe function is injectable so tests control outcomes and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -66,7 +67,6 @@ class HttpProber:
                 headers=self._headers,
                 timeout=aiohttp.ClientTimeout(total=hc.timeout_s),
                 allow_redirects=False,
-                ssl=None,
             ) as resp:
                 body_ok = True
                 if hc.body_contains is not None:
@@ -173,10 +173,8 @@ class HealthChecker:
             delay = self._next_delay(region_id, hc)
             kick = self._kick[region_id]
             kick.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(kick.wait(), delay)
-            except TimeoutError:
-                pass
 
     def _next_delay(self, region_id: str, hc: HealthCheckConfig) -> float:
         c = self._counters.get(region_id)

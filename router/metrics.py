@@ -21,7 +21,21 @@ from prometheus_client.registry import Collector
 
 # Proxy latencies: sub-millisecond to tens of seconds.
 DURATION_BUCKETS_S: tuple[float, ...] = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
 )
 
 
@@ -58,8 +72,8 @@ class TrafficStats:
             self.requests[k] = self.requests.get(k, 0) + v
         for region, hist in other.durations.items():
             mine = self.durations.setdefault(region, [0.0] * len(hist))
-            for i, v in enumerate(hist):
-                mine[i] += v
+            for i, x in enumerate(hist):
+                mine[i] += x
         for k2, v in other.upstream_errors.items():
             self.upstream_errors[k2] = self.upstream_errors.get(k2, 0) + v
         for k3, v in other.retries.items():
@@ -80,7 +94,8 @@ class TrafficCollector(Collector):
         for s in self._sources():
             total.merge(s)
         requests = CounterMetricFamily(
-            "router_requests", "Requests answered, by region, method and status code",
+            "router_requests",
+            "Requests answered, by region, method and status code",
             labels=["region", "method", "code"],
         )
         for (region, method, code), n in sorted(total.requests.items()):
@@ -92,16 +107,18 @@ class TrafficCollector(Collector):
             labels=["region"],
         )
         for region, counts in sorted(total.durations.items()):
-            cumulative, buckets = 0.0, []
-            for bound, n in zip(DURATION_BUCKETS_S, counts, strict=False):
-                cumulative += n
+            cumulative = 0.0
+            buckets: list[tuple[str, float]] = []
+            for bound, count in zip(DURATION_BUCKETS_S, counts, strict=False):
+                cumulative += count
                 buckets.append((repr(bound), cumulative))
             cumulative += counts[len(DURATION_BUCKETS_S)]
             buckets.append(("+Inf", cumulative))
             hist.add_metric([region], buckets, sum_value=counts[-1])
         yield hist
         errors = CounterMetricFamily(
-            "router_upstream_errors", "Failed upstream attempts, by region and kind",
+            "router_upstream_errors",
+            "Failed upstream attempts, by region and kind",
             labels=["region", "kind"],
         )
         for (region, kind), n in sorted(total.upstream_errors.items()):
@@ -119,7 +136,10 @@ class GaugeCollector(Collector):
     """Gauges computed at scrape time from a callback returning (labels, value) pairs."""
 
     def __init__(
-        self, name: str, doc: str, labels: list[str],
+        self,
+        name: str,
+        doc: str,
+        labels: list[str],
         values: Callable[[], Iterable[tuple[list[str], float]]],
     ) -> None:
         self._name, self._doc, self._labels, self._values = name, doc, labels, values

@@ -101,9 +101,11 @@ class ProxyCore:
         self._cookie_suffix = (
             b"; Max-Age=%d" % int(aff.cookie_max_age_s) if aff and aff.cookie_max_age_s else b""
         )
-        self.geo_header = cfg.geo.header.lower().encode() if cfg.strategy == "geo" or any(
-            rt.strategy == "geo" for rt in cfg.routes
-        ) else None
+        self.geo_header = (
+            cfg.geo.header.lower().encode()
+            if cfg.strategy == "geo" or any(rt.strategy == "geo" for rt in cfg.routes)
+            else None
+        )
         watch = {b"idempotency-key", b"cookie"}
         if self.affinity_header:
             watch.add(self.affinity_header)
@@ -128,7 +130,9 @@ class ProxyCore:
     def affinity_cookie_header(self, region_id: str) -> bytes:
         assert self.affinity_cookie is not None
         return b"Set-Cookie: %b=%b; Path=/; HttpOnly; SameSite=Lax%b\r\n" % (
-            self.affinity_cookie, region_id.encode(), self._cookie_suffix,
+            self.affinity_cookie,
+            region_id.encode(),
+            self._cookie_suffix,
         )
 
     def sweep(self) -> None:
@@ -311,9 +315,8 @@ class ClientConnection(asyncio.Protocol):
                 self.request_id = value
         elif lname == b"expect":
             self.expect = value.lower()
-        elif lname == b"te":
-            if value.strip().lower() == b"trailers":
-                self.lines.append(b"TE: trailers\r\n")
+        elif lname == b"te" and value.strip().lower() == b"trailers":
+            self.lines.append(b"TE: trailers\r\n")
         # everything else in REQUEST_SPECIAL is hop-by-hop or rewritten: dropped
 
     def on_headers_complete(self) -> None:
@@ -502,7 +505,9 @@ class ClientConnection(asyncio.Protocol):
         self.core.stats.record("none", "OTHER", str(error.status), 0.0)
         self.close()
 
-    def start_tunnel(self, conn: UpstreamConnection, upstream_rest: bytes, pending: list[bytes]) -> None:
+    def start_tunnel(
+        self, conn: UpstreamConnection, upstream_rest: bytes, pending: list[bytes]
+    ) -> None:
         self.tunnel = conn
         conn.tunnel = self
         self.parsing = None

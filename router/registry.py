@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Literal
 
-from router.config import Config, RegionConfig
+from router.config import Config, RegionConfig, RouteConfig
 from router.errors import RegionConflict, UnknownRegion
 from router.snapshot import RegionState, RegionView, RoutePlan, Snapshot
 from router.tiers import plan_tiers
@@ -88,7 +88,9 @@ class Registry:
     def __repr__(self) -> str:
         s = self._snapshot
         eligible = sum(1 for r in s.regions if r.eligible)
-        return f"<Registry v{s.version} regions={len(s.regions)} eligible={eligible} panic={s.panic}>"
+        return (
+            f"<Registry v{s.version} regions={len(s.regions)} eligible={eligible} panic={s.panic}>"
+        )
 
     # -- membership --------------------------------------------------------------------
 
@@ -165,7 +167,12 @@ class Registry:
         return self._refresh(rec, now, wall, reason)
 
     def set_manual(
-        self, region_id: str, manual: str | None, now: float, wall: float, reason: str,
+        self,
+        region_id: str,
+        manual: str | None,
+        now: float,
+        wall: float,
+        reason: str,
         drain_s: float = 0.0,
     ) -> Transition | None:
         rec = self.record(region_id)
@@ -203,7 +210,9 @@ class Registry:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _refresh(self, rec: RegionRecord, now: float, wall: float, reason: str) -> Transition | None:
+    def _refresh(
+        self, rec: RegionRecord, now: float, wall: float, reason: str
+    ) -> Transition | None:
         t = self._derive(rec, now, wall, reason)
         self.publish(now)
         return t
@@ -286,14 +295,14 @@ class Registry:
         )
 
 
-def _plan(route: object, strategy: str, regions: tuple[RegionView, ...], cfg: Config) -> RoutePlan:
-    from router.config import RouteConfig
-
+def _plan(
+    route: RouteConfig | None, strategy: str, regions: tuple[RegionView, ...], cfg: Config
+) -> RoutePlan:
     tiers, panic = plan_tiers(
         regions, cfg.failover.overprovisioning_factor, cfg.failover.panic_threshold_percent
     )
     return RoutePlan(
-        route=route if isinstance(route, RouteConfig) else None,
+        route=route,
         strategy=strategy,
         regions=regions,
         tiers=tiers,

@@ -43,11 +43,15 @@ class Runtime:
         self.registry.subscribe(self._publish)
         self.metrics = CollectorRegistry(auto_describe=True)
         self.failovers = Counter(
-            "router_failovers", "Region state transitions out of rotation, by reason class",
-            ["region", "reason"], registry=self.metrics,
+            "router_failovers",
+            "Region state transitions out of rotation, by reason class",
+            ["region", "reason"],
+            registry=self.metrics,
         )
         self.health_checks = Counter(
-            "router_health_checks", "Active health probes by result", ["region", "result"],
+            "router_health_checks",
+            "Active health probes by result",
+            ["region", "result"],
             registry=self.metrics,
         )
         self.config_reloads = Counter(
@@ -68,34 +72,59 @@ class Runtime:
             on_result=self._count_probe,
         )
         self.metrics.register(TrafficCollector(self.traffic_sources))
-        self.metrics.register(GaugeCollector(
-            "router_region_up", "1 when the region takes new traffic", ["region"],
-            lambda: [([r.id], 1.0 if r.eligible else 0.0) for r in self.holder.current.regions],
-        ))
-        self.metrics.register(GaugeCollector(
-            "router_region_state", "1 for the region's current state", ["region", "state"],
-            lambda: [
-                ([r.id, s.value], 1.0 if r.state is s else 0.0)
-                for r in self.holder.current.regions
-                for s in RegionState
-            ],
-        ))
-        self.metrics.register(GaugeCollector(
-            "router_region_latency_seconds", "Latency estimate (peak EWMA)", ["region"],
-            lambda: [
-                ([r.id], self.core.loads.get(r.id).latency_estimate(r.probe_latency_s, loop.time()))
-                for r in self.holder.current.regions
-            ],
-        ))
-        self.metrics.register(GaugeCollector(
-            "router_region_inflight", "Requests in flight", ["region"],
-            lambda: [([r.id], float(self.core.loads.get(r.id).inflight))
-                     for r in self.holder.current.regions],
-        ))
-        self.metrics.register(GaugeCollector(
-            "router_panic", "1 while the default route fails open", [],
-            lambda: [([], 1.0 if self.holder.current.panic else 0.0)],
-        ))
+        self.metrics.register(
+            GaugeCollector(
+                "router_region_up",
+                "1 when the region takes new traffic",
+                ["region"],
+                lambda: [([r.id], 1.0 if r.eligible else 0.0) for r in self.holder.current.regions],
+            )
+        )
+        self.metrics.register(
+            GaugeCollector(
+                "router_region_state",
+                "1 for the region's current state",
+                ["region", "state"],
+                lambda: [
+                    ([r.id, s.value], 1.0 if r.state is s else 0.0)
+                    for r in self.holder.current.regions
+                    for s in RegionState
+                ],
+            )
+        )
+        self.metrics.register(
+            GaugeCollector(
+                "router_region_latency_seconds",
+                "Latency estimate (peak EWMA)",
+                ["region"],
+                lambda: [
+                    (
+                        [r.id],
+                        self.core.loads.get(r.id).latency_estimate(r.probe_latency_s, loop.time()),
+                    )
+                    for r in self.holder.current.regions
+                ],
+            )
+        )
+        self.metrics.register(
+            GaugeCollector(
+                "router_region_inflight",
+                "Requests in flight",
+                ["region"],
+                lambda: [
+                    ([r.id], float(self.core.loads.get(r.id).inflight))
+                    for r in self.holder.current.regions
+                ],
+            )
+        )
+        self.metrics.register(
+            GaugeCollector(
+                "router_panic",
+                "1 while the default route fails open",
+                [],
+                lambda: [([], 1.0 if self.holder.current.panic else 0.0)],
+            )
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- wiring ------------------------------------------------------------------------

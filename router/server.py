@@ -11,7 +11,7 @@ from router.proxy import ClientConnection, ProxyCore
 class ProxyServer:
     def __init__(self, core: ProxyCore) -> None:
         self.core = core
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
 
     async def start(
         self, host: str, port: int, *, sock: socket.socket | None = None, reuse_port: bool = False
@@ -23,7 +23,10 @@ class ProxyServer:
             )
         else:
             self._server = await loop.create_server(
-                lambda: ClientConnection(self.core), host, port, backlog=4096,
+                lambda: ClientConnection(self.core),
+                host,
+                port,
+                backlog=4096,
                 reuse_port=reuse_port or None,
             )
 

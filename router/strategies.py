@@ -25,9 +25,7 @@ class RequestInfo:
     affinity_key: str | None = None  # session header value (rendezvous-hashed)
 
 
-def smooth_wrr(
-    candidates: Sequence[RegionView], current: MutableMapping[str, float]
-) -> RegionView:
+def smooth_wrr(candidates: Sequence[RegionView], current: MutableMapping[str, float]) -> RegionView:
     """nginx's smooth weighted round robin: exact proportions, interleaved."""
     total = 0.0
     best: RegionView | None = None
@@ -164,7 +162,7 @@ class Selector:
             return candidates[0]
         strategy = plan.strategy
         key = (id(plan.route), 0)
-        if strategy == "weighted" or strategy == "priority":
+        if strategy in {"weighted", "priority"}:
             return smooth_wrr(candidates, self._wrr.setdefault(key, {}))
         if strategy == "round_robin":
             n = self._rr.get(key, 0)
