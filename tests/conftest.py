@@ -1,0 +1,52 @@
+"""Shared fixtures: build configs from plain dicts and run the whole router in-process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from router.cli import RouterService
+from router.config import Config, config_from_mapping
+
+
+def make_config(regions: list[dict[str, Any]] | None = None, **sections: Any) -> Config:
+    """A config on ephemeral loopback ports; ``sections`` override top-level keys."""
+    data: dict[str, Any] = {
+        "listen": {"proxy": "127.0.0.1:0", "admin": "127.0.0.1:0"},
+        "access_log": False,
+        "reload": {"watch": False},
+        "strategy": "round_robin",
+        "health_check": {"path": "/health", "interval": "200ms", "timeout": "150ms"},
+        "regions": regions or [],
+    }
+    data.update(sections)
+    return config_from_mapping(data, env={})
+
+
+StartRouter = Callable[..., Awaitable[RouterService]]
+
+
+@pytest.fixture
+async def start_router(tmp_path: Any) -> AsyncIterator[StartRouter]:
+    """``await start_router(config)`` runs a RouterService until the test ends.
+
+    Waits until the first health-check round is done so tests start from a settled state.
+    """
+    started: list[RouterService] = []
+
+    async def start(config: Config, *, wait_ready: bool = True, **kwargs: Any) -> RouterService:
+        if config.state_dir == "./state":
+            config = replace(config, state_dir=str(tmp_path / "state"))
+        service = RouterService(config, **kwargs)
+        await service.start()
+        started.append(service)
+        if wait_ready:
+            await service.runtime.health.first_round.wait()
+        return service
+
+    yield start
+    for service in reversed(started):
+        await service.stop(grace_s=1.0)
