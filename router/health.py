@@ -206,7 +206,7 @@ class HealthChecker:
             c.successes = 0
         verdict: bool | None = None
         if result.ok:
-            if region_id in self._never_up:
+            if region_id in self._never_up or not rec.probed:
                 verdict = True  # a new region serves after its first passing probe
                 self._never_up.discard(region_id)
             elif not rec.probe_up and c.successes >= hc.healthy_threshold:

@@ -36,8 +36,11 @@ class Transition:
 class RegionRecord:
     """Mutable per-region state, private to the registry."""
 
-    config: RegionConfig
+    config: RegionConfig  # effective: the file's (or registration's) values plus overrides
     source: Literal["config", "runtime"]
+    base: RegionConfig | None = None  # config regions: the file's values, before overrides
+    overrides: dict[str, object] = field(default_factory=dict)
+    failover_target: str | None = None  # where pinned sessions go while failed over
     state: RegionState = RegionState.UNKNOWN
     probed: bool = False  # at least one probe verdict
     probe_up: bool = False  # active-check verdict after thresholds
@@ -60,7 +63,7 @@ class Registry:
         self._listeners: list[Callable[[Snapshot], None]] = []
         self.history: deque[Transition] = deque(maxlen=HISTORY_LIMIT)
         for rc in config.regions:
-            self._records[rc.id] = RegionRecord(config=rc, source="config")
+            self._records[rc.id] = RegionRecord(config=rc, source="config", base=rc)
         self._snapshot = self._build(now)
 
     # -- reading -----------------------------------------------------------------------
@@ -101,7 +104,10 @@ class Registry:
         self.publish(now)
 
     def update_region(self, region_id: str, now: float, **changes: object) -> RegionConfig:
+        """Change name/weight/priority/labels; on a config region these are overrides."""
         rec = self.record(region_id)
+        if rec.source == "config":
+            rec.overrides.update(changes)
         rec.config = replace(rec.config, **changes)  # type: ignore[arg-type]  # validated by caller
         self.publish(now)
         return rec.config
@@ -122,11 +128,17 @@ class Registry:
         for rc in config.regions:
             prev = old.get(rc.id)
             if prev is not None and prev.config.endpoint == rc.endpoint:
-                prev.config = rc
+                # An override survives until the file changes that same field.
+                base = prev.base or rc
+                prev.overrides = {
+                    k: v for k, v in prev.overrides.items() if getattr(base, k) == getattr(rc, k)
+                }
+                prev.base = rc
+                prev.config = replace(rc, **prev.overrides)  # type: ignore[arg-type]  # fields of RegionConfig
                 prev.source = "config"
                 new[rc.id] = prev
             else:
-                new[rc.id] = RegionRecord(config=rc, source="config")
+                new[rc.id] = RegionRecord(config=rc, source="config", base=rc)
         for rid, rec in old.items():
             if rec.source == "runtime" and rid not in new:
                 new[rid] = rec
@@ -174,9 +186,18 @@ class Registry:
         wall: float,
         reason: str,
         drain_s: float = 0.0,
+        target: str | None = None,
     ) -> Transition | None:
+        """Take a region out by hand ("draining" / "failed_over") or put it back (None).
+
+        Putting it back makes it wait for its next passing probe before it is eligible.
+        """
         rec = self.record(region_id)
+        if manual is None and rec.manual is not None:
+            rec.probed = False  # eligible again only after the next passing check
+            rec.probe_up = False
         rec.manual = manual
+        rec.failover_target = target if manual else None
         rec.drain_until = now + drain_s if manual and drain_s > 0 else None
         return self._refresh(rec, now, wall, reason)
 
@@ -268,6 +289,7 @@ class Registry:
                     effective_weight=rc.weight * ramp,
                     probe_latency_s=rec.probe_latency_s,
                     artifacts=MappingProxyType(dict(rec.artifacts)),
+                    failover_target=rec.failover_target,
                 )
             )
         regions = tuple(views)

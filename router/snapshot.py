@@ -49,6 +49,7 @@ class RegionView:
     # latency estimate from active probes (seconds), None until measured
     probe_latency_s: float | None = None
     artifacts: Mapping[str, str] = field(default_factory=dict)  # name -> sha256
+    failover_target: str | None = None  # an operator's target for sessions pinned here
 
     @property
     def eligible(self) -> bool:

@@ -196,6 +196,11 @@ class Selector:
             r = snapshot.by_id.get(info.affinity_region)
             if r is None or r.id in exclude or r not in plan.regions:
                 return None
+            if r.failover_target is not None and not r.eligible:
+                # An operator failed this region over to a named target: sessions follow.
+                target = snapshot.by_id.get(r.failover_target)
+                if target is not None and target.eligible and target.id not in exclude:
+                    return target
             # A draining region keeps the sessions already pinned to it.
             if r.eligible or r.state is RegionState.DRAINING:
                 load = self.loads.get(r.id)
