@@ -8,10 +8,11 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from admin import regions, status
 from admin.errors import error_middleware, json_error
-from router.runtime import Runtime
+from admin.keys import CONTROL, RUNTIME
+from router.control import Control
 
-RUNTIME = web.AppKey("runtime", Runtime)
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -52,12 +53,16 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def create_app(runtime: Runtime) -> web.Application:
+def create_app(control: Control) -> web.Application:
+    runtime = control.runtime
     app = web.Application(
         middlewares=[error_middleware, auth_middleware],
         client_max_size=runtime.registry.config.admin.max_body_bytes,
     )
     app[RUNTIME] = runtime
+    app[CONTROL] = control
+    app.router.add_routes(regions.routes)
+    app.router.add_routes(status.routes)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

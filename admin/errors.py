@@ -8,7 +8,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from router.errors import RegionConflict, UnknownRegion
+from router.errors import NotFound, RegionConflict
+from router.validate import ValidationError
 
 
 def json_error(status: int, code: str, message: str, details: Any = None) -> web.Response:
@@ -24,7 +25,9 @@ async def error_middleware(
 ) -> web.StreamResponse:
     try:
         return await handler(request)
-    except UnknownRegion as exc:
+    except ValidationError as exc:
+        return json_error(400, "invalid", "; ".join(map(str, exc.errors)), exc.as_details())
+    except NotFound as exc:
         return json_error(404, "not_found", str(exc))
     except RegionConflict as exc:
         return json_error(409, "conflict", str(exc))

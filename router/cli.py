@@ -27,9 +27,11 @@ from router.config import (
     load_config,
     resolve_config_path,
 )
+from router.control import Control
 from router.health import ProbeFn
 from router.runtime import Runtime
 from router.server import ProxyServer
+from router.store import StateFormatError
 
 log = logging.getLogger("router")
 
@@ -88,7 +90,7 @@ def run_command(config_arg: str | None, workers: str) -> int:
         log.warning("%s", note)
     import uvloop
 
-    return uvloop.run(serve(config))
+    return uvloop.run(serve(config, config_path=path))
 
 
 class RouterService:
@@ -97,12 +99,16 @@ class RouterService:
     Tests use it directly (ports 0 pick free ports; ``proxy_port``/``admin_port`` tell which).
     """
 
-    def __init__(self, config: Config, *, probe: ProbeFn | None = None) -> None:
+    def __init__(
+        self, config: Config, *, probe: ProbeFn | None = None, config_path: str | None = None
+    ) -> None:
         self.config = config
         self.loop = asyncio.get_running_loop()
         self.runtime = Runtime(
             config, self.loop, probe=probe, instance_id=default_instance_id(config)
         )
+        self.control = Control(self.runtime, config_path=config_path)
+        self.control.restore()  # raises StateFormatError before anything binds
         self.proxy = ProxyServer(self.runtime.core)
         self._runner: web.AppRunner | None = None
         self._admin_site: web.TCPSite | None = None
@@ -112,7 +118,7 @@ class RouterService:
         listen = self.config.listen
         await self.proxy.start(listen.proxy.host, listen.proxy.port)
         self._runner = web.AppRunner(
-            create_app(self.runtime), access_log=None, handle_signals=False
+            create_app(self.control), access_log=None, handle_signals=False
         )
         await self._runner.setup()
         self._admin_site = web.TCPSite(self._runner, listen.admin.host, listen.admin.port)
@@ -123,6 +129,7 @@ class RouterService:
             await self._runner.cleanup()
             raise
         await self.runtime.start()
+        await self.control.start()
 
     @property
     def proxy_port(self) -> int:
@@ -143,6 +150,7 @@ class RouterService:
         """Drain in-flight requests (up to the grace period) and close everything."""
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         drained = await self.proxy.drain(grace)
+        await self.control.stop()
         await self.runtime.stop()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -152,12 +160,17 @@ class RouterService:
 async def serve(
     config: Config,
     *,
+    config_path: str | None = None,
     shutdown: Callable[[], Awaitable[object]] | None = None,
     install_signals: bool = True,
 ) -> int:
     """Run until SIGTERM/SIGINT (or ``shutdown`` returns); then drain and return an exit code."""
     loop = asyncio.get_running_loop()
-    service = RouterService(config)
+    try:
+        service = RouterService(config, config_path=config_path)
+    except StateFormatError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
     listen = config.listen
     try:
         await service.start()
@@ -168,6 +181,9 @@ async def serve(
     if install_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: loop.create_task(service.control.reload("signal"))
+        )
     log.info(
         "region-router %s: proxy on %s, admin on %s, %d regions, strategy %s",
         __version__,
@@ -189,7 +205,7 @@ async def serve(
     if not await service.stop():
         log.warning("grace period over: closed connections with requests in flight")
     if install_signals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     return EXIT_OK
 

@@ -2,7 +2,8 @@
 
     RouterError
     ├── RegistryError            registry mutations that cannot apply
-    │   ├── UnknownRegion        no region with that id (404 in the admin API)
+    │   ├── NotFound             an unknown id (404 in the admin API)
+    │   │   └── UnknownRegion    no region with that id
     │   └── RegionConflict       duplicate id, config-owned region, bad state change (409)
     └── ProxyError               errors the proxy answers itself, rendered as JSON
         ├── BadRequest           400 malformed request
@@ -26,7 +27,11 @@ class RegistryError(RouterError):
     pass
 
 
-class UnknownRegion(RegistryError):
+class NotFound(RegistryError):
+    """An id the caller named does not exist (404 in the admin API)."""
+
+
+class UnknownRegion(NotFound):
     def __init__(self, region_id: str) -> None:
         super().__init__(f"no region with id {region_id!r}")
         self.region_id = region_id

@@ -9,6 +9,7 @@ is done. All of it runs in protocol callbacks; only opening a connection is a ta
 from __future__ import annotations
 
 import asyncio
+from time import monotonic
 from typing import TYPE_CHECKING
 
 from router.errors import (
@@ -152,7 +153,7 @@ class Exchange:
 
     def start(self) -> None:
         core = self.core
-        now = core.loop.time()
+        now = monotonic()
         region = core.selector.choose(self.snapshot, self.plan, self.info, now, self.tried)
         if region is None:
             self._fail(self._no_region_error(now))
@@ -187,7 +188,7 @@ class Exchange:
             return
         self._connect_task = None
         if self.done:
-            self.core.pool.release(conn, self.core.loop.time())
+            self.core.pool.release(conn, monotonic())
             return
         self._bind(conn)
 
@@ -212,7 +213,7 @@ class Exchange:
         if self.body_done and self.chunked_request:
             parts.append(_CHUNK_END)
         conn.write(b"".join(parts))
-        self.deadline = self.core.loop.time() + self.core.response_headers_timeout_s
+        self.deadline = monotonic() + self.core.response_headers_timeout_s
         self.core.awaiting.add(self)
 
     def _with_base(self, base: str) -> bytes:
@@ -264,7 +265,7 @@ class Exchange:
         core.awaiting.discard(self)
         region = self.region
         assert region is not None
-        now = core.loop.time()
+        now = monotonic()
         elapsed = now - self.started_at
         load = core.loads.get(region.id)
         self.status = status
@@ -442,7 +443,7 @@ class Exchange:
         core.awaiting.discard(self)
         region = self.region
         assert region is not None
-        now = core.loop.time()
+        now = monotonic()
         self._release_upstream(reuse=False)
         if not stale:
             core.loads.get(region.id).observe_failure(now)
@@ -510,7 +511,7 @@ class Exchange:
         if keep_open:
             return
         if reuse:
-            self.core.pool.release(conn, self.core.loop.time())
+            self.core.pool.release(conn, monotonic())
         else:
             conn.abort()
 
@@ -556,7 +557,7 @@ class Exchange:
         if self.retrying:
             core.retries_active -= 1
             self.retrying = False
-        now = core.loop.time()
+        now = monotonic()
         region_id = self.region.id if self.region is not None else "none"
         core.stats.record(region_id, self.method_label, str(status), now - self.started_at)
         if core.access_log is not None:

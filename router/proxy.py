@@ -13,6 +13,7 @@ import itertools
 import os
 from collections import deque
 from collections.abc import Callable
+from time import monotonic
 
 import httptools
 
@@ -137,7 +138,7 @@ class ProxyCore:
 
     def sweep(self) -> None:
         """Timeouts without a timer per request: response-header deadlines, idle clients."""
-        now = self.loop.time()
+        now = monotonic()
         for ex in [e for e in self.awaiting if e.deadline <= now]:
             self.awaiting.discard(ex)
             ex.on_timeout()
@@ -164,7 +165,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer = b""
         self.http11 = True
         self.closed = False
-        self.last_active = core.loop.time()
+        self.last_active = monotonic()
         self.active: Exchange | None = None  # exchange whose response is being relayed
         self.parsing: Exchange | None = None  # exchange whose request body is being read
         self.queue: deque[Exchange] = deque()  # pipelined requests waiting their turn
@@ -202,7 +203,7 @@ class ClientConnection(asyncio.Protocol):
         self.core.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = self.loop.time()
+        self.last_active = monotonic()
         if self.tunnel is not None:
             self.tunnel.write(data)
             return
@@ -383,7 +384,7 @@ class ClientConnection(asyncio.Protocol):
             snapshot=snapshot,
             plan=plan,
             info=info,
-            now=self.loop.time(),
+            now=monotonic(),
         )
         if self.expect == b"100-continue" and has_body and self.http11:
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -480,7 +481,7 @@ class ClientConnection(asyncio.Protocol):
         if ex is not self.active:
             return
         self.active = None
-        self.last_active = self.loop.time()
+        self.last_active = monotonic()
         if close or self.core.draining:
             self.close()
             return
@@ -517,7 +518,7 @@ class ClientConnection(asyncio.Protocol):
             conn.write(chunk)
 
     def tunnel_write(self, data: bytes) -> None:
-        self.last_active = self.loop.time()
+        self.last_active = monotonic()
         self.write(data)
 
     def tunnel_closed(self) -> None:

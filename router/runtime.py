@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
+import prometheus_client
 from prometheus_client import CollectorRegistry, Counter
 
 from router.accesslog import AccessLogger
@@ -24,6 +25,9 @@ from router.registry import Registry, Transition
 from router.snapshot import RegionState, Snapshot, SnapshotHolder
 
 log = logging.getLogger("router")
+
+# `_created` series double every counter for no use to a router operator.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
 
 
 class Runtime:
@@ -100,7 +104,9 @@ class Runtime:
                 lambda: [
                     (
                         [r.id],
-                        self.core.loads.get(r.id).latency_estimate(r.probe_latency_s, loop.time()),
+                        self.core.loads.get(r.id).latency_estimate(
+                            r.probe_latency_s, time.monotonic()
+                        ),
                     )
                     for r in self.holder.current.regions
                 ],
@@ -126,6 +132,7 @@ class Runtime:
             )
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self.transition_hooks: list[Callable[[Transition], None]] = []
 
     # -- wiring ------------------------------------------------------------------------
 
@@ -138,7 +145,15 @@ class Runtime:
     def traffic_sources(self) -> Iterable[TrafficStats]:
         return (self.core.stats,)
 
+    def merged_stats(self) -> TrafficStats:
+        total = TrafficStats()
+        for s in self.traffic_sources():
+            total.merge(s)
+        return total
+
     def record_transition(self, t: Transition) -> None:
+        for hook in self.transition_hooks:
+            hook(t)
         log.info(
             "region %s: %s -> %s (%s)", t.region, t.from_state.value, t.to_state.value, t.reason
         )

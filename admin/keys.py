@@ -1,0 +1,11 @@
+"""Typed aiohttp application keys shared by the admin modules."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from router.control import Control
+from router.runtime import Runtime
+
+RUNTIME = web.AppKey("runtime", Runtime)
+CONTROL = web.AppKey("control", Control)

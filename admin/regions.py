@@ -1,0 +1,153 @@
+"""Admin routes for regions and manual failover operations."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from admin.bodies import check, json_response, read_json
+from admin.keys import CONTROL
+from admin.views import operation_json, region_json, transition_json
+from router.config import parse_region, parse_region_patch
+from router.errors import UnknownRegion
+from router.validate import FieldError, Fields, as_duration, as_str
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/admin/regions")
+async def list_regions(request: web.Request) -> web.StreamResponse:
+    control = request.app[CONTROL]
+    snap = control.registry.snapshot()
+    return json_response({"regions": [region_json(control, r) for r in snap.regions]})
+
+
+@routes.post("/admin/regions")
+async def register_region(request: web.Request) -> web.StreamResponse:
+    control = request.app[CONTROL]
+    body = await read_json(request)
+    errors: list[FieldError] = []
+    rc = parse_region(body, "", errors)
+    check(errors)
+    assert rc is not None
+    view = control.register(rc)
+    return json_response(region_json(control, view), status=201)
+
+
+def _region_id(request: web.Request) -> str:
+    control = request.app[CONTROL]
+    region_id = request.match_info["id"]
+    if region_id not in control.registry.snapshot().by_id:
+        raise UnknownRegion(region_id)
+    return region_id
+
+
+@routes.get("/admin/regions/{id}")
+async def get_region(request: web.Request) -> web.StreamResponse:
+    control = request.app[CONTROL]
+    region_id = _region_id(request)
+    return json_response(region_json(control, control.registry.snapshot().by_id[region_id]))
+
+
+@routes.patch("/admin/regions/{id}")
+async def patch_region(request: web.Request) -> web.StreamResponse:
+    control = request.app[CONTROL]
+    region_id = _region_id(request)
+    body = await read_json(request)
+    errors: list[FieldError] = []
+    changes = parse_region_patch(body, "", errors)
+    if not errors and not changes:
+        errors.append(
+            FieldError("body", "nothing to change: give name, weight, priority or labels")
+        )
+    check(errors)
+    view = control.patch(region_id, changes)
+    return json_response(region_json(control, view))
+
+
+@routes.delete("/admin/regions/{id}")
+async def delete_region(request: web.Request) -> web.StreamResponse:
+    control = request.app[CONTROL]
+    region_id = _region_id(request)
+    await control.delete(region_id)
+    return json_response({"id": region_id, "removed": True})
+
+
+@routes.post("/admin/regions/{id}/failover")
+async def failover_region(request: web.Request) -> web.StreamResponse:
+    control = request.app[CONTROL]
+    region_id = _region_id(request)
+    body = await read_json(request, required=False)
+    errors: list[FieldError] = []
+    with Fields(body, "", errors) as f:
+        target = f.optional("target", as_str(nonempty=True))
+        drain_s = f.get("drain", as_duration(positive=False), 0.0)
+        reason = f.text("reason")
+        expires_s = f.optional("expires", as_duration())
+    if target is not None and target not in control.registry.snapshot().by_id:
+        errors.append(FieldError("target", f"no region with id {target!r}"))
+    check(errors)
+    op = control.failover(
+        region_id, target=target, drain_s=drain_s, reason=reason, expires_s=expires_s
+    )
+    view = control.registry.snapshot().by_id[region_id]
+    return json_response(
+        {"operation": operation_json(op), "region": region_json(control, view, detail=False)},
+        status=202 if drain_s > 0 else 200,
+    )
+
+
+@routes.post("/admin/regions/{id}/recover")
+async def recover_region(request: web.Request) -> web.StreamResponse:
+    control = request.app[CONTROL]
+    region_id = _region_id(request)
+    body = await read_json(request, required=False)
+    errors: list[FieldError] = []
+    with Fields(body, "", errors) as f:
+        reason = f.text("reason") or "manual recover"
+    check(errors)
+    op = control.recover(region_id, reason=reason)
+    view = control.registry.snapshot().by_id[region_id]
+    return json_response(
+        {
+            "operation": operation_json(op) if op is not None else None,
+            "region": region_json(control, view, detail=False),
+            "message": "the region turns eligible after its next passing health check",
+        },
+        status=202,
+    )
+
+
+@routes.get("/admin/operations")
+async def list_operations(request: web.Request) -> web.StreamResponse:
+    control = request.app[CONTROL]
+    return json_response(control.ops.to_json())
+
+
+@routes.post("/admin/operations/{op}/undo")
+async def undo_operation(request: web.Request) -> web.StreamResponse:
+    control = request.app[CONTROL]
+    op = control.undo(request.match_info["op"])
+    return json_response({"operation": operation_json(op)}, status=202)
+
+
+@routes.get("/admin/failover")
+async def failover_status(request: web.Request) -> web.StreamResponse:
+    control = request.app[CONTROL]
+    snap = control.registry.snapshot()
+    return json_response(
+        {
+            "regions": [
+                {
+                    "id": r.id,
+                    "state": r.state.value,
+                    "eligible": r.eligible,
+                    "priority": r.priority,
+                    "failover_target": r.failover_target,
+                }
+                for r in snap.regions
+            ],
+            "panic": snap.panic,
+            "active_operations": [operation_json(op) for op in control.ops.active.values()],
+            "history": [transition_json(t) for t in reversed(control.registry.history)],
+        }
+    )

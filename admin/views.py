@@ -1,0 +1,92 @@
+"""JSON views of regions, operations and transitions, shared by the admin routes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from router.control import Control
+from router.operations import FailoverOperation
+from router.registry import Transition
+from router.snapshot import RegionView
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+def region_json(control: Control, r: RegionView, *, detail: bool = True) -> dict[str, Any]:
+    runtime = control.runtime
+    rec = control.registry.record(r.id)
+    out: dict[str, Any] = {
+        "id": r.id,
+        "name": r.name,
+        "endpoint": r.endpoint.url,
+        "weight": r.weight,
+        "priority": r.priority,
+        "labels": dict(r.labels),
+        "source": r.source,
+        "state": r.state.value,
+        "eligible": r.eligible,
+    }
+    if rec.overrides:
+        out["overrides"] = {
+            k: (dict(v) if isinstance(v, dict) else v) for k, v in rec.overrides.items()
+        }
+    if not detail:
+        return out
+    load = runtime.core.loads.get(r.id)
+    traffic = control.window.region(r.id)
+    last = runtime.health.last_results.get(r.id)
+    op = control.ops.active.get(r.id)
+    out.update(
+        {
+            "effective_weight": round(r.effective_weight, 3),
+            "max_inflight": r.max_inflight,
+            "latency_estimate_ms": _ms(load.latency_estimate(r.probe_latency_s, time.monotonic())),
+            "probe_latency_ms": _ms(r.probe_latency_s),
+            "latency_ms": {
+                "p50": _ms(traffic.p50_s),
+                "p95": _ms(traffic.p95_s),
+                "p99": _ms(traffic.p99_s),
+            },
+            "inflight": load.inflight,
+            "rps": round(traffic.rps, 3),
+            "error_rate": round(traffic.error_rate, 4),
+            "requests_last_minute": traffic.requests,
+            "last_check": (
+                {
+                    "at": last[0],
+                    "ok": last[1].ok,
+                    "error": last[1].error or None,
+                    "status": last[1].status or None,
+                    "latency_ms": _ms(last[1].latency_s),
+                }
+                if last is not None
+                else None
+            ),
+            "times_ejected": rec.times_ejected,
+            "ejected_for_s": (
+                round(rec.ejected_until - time.monotonic(), 3) if rec.ejected_until else None
+            ),
+            "failover_operation": op.to_json() if op is not None else None,
+            "artifacts": [f"{name}@{digest}" for name, digest in sorted(r.artifacts.items())],
+        }
+    )
+    if r.metrics_path:
+        out["metrics_path"] = r.metrics_path
+    return out
+
+
+def transition_json(t: Transition) -> dict[str, Any]:
+    return {
+        "at": t.at,
+        "region": t.region,
+        "from": t.from_state.value,
+        "to": t.to_state.value,
+        "reason": t.reason,
+    }
+
+
+def operation_json(op: FailoverOperation) -> dict[str, Any]:
+    return op.to_json()

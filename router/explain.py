@@ -1,0 +1,144 @@
+"""Why a region would serve a request, and what-if traffic splits; applies nothing.
+
+Both run the real selection code (tiers, strategies, affinity) on a side ``Selector`` so
+the proxy's own strategy state is never disturbed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any
+
+from router.load import LoadTable, RegionLoad
+from router.routes import match_plan
+from router.snapshot import RegionView, RoutePlan, Snapshot
+from router.strategies import RequestInfo, Selector
+
+
+def _candidate(
+    r: RegionView, plan: RoutePlan, loads: LoadTable, selector: Selector, now: float
+) -> dict[str, Any]:
+    load = loads.get(r.id)
+    tier = next((t for t in plan.tiers if r in t.regions), None)
+    why_not = None
+    if not r.eligible and not plan.panic:
+        why_not = f"state {r.state.value}"
+    elif r.weight <= 0:
+        why_not = "weight 0"
+    elif r.max_inflight and load.inflight >= r.max_inflight:
+        why_not = f"at capacity ({load.inflight}/{r.max_inflight} in flight)"
+    elif load.not_before > now:
+        why_not = f"honouring Retry-After for {load.not_before - now:.1f}s"
+    elif tier is None:
+        why_not = "not in a tier with traffic"
+    return {
+        "id": r.id,
+        "state": r.state.value,
+        "eligible": why_not is None,
+        "excluded_because": why_not,
+        "weight": r.weight,
+        "effective_weight": round(r.effective_weight, 3),
+        "priority": r.priority,
+        "tier_share": round(tier.share, 4) if tier is not None else 0.0,
+        "latency_estimate_ms": round(load.latency_estimate(r.probe_latency_s, now) * 1000, 3),
+        "inflight": load.inflight,
+        "cost": round(selector.latency_cost(r, now) * 1000, 3),
+    }
+
+
+def explain(
+    snapshot: Snapshot,
+    loads: LoadTable,
+    *,
+    hostname: str,
+    path: str,
+    info: RequestInfo | None,
+    now: float,
+) -> dict[str, Any]:
+    route_index, plan = match_plan(snapshot, hostname, path)
+    side = Selector(loads, random.Random(0))
+    candidates = [_candidate(r, plan, loads, side, now) for r in plan.regions]
+    usable = [c for c in candidates if c["eligible"]]
+    winner = side.choose(snapshot, plan, info, now)
+    reason = _reason(plan, winner, usable, info)
+    return {
+        "route": route_index,
+        "strategy": plan.strategy,
+        "panic": plan.panic,
+        "tiers": [
+            {
+                "priority": t.priority,
+                "share": round(t.share, 4),
+                "health_percent": round(t.health_percent, 1),
+                "regions": [r.id for r in t.regions],
+            }
+            for t in plan.tiers
+        ],
+        "candidates": candidates,
+        "winner": winner.id if winner is not None else None,
+        "reason": reason,
+    }
+
+
+def _reason(
+    plan: RoutePlan,
+    winner: RegionView | None,
+    usable: list[dict[str, Any]],
+    info: RequestInfo | None,
+) -> str:
+    if winner is None:
+        return "no eligible region: the proxy would answer 503"
+    if info is not None and info.affinity_region == winner.id:
+        return "sticky session: the affinity cookie pins this region and it is eligible"
+    if plan.panic:
+        return "panic: too few healthy regions, failing open to every region"
+    if len(usable) == 1:
+        return "the only eligible region"
+    s = plan.strategy
+    if s == "latency":
+        best = min(usable, key=lambda c: c["cost"])
+        return (
+            f"lowest peak-EWMA cost (latency x (in-flight + 1)): {best['id']} at "
+            f"{best['cost']} ms; power-of-two-choices picks the cheaper of two random regions"
+        )
+    if s == "least_outstanding":
+        return "fewest requests in flight of two random candidates (P2C)"
+    if s in ("weighted", "priority"):
+        return "smooth weighted round robin: next in the weighted sequence of the first tier"
+    if s == "round_robin":
+        return "next in round-robin order"
+    if s == "geo":
+        return "nearest region to the client's region (proximity table or label), else latency"
+    return s
+
+
+def traffic_split(
+    snapshot: Snapshot,
+    loads: LoadTable,
+    plan: RoutePlan,
+    now: float,
+    samples: int = 10_000,
+) -> dict[str, float]:
+    """Share of new requests per region, by running the selector ``samples`` times."""
+    side = Selector(loads, random.Random(1))
+    counts: Counter[str] = Counter()
+    for _ in range(samples):
+        r = side.choose(snapshot, plan, None, now)
+        counts[r.id if r is not None else "(503)"] += 1
+    return {k: round(v / samples, 4) for k, v in sorted(counts.items())}
+
+
+def hypothetical_loads(latencies_s: dict[str, float], base: LoadTable, now: float) -> LoadTable:
+    """A LoadTable where the given regions have the given latency and nothing in flight."""
+    table = LoadTable()
+    for region_id, load in base.items():
+        copy = table.get(region_id)
+        copy.cost_s, copy.last_sample_at = load.cost_s, load.last_sample_at
+    for region_id, latency in latencies_s.items():
+        copy = table.get(region_id)
+        copy.cost_s, copy.last_sample_at = latency, now
+    return table
+
+
+__all__ = ["RegionLoad", "explain", "hypothetical_loads", "traffic_split"]
