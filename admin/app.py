@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from admin import regions, status
 from admin.errors import error_middleware, json_error
 from admin.keys import CONTROL, RUNTIME
+from admin.status import STATUS_EXTRAS
 from router.control import Control
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -61,6 +62,7 @@ def create_app(control: Control) -> web.Application:
     )
     app[RUNTIME] = runtime
     app[CONTROL] = control
+    app[STATUS_EXTRAS] = []
     app.router.add_routes(regions.routes)
     app.router.add_routes(status.routes)
     app.router.add_get("/healthz", healthz)

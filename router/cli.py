@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from admin.app import create_app
+from admin.status import STATUS_EXTRAS
 from router import __version__
 from router.check import check_command
 from router.config import (
@@ -32,6 +33,7 @@ from router.health import ProbeFn
 from router.runtime import Runtime
 from router.server import ProxyServer
 from router.store import StateFormatError
+from router.supervisor import Supervisor, WorkerStartError, usable_cores
 
 log = logging.getLogger("router")
 
@@ -44,7 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="serve the proxy and admin listeners")
     run.add_argument("-c", "--config", help="config file (default: $ROUTER_CONFIG, ./config.yaml)")
-    run.add_argument("--workers", default="1", help="worker processes: N or auto (default 1)")
+    run.add_argument(
+        "--workers",
+        default=None,
+        help="serve from N worker processes (N or auto = usable cores) under a supervisor "
+        "that owns the control plane; default: one process does everything",
+    )
     check = sub.add_parser("check", help="validate a config file")
     check.add_argument("-c", "--config")
     demo = sub.add_parser("demo", help="local demo: three regions, traffic, failover")
@@ -68,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(args.config, args.workers)
 
 
-def run_command(config_arg: str | None, workers: str) -> int:
+def run_command(config_arg: str | None, workers: str | None) -> int:
     path = resolve_config_path(config_arg)
     try:
         config = load_config(path)
@@ -83,14 +90,20 @@ def run_command(config_arg: str | None, workers: str) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    if workers not in ("1", ""):
-        print("--workers: only 1 worker is supported in this version", file=sys.stderr)
+    if workers is None:
+        count = 0
+    elif workers == "auto":
+        count = usable_cores()
+    elif workers.isdigit() and 1 <= int(workers) <= 256:
+        count = int(workers)
+    else:
+        print(f"--workers: expected a number 1..256 or 'auto', got {workers!r}", file=sys.stderr)
         return EXIT_CONFIG
     for note in config_notes(config):
         log.warning("%s", note)
     import uvloop
 
-    return uvloop.run(serve(config, config_path=path))
+    return uvloop.run(serve(config, config_path=path, workers=count))
 
 
 class RouterService:
@@ -100,8 +113,14 @@ class RouterService:
     """
 
     def __init__(
-        self, config: Config, *, probe: ProbeFn | None = None, config_path: str | None = None
+        self,
+        config: Config,
+        *,
+        probe: ProbeFn | None = None,
+        config_path: str | None = None,
+        workers: int = 0,
     ) -> None:
+        """``workers`` 0: this process serves the proxy; N: N worker processes do."""
         self.config = config
         self.loop = asyncio.get_running_loop()
         self.runtime = Runtime(
@@ -110,16 +129,24 @@ class RouterService:
         self.control = Control(self.runtime, config_path=config_path)
         self.control.restore()  # raises StateFormatError before anything binds
         self.proxy = ProxyServer(self.runtime.core)
+        self.supervisor: Supervisor | None = None
+        if workers > 0:
+            self.supervisor = Supervisor(self.runtime, workers)
+            sup = self.supervisor
+            self.runtime.traffic_sources = sup.traffic_sources
+            self.runtime.readiness_checks.append(sup.ready)
         self._runner: web.AppRunner | None = None
         self._admin_site: web.TCPSite | None = None
 
     async def start(self) -> None:
         """Bind both listeners and start background work; raises OSError when a bind fails."""
         listen = self.config.listen
-        await self.proxy.start(listen.proxy.host, listen.proxy.port)
-        self._runner = web.AppRunner(
-            create_app(self.control), access_log=None, handle_signals=False
-        )
+        if self.supervisor is None:
+            await self.proxy.start(listen.proxy.host, listen.proxy.port)
+        app = create_app(self.control)
+        if self.supervisor is not None:
+            app[STATUS_EXTRAS].append(self.supervisor.status)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         self._admin_site = web.TCPSite(self._runner, listen.admin.host, listen.admin.port)
         try:
@@ -130,10 +157,18 @@ class RouterService:
             raise
         await self.runtime.start()
         await self.control.start()
+        if self.supervisor is not None:
+            try:
+                await self.supervisor.start(listen.proxy.host, listen.proxy.port)
+            except (OSError, WorkerStartError):
+                await self.control.stop()
+                await self.runtime.stop()
+                await self._runner.cleanup()
+                raise
 
     @property
     def proxy_port(self) -> int:
-        return self.proxy.port
+        return self.supervisor.port if self.supervisor is not None else self.proxy.port
 
     @property
     def admin_port(self) -> int:
@@ -149,7 +184,11 @@ class RouterService:
     async def stop(self, grace_s: float | None = None) -> bool:
         """Drain in-flight requests (up to the grace period) and close everything."""
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
-        drained = await self.proxy.drain(grace)
+        if self.supervisor is not None:
+            await self.supervisor.stop(grace)
+            drained = True
+        else:
+            drained = await self.proxy.drain(grace)
         await self.control.stop()
         await self.runtime.stop()
         if self._runner is not None:
@@ -161,13 +200,14 @@ async def serve(
     config: Config,
     *,
     config_path: str | None = None,
+    workers: int = 0,
     shutdown: Callable[[], Awaitable[object]] | None = None,
     install_signals: bool = True,
 ) -> int:
     """Run until SIGTERM/SIGINT (or ``shutdown`` returns); then drain and return an exit code."""
     loop = asyncio.get_running_loop()
     try:
-        service = RouterService(config, config_path=config_path)
+        service = RouterService(config, config_path=config_path, workers=workers)
     except StateFormatError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
@@ -176,6 +216,9 @@ async def serve(
         await service.start()
     except OSError as exc:
         log.error("cannot listen (proxy %s, admin %s): %s", listen.proxy, listen.admin, exc)
+        return EXIT_START
+    except WorkerStartError as exc:
+        log.error("%s", exc)
         return EXIT_START
     stop = asyncio.Event()
     if install_signals:

@@ -22,7 +22,13 @@ from router.metrics import GaugeCollector, TrafficCollector, TrafficStats
 from router.outlier import OutlierDetector
 from router.proxy import ProxyCore
 from router.registry import Registry, Transition
-from router.snapshot import RegionState, Snapshot, SnapshotHolder
+from router.snapshot import (
+    ELIGIBLE_STATES,
+    MANUAL_STATES,
+    RegionState,
+    Snapshot,
+    SnapshotHolder,
+)
 
 log = logging.getLogger("router")
 
@@ -41,6 +47,12 @@ class Runtime:
     ) -> None:
         self.loop = loop
         self.started_wall = time.time()
+        self.transition_hooks: list[Callable[[Transition], None]] = []
+        self.snapshot_hooks: list[Callable[[Snapshot], None]] = []  # e.g. push to workers
+        # Where served traffic is counted: this process, or (with workers) the supervisor.
+        self.traffic_sources: Callable[[], Iterable[TrafficStats]] = lambda: (self.core.stats,)
+        self.readiness_checks: list[Callable[[], bool]] = []
+
         self.instance_id = instance_id or config.instance_id or "router"
         self.registry = Registry(config, now=time.monotonic())
         self.holder = SnapshotHolder(self.registry.snapshot())
@@ -75,7 +87,8 @@ class Runtime:
             on_transition=self.record_transition,
             on_result=self._count_probe,
         )
-        self.metrics.register(TrafficCollector(self.traffic_sources))
+        # late-bound: a supervisor replaces traffic_sources after construction
+        self.metrics.register(TrafficCollector(lambda: self.traffic_sources()))  # noqa: PLW0108
         self.metrics.register(
             GaugeCollector(
                 "router_region_up",
@@ -132,18 +145,16 @@ class Runtime:
             )
         )
         self._tasks: list[asyncio.Task[None]] = []
-        self.transition_hooks: list[Callable[[Transition], None]] = []
 
     # -- wiring ------------------------------------------------------------------------
 
     def _publish(self, snapshot: Snapshot) -> None:
         self.holder.current = snapshot
+        for hook in self.snapshot_hooks:
+            hook(snapshot)
         core = getattr(self, "core", None)  # None while __init__ subscribes
         if core is not None and core.config is not snapshot.config:
             core.apply_config(snapshot.config)
-
-    def traffic_sources(self) -> Iterable[TrafficStats]:
-        return (self.core.stats,)
 
     def merged_stats(self) -> TrafficStats:
         total = TrafficStats()
@@ -157,9 +168,13 @@ class Runtime:
         log.info(
             "region %s: %s -> %s (%s)", t.region, t.from_state.value, t.to_state.value, t.reason
         )
-        if t.to_state in (RegionState.UNHEALTHY, RegionState.EJECTED, RegionState.FAILED_OVER):
-            reason = t.to_state.value
+        reason = failover_reason(t)
+        if reason is not None:
             self.failovers.labels(t.region, reason).inc()
+        if t.to_state is RegionState.RECOVERING:
+            self.outliers.begin_ramp(t.region)  # guarded failback watches the ramp
+        elif t.from_state is RegionState.RECOVERING:
+            self.outliers.end_ramp(t.region)
 
     def _count_probe(self, region_id: str, result: ProbeResult) -> None:
         self.health_checks.labels(region_id, "success" if result.ok else "failure").inc()
@@ -172,15 +187,27 @@ class Runtime:
         self._tasks.append(self.loop.create_task(self._tick_loop(), name="registry-tick"))
 
     async def _sweep_loop(self) -> None:
+        core = self.core
         while True:
             await asyncio.sleep(0.1)
-            self.core.sweep()
+            core.sweep()
+            # Requests still waiting for headers are latency evidence before they answer.
+            core.loads.observe_awaiting(core.awaiting, core.response_headers_timeout_s)
 
     async def _tick_loop(self) -> None:
+        loads = self.core.loads
+        panic = self.holder.current.panic
         while True:
             await asyncio.sleep(0.5)
             for t in self.registry.tick(time.monotonic(), time.time()):
                 self.record_transition(t)
+            self.outliers.guard(lambda region_id: loads.get(region_id).mean_s)
+            if self.holder.current.panic != panic:
+                panic = self.holder.current.panic
+                if panic:
+                    log.warning("panic: too few healthy regions; failing open to all regions")
+                else:
+                    log.warning("panic over: routing to healthy regions only")
 
     async def stop(self) -> None:
         await self.health.stop()
@@ -194,4 +221,23 @@ class Runtime:
             self.access_logger.flush()
 
     def ready(self) -> bool:
+        """At least one region can take traffic (eligible, or every region in panic)."""
+        if not all(check() for check in self.readiness_checks):
+            return False
         return any(r.eligible for r in self.holder.current.regions) or self.holder.current.panic
+
+
+def failover_reason(t: Transition) -> str | None:
+    """The ``reason`` label of router_failovers_total, or None when no failover happened.
+
+    A failover is a region leaving rotation: from healthy/recovering to anything else.
+    """
+    if t.from_state not in ELIGIBLE_STATES or t.to_state in ELIGIBLE_STATES:
+        return None
+    if t.to_state is RegionState.UNHEALTHY:
+        return "health_check"
+    if t.to_state is RegionState.EJECTED:
+        return "guarded_failback" if t.reason.startswith("guarded failback") else "outlier"
+    if t.to_state in MANUAL_STATES:
+        return "manual"
+    return "other"

@@ -1,0 +1,154 @@
+"""A worker process: serves the proxy port from an inherited socket, driven by snapshots.
+
+It owns no state of its own: the supervisor pushes routing snapshots over the channel and
+the worker applies them between requests. It reports its counters, in-flight numbers and
+passive outcomes back four times a second, so metrics, outlier detection and the latency
+estimate in the supervisor see every worker's traffic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from router.accesslog import AccessLogger
+from router.channel import ACK, READY, REPORT, SNAPSHOT, ChannelProtocol
+from router.proxy import ProxyCore
+from router.server import ProxyServer
+from router.snapshot import Snapshot, SnapshotHolder
+
+log = logging.getLogger("router.worker")
+REPORT_INTERVAL_S = 0.25
+
+
+class OutcomeRecorder:
+    """Passive outcomes per region as runs: [[ok, count, kind], ...] (cheap per request)."""
+
+    __slots__ = ("runs",)
+
+    def __init__(self) -> None:
+        self.runs: dict[str, list[list[Any]]] = {}
+
+    def __call__(self, region_id: str, ok: bool, kind: str) -> None:
+        runs = self.runs.get(region_id)
+        if runs is None:
+            self.runs[region_id] = [[ok, 1, kind]]
+            return
+        last = runs[-1]
+        if last[0] == ok and last[2] == kind:
+            last[1] += 1
+        else:
+            runs.append([ok, 1, kind])
+
+    def take(self) -> dict[str, list[list[Any]]]:
+        runs, self.runs = self.runs, {}
+        return runs
+
+
+async def run_worker(listen_fd: int, channel_fd: int, worker_id: int) -> int:
+    loop = asyncio.get_running_loop()
+    first: asyncio.Future[Snapshot] = loop.create_future()
+    stop = asyncio.Event()
+    holder: SnapshotHolder | None = None
+    core: ProxyCore | None = None
+
+    def on_message(kind: bytes, payload: Any) -> None:
+        nonlocal holder
+        if kind == SNAPSHOT:
+            assert isinstance(payload, Snapshot)
+            if holder is None:
+                holder = SnapshotHolder(payload)
+                first.set_result(payload)
+            else:
+                holder.current = payload
+                # Every message unpickles a fresh Config: compare by content hash.
+                if core is not None and core.config.config_hash != payload.config.config_hash:
+                    core.apply_config(payload.config)
+            channel.send(ACK, payload.version)
+
+    def on_lost() -> None:
+        stop.set()  # the supervisor is gone: drain and exit
+
+    # Created before connecting: the first snapshot may arrive during the connect call.
+    channel = ChannelProtocol(on_message, on_lost)
+    chan_sock = socket.socket(fileno=channel_fd)
+    await loop.connect_accepted_socket(lambda: channel, sock=chan_sock)
+    snapshot = await first
+    assert holder is not None
+    outcomes = OutcomeRecorder()
+    config = snapshot.config
+    core = ProxyCore(
+        holder,
+        loop=loop,
+        observer=outcomes,
+        access_log=AccessLogger() if config.access_log else None,
+    )
+    server = ProxyServer(core)
+    listen_sock = socket.socket(fileno=listen_fd)
+    await server.start("", 0, sock=listen_sock)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor handles Ctrl-C for us
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    channel.send(READY, {"worker": worker_id, "pid": os.getpid()})
+    gc.collect()
+    gc.freeze()
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL_S)
+            channel.send(REPORT, _report(core, outcomes))
+
+    async def sweep() -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            core.sweep()
+
+    tasks = [loop.create_task(report()), loop.create_task(sweep())]
+    await stop.wait()
+    drained = await server.drain(holder.current.config.shutdown_grace_s)
+    channel.send(REPORT, _report(core, outcomes))
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if core.access_log is not None and isinstance(core.access_log, AccessLogger):
+        core.access_log.flush()
+    await asyncio.sleep(0)  # let the last report leave
+    channel.close()
+    if not drained:
+        log.warning("grace period over: closed connections with requests in flight")
+    return 0
+
+
+def _report(core: ProxyCore, outcomes: OutcomeRecorder) -> dict[str, Any]:
+    return {
+        "stats": core.stats,
+        "inflight": {rid: load.inflight for rid, load in core.loads.items()},
+        "outcomes": outcomes.take(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="router.worker")
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--channel-fd", type=int, required=True)
+    parser.add_argument("--id", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s %(levelname)s worker-{args.id}: %(message)s",
+        stream=sys.stderr,
+    )
+    import uvloop
+
+    return uvloop.run(run_worker(args.listen_fd, args.channel_fd, args.id))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
