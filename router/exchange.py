@@ -19,7 +19,7 @@ from router.errors import (
     UpstreamConnectError,
     UpstreamTimeout,
 )
-from router.headers import CRLF, RESPONSE_SPECIAL, connection_tokens, error_response
+from router.headers import CRLF, connection_tokens, error_response
 from router.snapshot import RegionView, RoutePlan, Snapshot
 from router.strategies import RequestInfo
 from router.upstream import UpstreamConnection
@@ -66,6 +66,7 @@ class Exchange:
         "resp_headers",
         "resp_reason",
         "resp_started",
+        "resp_until_close",
         "retry_buffer",
         "retrying",
         "set_cookie",
@@ -136,11 +137,13 @@ class Exchange:
         self.resp_headers: list[tuple[bytes, bytes]] = []
         self.resp_started = False
         self.resp_chunked = False
-        self.resp_close_delimited = False
+        self.resp_close_delimited = False  # the client's body ends when we close
+        self.resp_until_close = False  # the upstream's body ends when it closes
         self.head_only_done = False
         self.discard_response = False
         self._informational = False
-        self.close_client = not keep_alive
+        # A refused upgrade leaves the client's parser in upgrade mode: close after it.
+        self.close_client = not keep_alive or upgrade
         self.done = False
         self.set_cookie: bytes | None = None
         self.tunnel_pending: list[bytes] = []
@@ -196,7 +199,10 @@ class Exchange:
         assert self.region is not None
         self.upstream = conn
         conn.exchange = self
-        self.client.cork_upstream(conn)
+        client = self.client
+        if client.writing_paused and conn.transport is not None:
+            conn.transport.pause_reading()  # the client is not taking response bytes yet
+        client.cork_upstream(conn)
         host = self.upstream_host or self.region.endpoint.host_header.encode()
         base = self.region.endpoint.base_path
         line = self.request_line if not base else self._with_base(base)
@@ -295,15 +301,18 @@ class Exchange:
         core = self.core
         client = self.client
         assert self.region is not None
-        drop = RESPONSE_SPECIAL
+        drop = core.response_drop
         lines = [b"HTTP/1.1 %d %b\r\n" % (status, self.resp_reason)]
         content_length: bytes | None = None
+        upstream_chunked = False
         named: set[bytes] | None = None
         for name, value in self.resp_headers:
             lname = name.lower()
             if lname in drop:
                 if lname == b"content-length":
                     content_length = value
+                elif lname == b"transfer-encoding":
+                    upstream_chunked = True
                 elif lname == b"connection":
                     tokens = connection_tokens(value)
                     named = tokens if named is None else named | tokens
@@ -320,19 +329,23 @@ class Exchange:
                 lines.append(b"Content-Length: %b\r\n" % content_length)
         elif content_length is not None:
             lines.append(b"Content-Length: %b\r\n" % content_length)
-        elif client.http11:
-            self.resp_chunked = True
-            lines.append(b"Transfer-Encoding: chunked\r\n")
         else:
-            self.resp_close_delimited = True
-            self.close_client = True
+            self.resp_until_close = not upstream_chunked
+            if client.http11:
+                self.resp_chunked = True
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.resp_close_delimited = True
+                self.close_client = True
         if core.region_header:
             lines.append(b"X-Router-Region: %b\r\n" % self.region.id.encode())
         if core.request_id_header:
             lines.append(b"X-Request-ID: %b\r\n" % self.request_id)
         if self.set_cookie is not None:
             lines.append(self.set_cookie)
-        if self.close_client or core.draining:
+        if status == 101:
+            pass
+        elif self.close_client or core.draining:
             self.close_client = True
             lines.append(b"Connection: close\r\n")
         elif not client.http11:
@@ -344,8 +357,8 @@ class Exchange:
             self.head_only_done = True  # HEAD: the parser would wait for a body that never comes
 
     def on_response_body(self, data: bytes) -> None:
-        if self.discard_response:
-            return
+        if self.discard_response or self.head_only_done:
+            return  # a retried 5xx, or bytes a confused upstream sent after a HEAD answer
         if self.resp_chunked:
             self.client.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
@@ -394,9 +407,11 @@ class Exchange:
         if self.done or conn is not self.upstream:
             return
         if self.resp_started:
-            if self.resp_close_delimited and not self.discard_response:
+            if self.resp_until_close and not self.discard_response:
                 self.upstream = None
                 self._release_upstream(reuse=False)
+                if self.resp_chunked:
+                    self.client.write(_CHUNK_END)
                 self._finish(self.status)  # end of a close-delimited body
                 return
             # Truncated mid-body: the only honest signal left is to cut the client off.
@@ -457,8 +472,11 @@ class Exchange:
             self._schedule_retry("stale-connection" if stale else condition)
             return
         error: ProxyError
-        if kind in {"timeout", "connect-timeout"}:
+        if kind == "timeout":
             error = UpstreamTimeout(f"region {region.id} did not answer in time")
+        elif kind == "connect-timeout":
+            # The region could not be reached at all: that is a 502, like a refusal.
+            error = UpstreamConnectError(f"region {region.id}: connect timed out")
         else:
             error = UpstreamConnectError(detail or f"region {region.id} failed: {kind}")
         self._fail(error)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 from collections import deque
 from collections.abc import Callable
 from time import monotonic
@@ -25,6 +26,7 @@ from router.headers import (
     IDEMPOTENT_METHODS,
     KNOWN_METHODS,
     REQUEST_SPECIAL,
+    RESPONSE_SPECIAL,
     connection_tokens,
     error_response,
 )
@@ -41,6 +43,13 @@ AccessLog = Callable[[Exchange, int, float, bool, str | None], None]
 
 def _ignore(region_id: str, ok: bool, kind: str) -> None:
     return None
+
+
+# ClientConnection.feeding: outside feed_data; inside it; inside it, and this read began a
+# request before any request completed (so the read starts with that request); inside it,
+# and a request completed during this read.
+_IDLE, _FEEDING, _BEGUN, _COMPLETED = 0, 1, 2, 3
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class ProxyCore:
@@ -83,6 +92,12 @@ class ProxyCore:
         self.preserve_host = cfg.preserve_host
         self.region_header = cfg.response_headers.region
         self.request_id_header = cfg.response_headers.request_id
+        # The router's own response headers replace any the region sent.
+        self.response_drop = (
+            RESPONSE_SPECIAL
+            | ({b"x-router-region"} if self.region_header else set())
+            | ({b"x-request-id"} if self.request_id_header else set())
+        )
         self.response_headers_timeout_s = cfg.timeouts.response_headers_s
         self.idle_timeout_s = cfg.timeouts.idle_s
         r = cfg.retries
@@ -170,11 +185,15 @@ class ClientConnection(asyncio.Protocol):
         self.parsing: Exchange | None = None  # exchange whose request body is being read
         self.queue: deque[Exchange] = deque()  # pipelined requests waiting their turn
         self._paused: set[str] = set()
-        self._writing_paused = False
+        self.writing_paused = False
         self.tunnel: UpstreamConnection | None = None
         self._cork: list[bytes] | None = None
-        self.feeding = False
+        self.feeding = _IDLE
         self.corked_upstream: UpstreamConnection | None = None
+        self.in_head = True  # between requests or inside a head: bytes are head bytes
+        self.head_fed = 0
+        self.method_override: bytes | None = None
+        self.eof = False
         self._reset_head()
 
     def _reset_head(self) -> None:
@@ -210,34 +229,76 @@ class ClientConnection(asyncio.Protocol):
         if self.parsing is not None and self.parsing.upgrade:
             self.parsing.tunnel_data(data)  # WebSocket bytes before the 101 arrives
             return
-        self.feeding = True
+        self.feeding = _FEEDING
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._parse_stopped(exc, data)
+        finally:
+            completed = self.feeding == _COMPLETED
+            self.feeding = _IDLE
+            corked = self.corked_upstream
+            if corked is not None:
+                self.corked_upstream = None
+                corked.uncork()
+        if self.in_head and not completed:
+            # A head still incomplete after a read that held nothing else: bound what
+            # llhttp buffers (a header line without its end would otherwise grow forever).
+            self.head_fed += len(data)
+            if self.head_fed > self.core.max_header_bytes and not self.closed:
+                self._reject(
+                    HeadersTooLarge(f"request head exceeds {self.core.max_header_bytes} bytes")
+                )
+
+    def _parse_stopped(self, exc: Exception, data: bytes) -> None:
+        """The parser stopped inside ``data``: an upgrade, a custom method, or an error."""
+        if isinstance(exc, httptools.HttpParserUpgrade):
             ex = self.parsing
-            rest = data[upgrade.args[0] :]
+            rest = data[exc.args[0] :]
             if ex is not None and ex.upgrade:
                 if rest:
                     ex.tunnel_data(rest)
             elif rest:
                 self._reject(BadRequest("unexpected data after an upgrade request"))
-        except httptools.HttpParserCallbackError as exc:
+        elif isinstance(exc, httptools.HttpParserInvalidMethodError):
+            self._custom_method(data)
+        elif isinstance(exc, httptools.HttpParserCallbackError):
             cause = exc.__context__
-            if isinstance(cause, ProxyError):
-                self._reject(cause)
-            else:
-                raise
-        except httptools.HttpParserError as exc:
+            if not isinstance(cause, ProxyError):
+                raise exc
+            self._reject(cause)
+        else:
             self._reject(BadRequest(f"malformed request: {exc}"))
-        finally:
-            self.feeding = False
-            corked = self.corked_upstream
-            if corked is not None:
-                self.corked_upstream = None
-                corked.uncork()
+
+    def _custom_method(self, data: bytes) -> None:
+        """llhttp knows a fixed set of methods; forward any other RFC 9110 token too.
+
+        Only when this read starts the request (the usual case): the method is swapped for
+        GET while parsing (request framing does not depend on the method) and restored for
+        the upstream. Otherwise, e.g. a second custom method pipelined in the same read,
+        the request is refused as malformed.
+        """
+        token, sep, rest = data.lstrip(b"\r\n").partition(b" ")
+        if (
+            self.feeding != _BEGUN
+            or self.method_override is not None
+            or not sep
+            or _TOKEN.fullmatch(token) is None
+        ):
+            self._reject(BadRequest("malformed request: invalid method"))
+            return
+        self.method_override = token
+        self.parser = httptools.HttpRequestParser(self)
+        patched = b"GET " + rest
+        self.feeding = _FEEDING
+        try:
+            self.parser.feed_data(patched)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._parse_stopped(exc, patched)
 
     def eof_received(self) -> bool | None:
-        # A half-closed client may still be waiting for its response.
+        # A half-closed client may still be waiting for its response: close after it.
+        self.eof = True
         return self.active is not None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -254,13 +315,13 @@ class ClientConnection(asyncio.Protocol):
         self.queue.clear()
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
+        self.writing_paused = True
         conn = self.tunnel or (self.active.upstream if self.active is not None else None)
         if conn is not None and conn.transport is not None:
             conn.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
+        self.writing_paused = False
         conn = self.tunnel or (self.active.upstream if self.active is not None else None)
         if conn is not None and conn.transport is not None:
             conn.transport.resume_reading()
@@ -269,6 +330,8 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._reset_head()
+        if self.feeding == _FEEDING:
+            self.feeding = _BEGUN  # this read starts the request (see _custom_method)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -303,6 +366,10 @@ class ClientConnection(asyncio.Protocol):
         elif lname == b"content-length":
             self.content_length = int(value)
         elif lname == b"transfer-encoding":
+            # llhttp frames by a final "chunked"; other codings would reach the region
+            # without their label once re-framed, so refuse them (as nginx does).
+            if value.strip().lower() != b"chunked":
+                raise BadRequest("unsupported Transfer-Encoding (only chunked)")
             self.chunked = True
         elif lname == b"connection":
             tokens = connection_tokens(value)
@@ -323,8 +390,15 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         core = self.core
         parser = self.parser
+        self.in_head = False
+        self.head_fed = 0
         method = parser.get_method()
-        self.http11 = parser.get_http_version() == "1.1"
+        if self.method_override is not None:
+            method, self.method_override = self.method_override, None
+        version = parser.get_http_version()
+        self.http11 = version == "1.1"
+        if not self.http11 and version != "1.0":
+            raise BadRequest(f"unsupported HTTP version {version}")
         if method == b"CONNECT":
             raise BadRequest("CONNECT is not supported: this is a reverse proxy")
         target, authority = split_target(self.url)
@@ -402,6 +476,8 @@ class ClientConnection(asyncio.Protocol):
             ex.feed_body(body)
 
     def on_message_complete(self) -> None:
+        self.in_head = True
+        self.feeding = _COMPLETED
         ex = self.parsing
         if ex is not None:
             if not ex.upgrade:
@@ -482,7 +558,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.active = None
         self.last_active = monotonic()
-        if close or self.core.draining:
+        if close or self.core.draining or (self.eof and not self.queue):
             self.close()
             return
         if self.queue:
