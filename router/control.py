@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from router.alerts import AlertEngine
 from router.config import (
     Config,
     ConfigError,
@@ -79,6 +80,7 @@ class Control:
         self._watch_sig: tuple[float, int, str] | None = None
         self._reload_lock = asyncio.Lock()
         runtime.transition_hooks.append(self._on_transition)
+        self.alerts = AlertEngine(self, wall=wall)
 
     # -- start-up ----------------------------------------------------------------------
 
@@ -136,8 +138,10 @@ class Control:
         if cfg.reload.watch and self.config_path:
             self._watch_sig = self._file_signature()
             self._tasks.append(loop.create_task(self._watch(), name="config-watch"))
+        await self.alerts.start()
 
     async def stop(self) -> None:
+        await self.alerts.stop()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
