@@ -1,0 +1,281 @@
+"""Render outcomes as a markdown report and a JSON document, and write both atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.throughput import (
+    BASE_CONNECTIONS,
+    CONCURRENCY_SIZE,
+    FOREIGN_CPU_WARN_PERCENT,
+    HIGH_CONNECTIONS,
+    SINGLE_CONNECTION,
+    Cell,
+    Outcome,
+    Plan,
+)
+
+REFERENCE = "nginx"  # the "vs nginx" column divides by this target's req/s
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Report:
+    command: str
+    started_at: str
+    finished_at: str
+    machine: dict[str, str]
+    plan: Plan
+    notes: tuple[str, ...]
+    outcomes: tuple[Outcome, ...]
+
+    def outcome(self, key: str) -> Outcome | None:
+        return next((o for o in self.outcomes if o.target.key == key), None)
+
+
+def fmt_latency(us: float | None) -> str:
+    if us is None:
+        return "-"
+    if us < 1e3:
+        return f"{us:.0f}us"
+    if us < 1e6:
+        return f"{us / 1e3:.2f}ms"
+    return f"{us / 1e6:.2f}s"
+
+
+def fmt_rps(rps: float | None) -> str:
+    return "-" if rps is None else f"{rps:,.0f}"
+
+
+def fmt_cpu(us: float | None) -> str:
+    return "-" if us is None else f"{us:.1f}"
+
+
+def fmt_percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
+def fmt_ratio(value: float | None, reference: float | None) -> str:
+    if value is None or not reference:
+        return "-"
+    return f"{value / reference:.2f}x"
+
+
+def fmt_errors(cell: Cell) -> str:
+    if not cell.non_2xx_3xx and not cell.socket_errors:
+        return "0"
+    return f"{cell.non_2xx_3xx} non-2xx/3xx, {cell.socket_errors} socket"
+
+
+def _rps(outcome: Outcome | None, size: str, connections: int) -> float | None:
+    cell = outcome.cell(size, connections) if outcome is not None else None
+    return cell.requests_per_s if cell is not None else None
+
+
+def _table(header: Sequence[str], align: str, rows: Sequence[Sequence[str]]) -> list[str]:
+    """`align` has one letter per column: l or r."""
+    rule = ["---:" if a == "r" else "---" for a in align]
+    return ["| " + " | ".join(row) + " |" for row in (header, rule, *rows)]
+
+
+def _interference(report: Report) -> list[str]:
+    """One line on how much CPU other processes used during the measured runs."""
+    worst: tuple[float, str] | None = None
+    for outcome in report.outcomes:
+        for cell in outcome.cells:
+            where = f"{outcome.target.label} {cell.size} c={cell.connections}"
+            if worst is None or cell.max_foreign_cpu_percent > worst[0]:
+                worst = (cell.max_foreign_cpu_percent, where)
+    if worst is None:
+        return []
+    line = f"- other processes used at most {worst[0]:.0f}% of a CPU during a measured run"
+    if worst[0] < FOREIGN_CPU_WARN_PERCENT:
+        return [line + " (quiet machine)"]
+    return [line + f" ({worst[1]}): **the machine was shared; treat these figures as noisy**"]
+
+
+def render_markdown(report: Report) -> str:
+    plan, machine = report.plan, report.machine
+    lines = [
+        "# region-router side-by-side benchmark",
+        "",
+        f"- command: `{report.command}`",
+        f"- run: {report.started_at} to {report.finished_at}, git {machine.get('git', '?')}",
+        f"- machine: nproc {machine['nproc']}, kernel {machine['kernel']}, "
+        f"Python {machine['python']}, CPU {machine['cpu']}",
+        f"- tools: {machine['wrk']}; {machine['nginx']}; {machine['haproxy']}",
+        f"- load average at start / end: {machine['loadavg_start']} / "
+        f"{machine.get('loadavg_end', '?')}",
+        f"- pinning: {machine['pinning']}",
+        f"- each figure: median of {plan.runs} run(s) of `wrk -t1 -d{plan.duration_s}s "
+        f"--latency` after a {plan.warmup_s} s warm-up; CPU us/req is the proxy process "
+        "tree's user+system time over requests completed; proxy CPU is that time over the wall "
+        "time of the run (100% = one CPU: the proxy is the bottleneck)",
+    ]
+    lines += [f"- note: {note}" for note in report.notes]
+    lines += _interference(report)
+
+    reference = report.outcome(REFERENCE)
+    rows = []
+    for outcome in report.outcomes:
+        for size in plan.sizes:
+            cell = outcome.cell(size, BASE_CONNECTIONS)
+            if cell is None:
+                continue
+            rows.append(
+                [
+                    outcome.target.label,
+                    size,
+                    fmt_rps(cell.requests_per_s),
+                    fmt_latency(cell.p50_us),
+                    fmt_latency(cell.p99_us),
+                    fmt_cpu(cell.proxy_cpu_us_per_request),
+                    fmt_percent(cell.proxy_cpu_percent),
+                    fmt_ratio(cell.requests_per_s, _rps(reference, size, BASE_CONNECTIONS)),
+                    fmt_errors(cell),
+                ]
+            )
+    lines += ["", f"## Throughput and latency, c={BASE_CONNECTIONS}", ""]
+    header = ["target", "size", "req/s", "p50", "p99", "CPU us/req", "proxy CPU", "vs nginx"]
+    lines += _table([*header, "errors"], "llrrrrrrl", rows)
+
+    high_rows, single_rows = [], []
+    direct = report.outcome("direct")
+    direct_single = direct.cell(CONCURRENCY_SIZE, SINGLE_CONNECTION) if direct else None
+    for outcome in report.outcomes:
+        base = outcome.cell(CONCURRENCY_SIZE, BASE_CONNECTIONS)
+        high = outcome.cell(CONCURRENCY_SIZE, HIGH_CONNECTIONS)
+        if high is not None:
+            high_rows.append(
+                [
+                    outcome.target.label,
+                    fmt_rps(base.requests_per_s if base else None),
+                    fmt_rps(high.requests_per_s),
+                    fmt_ratio(high.requests_per_s, base.requests_per_s if base else None),
+                    fmt_latency(high.p99_us),
+                    str(high.non_2xx_3xx),
+                    str(high.socket_errors),
+                ]
+            )
+        single = outcome.cell(CONCURRENCY_SIZE, SINGLE_CONNECTION)
+        if single is not None:
+            added = (
+                fmt_latency(single.p50_us - direct_single.p50_us)
+                if direct_single is not None and outcome.target.key != "direct"
+                else "-"
+            )
+            single_rows.append(
+                [
+                    outcome.target.label,
+                    fmt_rps(single.requests_per_s),
+                    fmt_latency(single.p50_us),
+                    fmt_latency(single.p99_us),
+                    added,
+                ]
+            )
+    if high_rows:
+        lines += ["", f"## Concurrency: c={HIGH_CONNECTIONS} vs c={BASE_CONNECTIONS}, /small", ""]
+        header = ["target", "req/s c=64", "req/s c=256", "c256/c64", "p99 c=256", "non-2xx/3xx"]
+        lines += _table([*header, "socket errors"], "lrrrrrr", high_rows)
+    if single_rows:
+        lines += ["", f"## Added latency: c={SINGLE_CONNECTION}, /small", ""]
+        header = ["target", "req/s", "p50", "p99", "added p50 vs direct"]
+        lines += _table(header, "lrrrr", single_rows)
+
+    problems = [o for o in report.outcomes if o.status != "ok"]
+    if problems:
+        lines += ["", "## Targets not (fully) measured", ""]
+        for outcome in problems:
+            lines.append(f"- **{outcome.target.label}**: {outcome.status}: {outcome.note}")
+            if outcome.log_tail:
+                lines += ["", "  ```", *("  " + ln for ln in outcome.log_tail.splitlines())]
+                lines += ["  ```"]
+    return "\n".join(lines) + "\n"
+
+
+def _cell_json(cell: Cell) -> dict[str, Any]:
+    return {
+        "size": cell.size,
+        "connections": cell.connections,
+        "median": {
+            "requests_per_s": cell.requests_per_s,
+            "p50_us": cell.p50_us,
+            "p99_us": cell.p99_us,
+            "proxy_cpu_us_per_request": cell.proxy_cpu_us_per_request,
+            "backend_cpu_us_per_request": cell.backend_cpu_us_per_request,
+            "proxy_cpu_percent": cell.proxy_cpu_percent,
+        },
+        "max_foreign_cpu_percent": cell.max_foreign_cpu_percent,
+        "non_2xx_3xx_total": cell.non_2xx_3xx,
+        "socket_errors_total": cell.socket_errors,
+        "runs": [
+            {
+                "requests": s.result.requests,
+                "duration_s": s.result.duration_s,
+                "requests_per_s": s.result.requests_per_s,
+                "latency_us": {
+                    "p50": s.result.p50_us,
+                    "p75": s.result.p75_us,
+                    "p90": s.result.p90_us,
+                    "p99": s.result.p99_us,
+                },
+                "non_2xx_3xx": s.result.non_2xx_3xx,
+                "socket_errors": {
+                    "connect": s.result.socket_errors.connect,
+                    "read": s.result.socket_errors.read,
+                    "write": s.result.socket_errors.write,
+                    "timeout": s.result.socket_errors.timeout,
+                },
+                "proxy_cpu_s": s.proxy_cpu_s,
+                "backend_cpu_s": s.backend_cpu_s,
+                "foreign_cpu_s": s.foreign_cpu_s,
+                "cpu_window_s": s.window_s,
+            }
+            for s in cell.samples
+        ],
+    }
+
+
+def to_json(report: Report) -> dict[str, Any]:
+    return {
+        "command": report.command,
+        "started_at": report.started_at,
+        "finished_at": report.finished_at,
+        "machine": report.machine,
+        "plan": {
+            "sizes": list(report.plan.sizes),
+            "duration_s": report.plan.duration_s,
+            "runs": report.plan.runs,
+            "warmup_s": report.plan.warmup_s,
+        },
+        "notes": list(report.notes),
+        "targets": [
+            {
+                "target": o.target.label,
+                "status": o.status,
+                "note": o.note,
+                "log_tail": o.log_tail,
+                "cells": [_cell_json(cell) for cell in o.cells],
+            }
+            for o in report.outcomes
+        ],
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write(report: Report, out_dir: Path, stem: str = "latest") -> tuple[Path, Path]:
+    """Write `<stem>.md` and `<stem>.json` into `out_dir`; returns both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md_path, json_path = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
+    _write_atomic(md_path, render_markdown(report))
+    _write_atomic(json_path, json.dumps(to_json(report), indent=2) + "\n")
+    return md_path, json_path

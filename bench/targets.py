@@ -1,0 +1,276 @@
+"""The processes under test and the backend they front: configs, start, readiness, stop."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.process import Child, TargetError, free_ports, http_get, pinned, wait_ready
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROXY_CPU = 0  # the proxy under test, alone
+LOAD_CPU = 1  # the backend nginx and wrk
+INSTALL_HINT = "apt-get install -y wrk nginx haproxy"
+READY_TIMEOUT_S = 10.0
+ROUTER_READY_TIMEOUT_S = 30.0
+
+# Static files the backend serves, by URL path (without the slash).
+SIZES: dict[str, int] = {"small": 100, "64k": 64 * 1024, "1m": 1024 * 1024}
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where wrk sends load, and the process (if any) whose CPU time is the proxy's."""
+
+    name: str
+    port: int
+    child: Child | None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def ensure_alive(self) -> None:
+        if self.child is not None:
+            self.child.ensure_alive()
+
+    def log_tail(self) -> str:
+        return self.child.log_tail() if self.child is not None else ""
+
+
+Starter = Callable[[Path, int], AbstractContextManager[Endpoint]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    """One thing to put load on: its CLI key, its report label, what it needs, how to start it."""
+
+    key: str
+    label: str
+    tools: tuple[str, ...]
+    start: Starter  # (workdir, backend_port) -> context manager yielding the Endpoint
+
+    def missing_tools(self) -> list[str]:
+        return [tool for tool in self.tools if shutil.which(tool) is None]
+
+
+def _nginx_conf(prefix: Path, port: int, *, http_extra: str, server_body: str) -> str:
+    temp = prefix / "tmp"
+    return f"""\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log stderr warn;
+worker_rlimit_nofile 16384;
+events {{
+    worker_connections 8192;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {temp}/client_body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    tcp_nodelay on;
+{http_extra}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+{server_body}
+    }}
+}}
+"""
+
+
+def _start_nginx(name: str, prefix: Path, port: int, conf: str, cpu: int) -> Child:
+    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+    conf_path = prefix / "nginx.conf"
+    conf_path.write_text(conf)
+    argv = ["nginx", "-p", f"{prefix}/", "-e", "stderr", "-c", str(conf_path)]
+    return Child(name, pinned(cpu, argv), prefix / "nginx.log")
+
+
+@contextmanager
+def nginx_backend(workdir: Path) -> Iterator[Endpoint]:
+    """The origin every target fronts: static /small, /64k, /1m and /health, on the load CPU."""
+    prefix = workdir / "backend"
+    www = prefix / "www"
+    www.mkdir(parents=True)
+    for name, size in SIZES.items():
+        (www / name).write_bytes(b"x" * size)
+    (port,) = free_ports(1)
+    http_extra = """\
+    sendfile on;
+    tcp_nopush on;
+    open_file_cache max=64 inactive=60s;
+    default_type application/octet-stream;"""
+    server_body = f"""\
+        root {www};
+        location = /health {{
+            default_type text/plain;
+            return 200 "ok\\n";
+        }}
+        location / {{
+        }}"""
+    conf = _nginx_conf(prefix, port, http_extra=http_extra, server_body=server_body)
+    child = _start_nginx("nginx-backend", prefix, port, conf, LOAD_CPU)
+    try:
+        wait_ready(child, port, "/health", READY_TIMEOUT_S)
+        yield Endpoint("nginx-backend", port, child)
+    finally:
+        child.stop()
+
+
+@contextmanager
+def direct(workdir: Path, backend_port: int) -> Iterator[Endpoint]:
+    """No proxy: wrk talks to the backend itself. The baseline every proxy adds cost to."""
+    del workdir
+    yield Endpoint("direct", backend_port, None)
+
+
+# The reference proxy's per-location settings, kept in one place so they can be argued about.
+# nginx's default 4k/8k proxy buffers halve its 64 KiB throughput here, and with buffering on a
+# 1 MiB body either spills to a temp file or stalls the upstream. Streaming through one 64 KiB
+# buffer is what region-router and HAProxy do, so the reference streams too. (proxy_buffers is
+# only there because nginx validates proxy_busy_buffers_size against it even when unused.)
+NGINX_PROXY_DIRECTIVES = """\
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_buffer_size 64k;
+            proxy_buffers 4 64k;"""
+
+
+@contextmanager
+def nginx_proxy(workdir: Path, backend_port: int) -> Iterator[Endpoint]:
+    """nginx as a reverse proxy, one process, with a keep-alive upstream pool."""
+    prefix = workdir / "nginx-proxy"
+    (port,) = free_ports(1)
+    http_extra = f"""\
+    upstream backend {{
+        server 127.0.0.1:{backend_port};
+        keepalive 256;
+        keepalive_requests 1000000;
+        keepalive_timeout 75s;
+    }}"""
+    server_body = f"""\
+        location / {{
+{NGINX_PROXY_DIRECTIVES}
+        }}"""
+    conf = _nginx_conf(prefix, port, http_extra=http_extra, server_body=server_body)
+    child = _start_nginx("nginx-proxy", prefix, port, conf, PROXY_CPU)
+    try:
+        wait_ready(child, port, "/health", READY_TIMEOUT_S)
+        yield Endpoint("nginx", port, child)
+    finally:
+        child.stop()
+
+
+@contextmanager
+def haproxy(workdir: Path, backend_port: int) -> Iterator[Endpoint]:
+    """HAProxy in http mode, one thread, reusing idle server connections."""
+    prefix = workdir / "haproxy"
+    prefix.mkdir(parents=True)
+    (port,) = free_ports(1)
+    conf_path = prefix / "haproxy.cfg"
+    conf_path.write_text(f"""\
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+    http-reuse always
+
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend origin
+
+backend origin
+    server origin1 127.0.0.1:{backend_port}
+""")
+    argv = ["haproxy", "-db", "-f", str(conf_path)]
+    child = Child("haproxy", pinned(PROXY_CPU, argv), prefix / "haproxy.log")
+    try:
+        wait_ready(child, port, "/health", READY_TIMEOUT_S)
+        yield Endpoint("haproxy", port, child)
+    finally:
+        child.stop()
+
+
+ROUTER_CONFIG = """\
+listen: {{proxy: "127.0.0.1:{proxy_port}", admin: "127.0.0.1:{admin_port}"}}
+strategy: round_robin
+access_log: false
+state_dir: {state_dir}
+reload: {{watch: false}}
+health_check: {{path: /health, interval: 5s, timeout: 2s}}
+regions:
+  - {{id: bench-1, endpoint: "http://127.0.0.1:{backend_port}"}}
+"""
+
+
+@contextmanager
+def region_router(workdir: Path, backend_port: int) -> Iterator[Endpoint]:
+    """`python -m router run -c config.yaml` from this checkout, ready when admin /readyz is 200."""
+    prefix = workdir / "router"
+    state_dir = prefix / "state"
+    state_dir.mkdir(parents=True)
+    proxy_port, admin_port = free_ports(2)
+    conf_path = prefix / "config.yaml"
+    conf_path.write_text(
+        ROUTER_CONFIG.format(
+            proxy_port=proxy_port,
+            admin_port=admin_port,
+            state_dir=state_dir,
+            backend_port=backend_port,
+        )
+    )
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "router", "run", "-c", str(conf_path)]
+    child = Child(
+        "region-router", pinned(PROXY_CPU, argv), prefix / "router.log", cwd=REPO_ROOT, env=env
+    )
+    try:
+        wait_ready(child, admin_port, "/readyz", ROUTER_READY_TIMEOUT_S)
+        yield Endpoint("region-router", proxy_port, child)
+    finally:
+        child.stop()
+
+
+# Report order: the baseline, the system under test, then the references.
+TARGETS: tuple[Target, ...] = (
+    Target(key="direct", label="direct", tools=(), start=direct),
+    Target(key="router", label="region-router", tools=(), start=region_router),
+    Target(key="nginx", label="nginx", tools=("nginx",), start=nginx_proxy),
+    Target(key="haproxy", label="haproxy", tools=("haproxy",), start=haproxy),
+)
+
+
+def check_response(endpoint: Endpoint, size: str) -> None:
+    """One GET before the load: 200 and exactly the file's length, or the target is broken."""
+    path = f"/{size}"
+    try:
+        status, body = http_get(endpoint.port, path, timeout_s=5.0)
+    except (OSError, http.client.HTTPException) as exc:
+        message = f"GET {path} via {endpoint.name} failed: {type(exc).__name__}: {exc}"
+        raise TargetError(message, endpoint.log_tail()) from exc
+    if status != 200 or len(body) != SIZES[size]:
+        raise TargetError(
+            f"GET {path} via {endpoint.name} returned HTTP {status} with {len(body)} bytes, "
+            f"expected 200 with {SIZES[size]}",
+            endpoint.log_tail(),
+        )
