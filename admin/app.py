@@ -8,13 +8,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from admin import regions, status
+from admin import monitoring, regions, status
 from admin.errors import error_middleware, json_error
 from admin.keys import CONTROL, RUNTIME
 from admin.status import STATUS_EXTRAS
 from router.control import Control
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", monitoring.DASHBOARD_PATH})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -65,6 +65,7 @@ def create_app(control: Control) -> web.Application:
     app[STATUS_EXTRAS] = []
     app.router.add_routes(regions.routes)
     app.router.add_routes(status.routes)
+    monitoring.setup(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
