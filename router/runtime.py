@@ -35,9 +35,6 @@ log = logging.getLogger("router")
 # `_created` series double every counter for no use to a router operator.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
 
-REPLICATION_KINDS = ("model", "config", "metrics", "artifact")
-REPLICATION_RESULTS = ("succeeded", "failed", "cancelled")
-
 
 class Runtime:
     def __init__(
@@ -76,16 +73,6 @@ class Runtime:
         self.config_reloads = Counter(
             "router_config_reloads", "Config reloads by result", ["result"], registry=self.metrics
         )
-        # The replication runner counts finished jobs here: .labels(kind, result).inc()
-        self.replication_jobs = Counter(
-            "router_replication_jobs",
-            "Replication jobs finished, by artifact kind and result",
-            ["kind", "result"],
-            registry=self.metrics,
-        )
-        for kind in REPLICATION_KINDS:
-            for result in REPLICATION_RESULTS:
-                self.replication_jobs.labels(kind, result)
         for result in ("success", "error"):
             self.config_reloads.labels(result)
         self.outliers = OutlierDetector(self.registry, self.record_transition)
