@@ -263,10 +263,14 @@ class Exchange:
     # -- response (from the upstream connection) ---------------------------------------
 
     def on_response_head(self, status: int) -> None:
-        if 100 <= status < 200 and status != 101:
-            self._informational = True  # 100/103: dropped; the final response follows
-            self.resp_headers = []
-            return
+        if 100 <= status < 200:
+            if status != 101:
+                self._informational = True  # 100/103: dropped; the final response follows
+                self.resp_headers = []
+                return
+            if not self.upgrade:
+                self._attempt_failed("protocol", sent=True, detail="unrequested 101 from region")
+                return
         core = self.core
         core.awaiting.discard(self)
         region = self.region
@@ -368,6 +372,8 @@ class Exchange:
         if self._informational:
             self._informational = False
             return
+        if self.status == 101:
+            return  # llhttp ends the 101 message, then stops: on_upgrade_data follows
         conn = self.upstream
         if self.discard_response:
             self._retry_after_status(conn)
@@ -393,7 +399,8 @@ class Exchange:
     def on_upgrade_data(self, rest: bytes) -> None:
         """The upstream accepted a WebSocket: splice the two connections together."""
         conn = self.upstream
-        assert conn is not None
+        if conn is None or self.done:
+            return  # an unrequested 101, already failed
         self.core.awaiting.discard(self)
         self._release_upstream(reuse=False, keep_open=True)
         self.client.start_tunnel(conn, rest, self.tunnel_pending)

@@ -193,7 +193,7 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = True  # between requests or inside a head: bytes are head bytes
         self.head_fed = 0
         self.method_override: bytes | None = None
-        self.eof = False
+        self.deferred_error: ProxyError | None = None  # a refusal waiting its turn
         self._reset_head()
 
     def _reset_head(self) -> None:
@@ -297,9 +297,9 @@ class ClientConnection(asyncio.Protocol):
             self._parse_stopped(exc, patched)
 
     def eof_received(self) -> bool | None:
-        # A half-closed client may still be waiting for its response: close after it.
-        self.eof = True
-        return self.active is not None
+        # The client closed (or half-closed) its side: like nginx, take it as gone and
+        # cancel what it asked for rather than keep a region busy for nobody.
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -558,7 +558,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.active = None
         self.last_active = monotonic()
-        if close or self.core.draining or (self.eof and not self.queue):
+        if close or self.core.draining:
             self.close()
             return
         if self.queue:
@@ -567,20 +567,43 @@ class ClientConnection(asyncio.Protocol):
                 self.resume_reading_for("pipeline")
             self.active = nxt
             nxt.start()
+        elif self.deferred_error is not None:
+            self._send_error(self.deferred_error)
+            self.close()
         else:
             self.resume_reading_for("pipeline")
 
     def _reject(self, error: ProxyError) -> None:
-        """A request the router answers itself, then closes (the stream is unusable)."""
-        ex = self.active
-        if ex is not None and ex.resp_started:
+        """Answer a request the router refuses itself, then close (the stream is unusable).
+
+        Responses keep request order: when requests ahead of the bad one are still being
+        answered, the error waits for them (reading stays paused meanwhile).
+        """
+        if self.closed or self.deferred_error is not None:
+            return
+        ex = self.parsing  # the request whose body failed; None when a head failed
+        self.parsing = None
+        if ex is not None and ex is self.active:
+            if ex.resp_started:
+                self.close()  # mid-response: closing is the only signal left
+                return
+            self._send_error(error)
+            ex.client_lost()
             self.close()
             return
-        if ex is not None:
+        if ex is not None:  # queued behind the active request, never started
+            self.queue.remove(ex)
             ex.client_lost()
+        if self.active is None:
+            self._send_error(error)
+            self.close()
+        else:
+            self.deferred_error = error
+            self.pause_reading_for("error")
+
+    def _send_error(self, error: ProxyError) -> None:
         self.write(error_response(error, self.request_id, close=True))
         self.core.stats.record("none", "OTHER", str(error.status), 0.0)
-        self.close()
 
     def start_tunnel(
         self, conn: UpstreamConnection, upstream_rest: bytes, pending: list[bytes]
