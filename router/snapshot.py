@@ -57,6 +57,16 @@ class RegionView:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ArtifactInfo:
+    """What replication knows of one artifact name (router/artifacts.py routes by it)."""
+
+    name: str
+    sha256: str | None = None  # the latest verified digest; None until a copy is verified
+    source: str | None = None  # the region the latest job of this name read from
+    read_at: float = 0.0  # wall clock: when that digest (or source) was read
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Tier:
     priority: int
     regions: tuple[RegionView, ...]  # candidates of this tier (eligible, or all in panic)
@@ -73,6 +83,9 @@ class RoutePlan:
     regions: tuple[RegionView, ...]  # every region the route names (any state)
     tiers: tuple[Tier, ...]  # tiers with share > 0 first, in priority order
     panic: bool
+    # requires_artifact: the digest regions must hold (None: any) and the fallback region
+    artifact_sha256: str | None = None
+    artifact_fallback: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,6 +99,7 @@ class Snapshot:
     panic: bool  # the default plan is in panic
     # earliest time (monotonic seconds) at which an ineligible region may become eligible
     next_eligible_at: float | None = None
+    artifacts: Mapping[str, ArtifactInfo] = field(default_factory=dict)  # by name
 
     def __repr__(self) -> str:
         eligible = sum(1 for r in self.regions if r.eligible)
