@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from admin import monitoring, regions, status
+from admin import monitoring, regions, replication, status
 from admin.errors import error_middleware, json_error
 from admin.keys import CONTROL, RUNTIME
 from admin.status import STATUS_EXTRAS
@@ -64,6 +64,7 @@ def create_app(control: Control) -> web.Application:
     app[CONTROL] = control
     app[STATUS_EXTRAS] = []
     app.router.add_routes(regions.routes)
+    app.router.add_routes(replication.routes)
     app.router.add_routes(status.routes)
     monitoring.setup(app)
     app.router.add_get("/healthz", healthz)

@@ -27,9 +27,11 @@ from router.config import (
     to_plain,
 )
 from router.errors import NotFound, RegionConflict, UnknownRegion
+from router.inventory import ArtifactInventory
 from router.operations import FailoverOperation, OperationBook
 from router.registry import Transition
 from router.reload import ConfigDiff, diff_configs
+from router.replication import ReplicationEngine
 from router.runtime import Runtime
 from router.snapshot import RegionState, RegionView
 from router.store import FileStateStore
@@ -74,6 +76,15 @@ class Control:
         self.store = FileStateStore(Path(runtime.registry.config.state_dir))
         self.ops = OperationBook()
         self.window = TrafficWindow()
+        self.inventory = ArtifactInventory(self.registry, self.store, wall=wall)
+        self.replication = ReplicationEngine(
+            self.registry,
+            self.store,
+            self.inventory,
+            runtime.metrics,
+            instance_id=runtime.instance_id,
+            wall=wall,
+        )
         self.last_reload: ReloadResult | None = None
         self._history_dirty = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -130,6 +141,8 @@ class Control:
                         reason=str(item["reason"]),
                     )
                 )
+        self.inventory.restore()  # after the regions: copies belong to known regions
+        self.replication.restore()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -139,8 +152,10 @@ class Control:
             self._watch_sig = self._file_signature()
             self._tasks.append(loop.create_task(self._watch(), name="config-watch"))
         await self.alerts.start()
+        await self.replication.start()
 
     async def stop(self) -> None:
+        await self.replication.stop()
         await self.alerts.stop()
         for t in self._tasks:
             t.cancel()

@@ -1,0 +1,56 @@
+"""Admin routes for replication jobs: trigger, list, inspect, cancel (docs/replication.md)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from admin.bodies import check, json_response, read_json
+from admin.keys import CONTROL
+from router.replication_jobs import JobState, parse_job_request
+from router.validate import FieldError
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/admin/replications")
+async def create_replication(request: web.Request) -> web.StreamResponse:
+    """202 with the job: it runs in the background; poll GET /admin/replications/{id}."""
+    engine = request.app[CONTROL].replication
+    body = await read_json(request)
+    errors: list[FieldError] = []
+    job_request = parse_job_request(body, errors)
+    check(errors)
+    assert job_request is not None
+    job = await engine.submit(job_request)
+    response = json_response(job.to_json(), status=202)
+    response.headers["Location"] = f"/admin/replications/{job.id}"
+    return response
+
+
+@routes.get("/admin/replications")
+async def list_replications(request: web.Request) -> web.StreamResponse:
+    """Every kept job, newest first; ``?state=running`` (or any job state) filters."""
+    engine = request.app[CONTROL].replication
+    wanted = request.query.get("state")
+    if wanted is not None and wanted not in {s.value for s in JobState}:
+        choices = ", ".join(s.value for s in JobState)
+        check([FieldError("state", f"expected one of {choices}, got {wanted!r}")])
+    jobs = [j for j in engine.recent() if wanted is None or j.state.value == wanted]
+    return json_response({"jobs": [j.to_json() for j in jobs]})
+
+
+@routes.get("/admin/replications/{id}")
+async def get_replication(request: web.Request) -> web.StreamResponse:
+    engine = request.app[CONTROL].replication
+    return json_response(engine.get(request.match_info["id"]).to_json())
+
+
+async def _cancel(request: web.Request) -> web.StreamResponse:
+    """Stops the job (tasks cancelled and awaited, spool removed); 409 once it has ended."""
+    engine = request.app[CONTROL].replication
+    job = await engine.cancel(request.match_info["id"])
+    return json_response(job.to_json())
+
+
+routes.delete("/admin/replications/{id}")(_cancel)
+routes.post("/admin/replications/{id}/cancel")(_cancel)

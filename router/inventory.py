@@ -1,0 +1,93 @@
+"""The artifact inventory on disk: verified copies and the per-name catalog (kind artifacts)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from router.registry import Registry
+from router.snapshot import ArtifactInfo
+from router.store import FileStateStore
+
+log = logging.getLogger("router.inventory")
+
+
+class ArtifactInventory:
+    """Records verified copies in the registry and keeps them in the store (kind artifacts).
+
+    Each holding is saved with the region's endpoint: a region whose endpoint changed
+    between runs is a different server and does not inherit what the old one held.
+    """
+
+    def __init__(
+        self, registry: Registry, store: FileStateStore, *, wall: Callable[[], float] = time.time
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.wall = wall
+
+    def __repr__(self) -> str:
+        held = sum(len(r.artifacts) for r in self.registry.records())
+        return f"<ArtifactInventory names={len(self.registry.artifacts())} copies={held}>"
+
+    def restore(self) -> None:
+        data = self.store.load("artifacts") or {}
+        if not isinstance(data, dict):
+            return
+        holdings: dict[str, dict[str, str]] = {}
+        known = {r.config.id: r.config.endpoint.url for r in self.registry.records()}
+        for region_id, entry in (data.get("regions") or {}).items():
+            if not isinstance(entry, dict) or region_id not in known:
+                continue
+            if entry.get("endpoint") != known[region_id]:
+                log.warning(
+                    "region %s changed endpoint; its artifact copies are dropped", region_id
+                )
+                continue
+            held = entry.get("artifacts") or {}
+            holdings[region_id] = {str(k): str(v) for k, v in held.items()}
+        catalog: dict[str, ArtifactInfo] = {}
+        for name, item in (data.get("catalog") or {}).items():
+            if isinstance(item, dict):
+                catalog[name] = ArtifactInfo(
+                    name=name,
+                    sha256=item.get("sha256"),
+                    source=item.get("source"),
+                    read_at=float(item.get("read_at") or 0.0),
+                )
+        self.registry.load_artifacts(holdings, catalog, time.monotonic())
+
+    def record_source(self, name: str, source: str, read_at: float) -> None:
+        """A job has read ``name`` from ``source``: it is the fallback from now on."""
+        self.registry.set_artifact_source(name, source, read_at, time.monotonic())
+        self.save()
+
+    def record_copy(self, region_id: str, name: str, sha256: str, read_at: float) -> None:
+        """A verified copy of ``name`` (read from its source at ``read_at``) on a region."""
+        self.registry.set_artifact(region_id, name, sha256, read_at, time.monotonic())
+        self.save()
+
+    def remove(self, region_id: str, name: str) -> bool:
+        removed = self.registry.remove_artifact(region_id, name, time.monotonic())
+        if removed:
+            self.save()
+        return removed
+
+    def save(self) -> None:
+        regions: dict[str, Any] = {}
+        for rec in self.registry.records():
+            if rec.artifacts:
+                regions[rec.config.id] = {
+                    "endpoint": rec.config.endpoint.url,
+                    "artifacts": dict(rec.artifacts),
+                }
+        catalog = {
+            name: {"sha256": info.sha256, "source": info.source, "read_at": info.read_at}
+            for name, info in self.registry.artifacts().items()
+        }
+        try:
+            self.store.save("artifacts", {"regions": regions, "catalog": catalog})
+        except Exception as exc:  # the store's write error: routing already uses the copy
+            log.error("artifact inventory not saved: %s", exc)
