@@ -39,8 +39,12 @@ holds the source port of every connection that carried a request, so ``len()`` o
 counts the region's connections.
 
 ``start_raw_region(handler)`` serves a plain asyncio stream handler, for responses aiohttp
-will not produce (close-delimited bodies, malformed framing). ``raw_request`` and
-``read_response`` speak HTTP/1.1 over a raw socket for malformed-input tests.
+will not produce (close-delimited bodies, malformed framing). ``raw_connection``,
+``raw_exchange`` and ``read_response`` speak HTTP/1.1 over a raw socket for malformed-input
+tests.
+
+``router_process(tmp_path, config)`` runs the real CLI (``python -m router run``) on free
+ports and stops it on exit; ``run_cli(...)`` runs any other subcommand to completion.
 """
 
 from __future__ import annotations
@@ -49,12 +53,18 @@ import asyncio
 import contextlib
 import gzip
 import hashlib
+import os
+import signal
 import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
+import yaml
 from aiohttp import WSMsgType, web
 from pytest_aiohttp import AiohttpServer
 
@@ -431,6 +441,140 @@ async def raw_exchange(port: int, data: bytes, *, timeout_s: float = 10.0) -> Ra
 
 def free_port() -> int:
     """A TCP port free on loopback right now (for subprocesses that need fixed ports)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct loopback ports free right now (all held until all are picked)."""
+    held: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            held.append(s)
+        return [int(s.getsockname()[1]) for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
+# -- the real CLI in a subprocess -------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for ``python -m router`` from this checkout (installed or not)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.pop("ROUTER_CONFIG", None)
+    return env
+
+
+async def run_cli(*args: str, cwd: Path, timeout_s: float = 30.0) -> tuple[int, str, str]:
+    """Run ``python -m router ARGS`` to completion; return (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "router",
+        *args,
+        cwd=cwd,
+        env=cli_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(timeout_s):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@dataclass(eq=False)
+class RouterProcess:
+    """``python -m router run`` in a subprocess, with its ports and log file."""
+
+    process: asyncio.subprocess.Process
+    proxy_port: int
+    admin_port: int
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Poll admin ``/readyz`` until it answers 200; fail early if the process exits."""
+        url = f"http://127.0.0.1:{self.admin_port}/readyz"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        async with aiohttp.ClientSession() as session:
+            while True:
+                if self.process.returncode is not None:
+                    raise AssertionError(f"router exited {self.process.returncode}:\n{self.log()}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(url) as resp:
+                        if resp.status == 200:
+                            return
+                if loop.time() > deadline:
+                    raise AssertionError(f"router not ready in {timeout_s}s:\n{self.log()}")
+                await asyncio.sleep(0.05)
+
+    async def wait_exit(self, timeout_s: float = 30.0) -> int:
+        async with asyncio.timeout(timeout_s):
+            return await self.process.wait()
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@contextlib.asynccontextmanager
+async def router_process(
+    tmp_path: Path, config: dict[str, Any], *, ready: bool = True
+) -> AsyncIterator[RouterProcess]:
+    """Run the real CLI on ``config`` (a mapping as in config.yaml; ``listen`` is filled in
+    with free ports unless given). Stopped with SIGTERM (then SIGKILL) on exit."""
+    config = dict(config)
+    if "listen" not in config:
+        proxy, admin = free_ports(2)
+        config["listen"] = {"proxy": f"127.0.0.1:{proxy}", "admin": f"127.0.0.1:{admin}"}
+    config.setdefault("state_dir", str(tmp_path / "state"))
+    config.setdefault("reload", {"watch": False})
+    config.setdefault("access_log", False)
+    cfg_path = write_config(tmp_path / "config.yaml", config)
+    log_path = tmp_path / "router.log"
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "router",
+            "run",
+            "-c",
+            str(cfg_path),
+            cwd=tmp_path,
+            env=cli_env(),
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    router = RouterProcess(
+        proc,
+        int(config["listen"]["proxy"].rsplit(":", 1)[1]),
+        int(config["listen"]["admin"].rsplit(":", 1)[1]),
+        log_path,
+    )
+    try:
+        if ready:
+            await router.wait_ready()
+        yield router
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await router.wait_exit(10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
