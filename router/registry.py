@@ -15,10 +15,9 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Literal
 
-from router.artifacts import artifact_candidates
 from router.config import Config, RegionConfig, RouteConfig
 from router.errors import RegionConflict, UnknownRegion
-from router.snapshot import ArtifactInfo, RegionState, RegionView, RoutePlan, Snapshot
+from router.snapshot import RegionState, RegionView, RoutePlan, Snapshot
 from router.tiers import plan_tiers
 
 HISTORY_LIMIT = 1000
@@ -46,7 +45,10 @@ class RegionRecord:
     probed: bool = False  # at least one probe verdict
     probe_up: bool = False  # active-check verdict after thresholds
     ejected_until: float | None = None  # monotonic
-    times_ejected: int = 0
+    eject_sticky: bool = False  # guarded-failback ejection: a passing probe does not end it
+    times_ejected: int = 0  # ejection multiplier; drops by 1 per base_ejection_time back in
+    ejections_decay_at: float | None = None  # monotonic; when times_ejected next drops
+    ever_up: bool = False  # has served: only such a region slow-starts when it comes back
     ramp_started_at: float | None = None  # monotonic; slow start in progress
     ramp: float = 1.0
     manual: str | None = None  # "draining" | "failed_over" while an operator holds it out
@@ -63,7 +65,6 @@ class Registry:
         self._version = itertools.count(1)
         self._listeners: list[Callable[[Snapshot], None]] = []
         self.history: deque[Transition] = deque(maxlen=HISTORY_LIMIT)
-        self._artifacts: dict[str, ArtifactInfo] = {}  # replication's catalog, by name
         for rc in config.regions:
             self._records[rc.id] = RegionRecord(config=rc, source="config", base=rc)
         self._snapshot = self._build(now)
@@ -148,48 +149,6 @@ class Registry:
         self._config = config
         self.publish(now)
 
-    # -- artifact inventory (replication) -----------------------------------------------
-
-    def artifacts(self) -> Mapping[str, ArtifactInfo]:
-        return MappingProxyType(self._artifacts)
-
-    def set_artifact(
-        self, region_id: str, name: str, sha256: str, read_at: float, now: float
-    ) -> None:
-        """A verified copy on a region; its digest turns latest unless a newer read exists."""
-        self.record(region_id).artifacts[name] = sha256
-        info = self._artifacts.get(name) or ArtifactInfo(name=name)
-        if info.sha256 is None or read_at >= info.read_at:
-            self._artifacts[name] = replace(info, sha256=sha256, read_at=read_at)
-        self.publish(now)
-
-    def set_artifact_source(self, name: str, source: str, read_at: float, now: float) -> None:
-        """The region the latest job of ``name`` read from (``artifact_fallback: source``)."""
-        info = self._artifacts.get(name) or ArtifactInfo(name=name)
-        if read_at >= info.read_at:
-            self._artifacts[name] = replace(info, source=source)
-            self.publish(now)
-
-    def remove_artifact(self, region_id: str, name: str, now: float) -> bool:
-        removed = self.record(region_id).artifacts.pop(name, None) is not None
-        if removed:
-            self.publish(now)
-        return removed
-
-    def load_artifacts(
-        self,
-        holdings: Mapping[str, Mapping[str, str]],
-        catalog: Mapping[str, ArtifactInfo],
-        now: float,
-    ) -> None:
-        """Restore persisted copies (region id -> name -> sha256) and the catalog at once."""
-        for region_id, held in holdings.items():
-            rec = self._records.get(region_id)
-            if rec is not None:
-                rec.artifacts.update(held)
-        self._artifacts.update(catalog)
-        self.publish(now)
-
     # -- health verdicts ---------------------------------------------------------------
 
     def set_probe_verdict(
@@ -198,26 +157,34 @@ class Registry:
         """Record the thresholded active-check verdict (health.py applies thresholds)."""
         rec = self.record(region_id)
         was_up = rec.probe_up and rec.probed
-        first = not rec.probed
         rec.probed = True
         rec.probe_up = up
         if up:
-            if rec.ejected_until is not None:
-                rec.ejected_until = None  # a passing active check un-ejects
-            if not was_up and not first and self._config.failover.slow_start_s > 0:
+            back = not was_up and rec.ever_up
+            if rec.ejected_until is not None and not rec.eject_sticky:
+                self._end_ejection(rec, now)  # a passing active check un-ejects
+                back = True
+            # HAProxy's rule: slow start only for a region seen failed, never at start-up.
+            if back and self._config.failover.slow_start_s > 0:
                 rec.ramp_started_at = now
                 rec.ramp = 0.0
+            rec.ever_up = True
         return self._refresh(rec, now, wall, reason)
 
     def set_probe_latency(self, region_id: str, latency_s: float) -> None:
         self.record(region_id).probe_latency_s = latency_s
 
-    def eject(self, region_id: str, now: float, wall: float, reason: str) -> Transition | None:
+    def eject(
+        self, region_id: str, now: float, wall: float, reason: str, *, sticky: bool = False
+    ) -> Transition | None:
+        """Take a region out for base x times-ejected (capped); ``sticky``: probes can't end it."""
         rec = self.record(region_id)
         od = self._config.outlier_detection
         rec.times_ejected += 1
         duration = min(od.base_ejection_time_s * rec.times_ejected, od.max_ejection_time_s)
         rec.ejected_until = now + duration
+        rec.eject_sticky = sticky
+        rec.ejections_decay_at = None
         rec.ramp_started_at = None
         rec.ramp = 1.0
         return self._refresh(rec, now, wall, reason)
@@ -251,22 +218,33 @@ class Registry:
         changed = False
         slow = self._config.failover.slow_start_s
         for rec in self._records.values():
+            reason = "tick"
             if rec.ejected_until is not None and now >= rec.ejected_until:
-                rec.ejected_until = None
+                self._end_ejection(rec, now)
                 changed = True
+                reason = "ejection time over"
                 if rec.probe_up and slow > 0:
                     rec.ramp_started_at, rec.ramp = now, 0.0
+            if rec.ejections_decay_at is not None and now >= rec.ejections_decay_at:
+                rec.times_ejected = max(0, rec.times_ejected - 1)
+                rec.ejections_decay_at = (
+                    now + self._config.outlier_detection.base_ejection_time_s
+                    if rec.times_ejected
+                    else None
+                )
             if rec.drain_until is not None and now >= rec.drain_until:
                 rec.drain_until = None
                 changed = True
+                reason = "drain period over"
             if rec.ramp_started_at is not None:
                 ramp = (now - rec.ramp_started_at) / slow if slow > 0 else 1.0
                 if ramp >= 1.0:
                     rec.ramp_started_at, rec.ramp = None, 1.0
+                    reason = "slow start complete"
                 else:
                     rec.ramp = ramp
                 changed = True
-            t = self._derive(rec, now, wall, "tick")
+            t = self._derive(rec, now, wall, reason)
             if t is not None:
                 out.append(t)
         if changed or out:
@@ -274,6 +252,12 @@ class Registry:
         return out
 
     # -- internals ---------------------------------------------------------------------
+
+    def _end_ejection(self, rec: RegionRecord, now: float) -> None:
+        rec.ejected_until = None
+        rec.eject_sticky = False
+        if rec.times_ejected:
+            rec.ejections_decay_at = now + self._config.outlier_detection.base_ejection_time_s
 
     def _refresh(
         self, rec: RegionRecord, now: float, wall: float, reason: str
@@ -338,15 +322,13 @@ class Registry:
             )
         regions = tuple(views)
         by_id: Mapping[str, RegionView] = MappingProxyType({r.id: r for r in regions})
-        catalog = MappingProxyType(dict(self._artifacts))
-        default_plan = _plan(None, cfg.strategy, regions, cfg, catalog)
+        default_plan = _plan(None, cfg.strategy, regions, cfg)
         route_plans = tuple(
             _plan(
                 route,
                 route.strategy or cfg.strategy,
                 tuple(by_id[r] for r in route.regions if r in by_id) if route.regions else regions,
                 cfg,
-                catalog,
             )
             for route in cfg.routes
         )
@@ -360,22 +342,12 @@ class Registry:
             route_plans=route_plans,
             panic=default_plan.panic,
             next_eligible_at=min(wake) if wake else None,
-            artifacts=catalog,
         )
 
 
 def _plan(
-    route: RouteConfig | None,
-    strategy: str,
-    regions: tuple[RegionView, ...],
-    cfg: Config,
-    catalog: Mapping[str, ArtifactInfo],
+    route: RouteConfig | None, strategy: str, regions: tuple[RegionView, ...], cfg: Config
 ) -> RoutePlan:
-    artifact = None
-    if route is not None and route.requires_artifact:
-        # Only holders of a verified copy (or the fallback source) are candidates at all.
-        artifact = artifact_candidates(route, regions, catalog)
-        regions = artifact.regions
     tiers, panic = plan_tiers(
         regions, cfg.failover.overprovisioning_factor, cfg.failover.panic_threshold_percent
     )
@@ -385,6 +357,4 @@ def _plan(
         regions=regions,
         tiers=tiers,
         panic=panic,
-        artifact_sha256=artifact.sha256 if artifact is not None else None,
-        artifact_fallback=artifact.fallback if artifact is not None else None,
     )
