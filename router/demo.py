@@ -216,14 +216,22 @@ class Demo:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
+        # The demo reports state changes itself; the router's warnings (alerts, say) go to
+        # stderr, or with the live table into its event lines, so they do not scroll it away.
         router_log = logging.getLogger("router")
-        log_level = router_log.level
-        router_log.setLevel(logging.WARNING)  # the demo reports transitions itself
+        level, propagate = router_log.level, router_log.propagate
+        router_log.setLevel(logging.WARNING)
+        to_events = _EventLog(self)
+        if self.live:
+            router_log.addHandler(to_events)
+            router_log.propagate = False
         try:
             with tempfile.TemporaryDirectory(prefix="region-router-demo-") as state_dir:
                 return await self._run(state_dir)
         finally:
-            router_log.setLevel(log_level)
+            router_log.removeHandler(to_events)
+            router_log.setLevel(level)
+            router_log.propagate = propagate
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 
@@ -370,7 +378,7 @@ class Demo:
         self.event(f"bringing {step.region} back (listening again on port {region.port})")
         try:
             await region.come_back()
-        except OSError as exc:
+        except OSError as exc:  # another program took the port meanwhile
             self.event(f"{step.region} cannot listen again: {exc}")
             return
         for outage in self.outages:
@@ -488,3 +496,14 @@ class Demo:
             f"plan: {down.region} goes down at t={seconds(down.at_s)}s and comes back at "
             f"t={seconds(up.at_s)}s; the demo {end}"
         )
+
+
+class _EventLog(logging.Handler):
+    """Router log records as the demo's event lines."""
+
+    def __init__(self, demo: Demo) -> None:
+        super().__init__(logging.WARNING)
+        self.demo = demo
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.demo.event(f"{record.levelname.lower()}: {record.getMessage()}")

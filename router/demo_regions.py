@@ -217,7 +217,10 @@ class TrafficGenerator:
             _, pending = await asyncio.wait(set(self._inflight), timeout=2.0)
             for task in pending:
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            if pending:
+                await asyncio.wait(pending)
+                self.failed += len(pending)
+                self.failures["unanswered at the end"] = len(pending)
         if self._session is not None:
             await self._session.close()
 

@@ -1,7 +1,8 @@
 """``region-router demo`` as a user runs it: a real subprocess, failover and recovery visible.
 
-The demo runs from an empty directory, so it uses the config packaged with region-router
-(the same file as the repo's config.yaml), exactly as after ``pip install .``.
+The demo runs from an empty directory. The failover run uses the repo's config.yaml moved
+to free ports, so it cannot collide with another demo on this machine; the Ctrl-C run uses
+the config packaged with region-router (the same file), as after ``pip install .``.
 """
 
 from __future__ import annotations
@@ -42,12 +43,36 @@ def first_line(pattern: str, lines: list[str], start: int = 0) -> int:
     raise AssertionError(f"no line matches {pattern!r} after line {start}:\n" + "\n".join(lines))
 
 
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def repo_config_on_free_ports(tmp_path: Path) -> Path:
+    text = (REPO / "config.yaml").read_text(encoding="utf-8")
+    addresses = sorted(set(re.findall(r"127\.0\.0\.1:\d+", text)))
+    assert len(addresses) == 5, addresses  # proxy, admin, three regions
+    for address, port in zip(addresses, free_ports(len(addresses)), strict=True):
+        text = text.replace(address, f"127.0.0.1:{port}")
+    path = tmp_path / "demo.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def test_demo_shows_failover_and_recovery(tmp_path: Path) -> None:
-    proc = demo_process(tmp_path, "--duration", "8")
+    config = repo_config_on_free_ports(tmp_path)
+    proc = demo_process(tmp_path, "--duration", "8", "-c", str(config))
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
     lines = out.splitlines()
-    assert "the packaged demo config" in lines[0]
+    assert f"(config: {config})" in lines[0]
+    assert "busy" not in out, out
     first_line(r"^proxy: +http://127\.0\.0\.1:\d+$", lines)
     first_line(r"^admin: +http://127\.0\.0\.1:\d+ ", lines)
     first_line(r"^dashboard: +http://127\.0\.0\.1:\d+/admin/dashboard$", lines)
@@ -105,6 +130,7 @@ def test_demo_takes_free_ports_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> No
         out, err = proc.communicate(timeout=20)
     lines = seen + out.splitlines()
     assert proc.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
+    first_line(r"^region-router demo: .*\(config: the packaged demo config\)$", lines)
     first_line(r"note: proxy address 127\.0\.0\.1:8080 is busy", lines)
     first_line(r"note: 127\.0\.0\.1:9102 is busy; eu-west-1 listens on a free port", lines)
     proxy = first_line(r"^proxy: +http://127\.0\.0\.1:\d+$", lines)
