@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from admin import monitoring, regions, replication, status
-from admin.errors import error_middleware, json_error
+from admin import compat, explain, monitoring, regions, replication, status
+from admin.errors import Handler, error_middleware, json_error
 from admin.keys import CONTROL, RUNTIME
 from admin.status import STATUS_EXTRAS
 from router.control import Control
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", monitoring.DASHBOARD_PATH})
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
-    admin = runtime.registry.config.admin
+    """Bearer token from the live config (a reload that changes it applies at once)."""
+    admin = request.app[RUNTIME].registry.config.admin
     token = admin.token
     if not token or request.path in OPEN_PATHS:
         return await handler(request)
@@ -31,7 +28,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     given = request.headers.get("Authorization", "")
     expected = f"Bearer {token}"
     if not hmac.compare_digest(given.encode(), expected.encode()):
-        return json_error(401, "unauthorized", "missing or wrong bearer token")
+        message = "missing or wrong bearer token (Authorization: Bearer <admin.token>)"
+        if request.path == compat.PATH:
+            resp = compat.envelope_error(401, message, "unauthorized")
+        else:
+            resp = json_error(401, "unauthorized", message)
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="region-router"'
+        return resp
     return await handler(request)
 
 
@@ -67,6 +70,9 @@ def create_app(control: Control) -> web.Application:
     app.router.add_routes(replication.routes)
     app.router.add_routes(status.routes)
     monitoring.setup(app)
+    app.router.add_routes(explain.routes)
+    compat.setup(app)
+    compat.register(app, "POST", "replicate-model", replication.replicate_model)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

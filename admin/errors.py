@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -9,7 +10,12 @@ import orjson
 from aiohttp import web
 
 from router.errors import NotFound, RegionConflict
+from router.store import StoreWriteError
 from router.validate import ValidationError
+
+log = logging.getLogger("admin")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def json_error(status: int, code: str, message: str, details: Any = None) -> web.Response:
@@ -19,22 +25,36 @@ def json_error(status: int, code: str, message: str, details: Any = None) -> web
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
+def classify(exc: Exception) -> tuple[int, str, str, Any] | None:
+    """(status, code, message, details) for an exception the admin API answers; else None.
+
+    Shared by the error middleware and the compatibility endpoint's envelope.
+    """
+    if isinstance(exc, ValidationError):
+        return 400, "invalid", "; ".join(map(str, exc.errors)), exc.as_details()
+    if isinstance(exc, NotFound):
+        return 404, "not_found", str(exc), None
+    if isinstance(exc, RegionConflict):
+        return 409, "conflict", str(exc), None
+    if isinstance(exc, StoreWriteError):
+        return 503, "store_unavailable", f"{exc}; nothing was changed", None
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return 413, "body_too_large", exc.text or "request body too large", None
+    if isinstance(exc, web.HTTPException) and exc.status >= 400:
+        return exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason, None
+    return None
+
+
 @web.middleware
-async def error_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ValidationError as exc:
-        return json_error(400, "invalid", "; ".join(map(str, exc.errors)), exc.as_details())
-    except NotFound as exc:
-        return json_error(404, "not_found", str(exc))
-    except RegionConflict as exc:
-        return json_error(409, "conflict", str(exc))
-    except web.HTTPRequestEntityTooLarge as exc:
-        return json_error(413, "body_too_large", exc.text or "request body too large")
-    except web.HTTPException as exc:
-        if exc.status >= 400:
-            code = exc.reason.lower().replace(" ", "_")
-            return json_error(exc.status, code, exc.text or exc.reason)
-        raise
+    except Exception as exc:
+        known = classify(exc)
+        if known is None:
+            if isinstance(exc, web.HTTPException):
+                raise  # redirects and other non-errors
+            log.exception("admin %s %s failed", request.method, request.path)
+            return json_error(500, "internal", f"internal error: {type(exc).__name__}")
+        status, code, message, details = known
+        return json_error(status, code, message, details)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from admin.bodies import check, json_response, read_json
 from admin.keys import CONTROL
 from admin.views import operation_json, region_json, transition_json
 from router.config import parse_region, parse_region_patch
-from router.errors import UnknownRegion
+from router.control import Control
+from router.errors import NotFound, UnknownRegion
 from router.validate import FieldError, Fields, as_duration, as_str
 
 routes = web.RouteTableDef()
@@ -66,10 +69,13 @@ async def patch_region(request: web.Request) -> web.StreamResponse:
 
 @routes.delete("/admin/regions/{id}")
 async def delete_region(request: web.Request) -> web.StreamResponse:
+    """Drain (no new requests, in-flight ones finish, up to shutdown_grace), then remove."""
     control = request.app[CONTROL]
     region_id = _region_id(request)
-    await control.delete(region_id)
-    return json_response({"id": region_id, "removed": True})
+    result = await control.delete(region_id)
+    return json_response(
+        {"id": region_id, "removed": True, "drained": result.drained, "waited_s": result.waited_s}
+    )
 
 
 @routes.post("/admin/regions/{id}/failover")
@@ -85,6 +91,8 @@ async def failover_region(request: web.Request) -> web.StreamResponse:
         expires_s = f.optional("expires", as_duration())
     if target is not None and target not in control.registry.snapshot().by_id:
         errors.append(FieldError("target", f"no region with id {target!r}"))
+    elif target == region_id:
+        errors.append(FieldError("target", "must be another region"))
     check(errors)
     op = control.failover(
         region_id, target=target, drain_s=drain_s, reason=reason, expires_s=expires_s
@@ -105,13 +113,20 @@ async def recover_region(request: web.Request) -> web.StreamResponse:
     with Fields(body, "", errors) as f:
         reason = f.text("reason") or "manual recover"
     check(errors)
+    before = control.registry.snapshot().by_id[region_id]
     op = control.recover(region_id, reason=reason)
     view = control.registry.snapshot().by_id[region_id]
+    changed = before.state != view.state or op is not None
     return json_response(
         {
             "operation": operation_json(op) if op is not None else None,
             "region": region_json(control, view, detail=False),
-            "message": "the region turns eligible after its next passing health check",
+            "changed": changed,
+            "message": (
+                "the region turns eligible after its next passing health check"
+                if changed
+                else f"the region was not held out by an operator (state {view.state.value})"
+            ),
         },
         status=202,
     )
@@ -123,6 +138,15 @@ async def list_operations(request: web.Request) -> web.StreamResponse:
     return json_response(control.ops.to_json())
 
 
+@routes.get("/admin/operations/{op}")
+async def get_operation(request: web.Request) -> web.StreamResponse:
+    control = request.app[CONTROL]
+    op = control.ops.get(request.match_info["op"])
+    if op is None:
+        raise NotFound(f"no failover operation with id {request.match_info['op']!r}")
+    return json_response({"operation": operation_json(op)})
+
+
 @routes.post("/admin/operations/{op}/undo")
 async def undo_operation(request: web.Request) -> web.StreamResponse:
     control = request.app[CONTROL]
@@ -130,24 +154,29 @@ async def undo_operation(request: web.Request) -> web.StreamResponse:
     return json_response({"operation": operation_json(op)}, status=202)
 
 
+def failover_status_data(control: Control) -> dict[str, Any]:
+    """Every region's state, active operations and the transition history, newest first."""
+    snap = control.registry.snapshot()
+    return {
+        "regions": [
+            {
+                "id": r.id,
+                "state": r.state.value,
+                "eligible": r.eligible,
+                "priority": r.priority,
+                "failover_target": r.failover_target,
+                "operation": (
+                    operation_json(control.ops.active[r.id]) if r.id in control.ops.active else None
+                ),
+            }
+            for r in snap.regions
+        ],
+        "panic": snap.panic,
+        "active_operations": [operation_json(op) for op in control.ops.active.values()],
+        "history": [transition_json(t) for t in reversed(control.registry.history)],
+    }
+
+
 @routes.get("/admin/failover")
 async def failover_status(request: web.Request) -> web.StreamResponse:
-    control = request.app[CONTROL]
-    snap = control.registry.snapshot()
-    return json_response(
-        {
-            "regions": [
-                {
-                    "id": r.id,
-                    "state": r.state.value,
-                    "eligible": r.eligible,
-                    "priority": r.priority,
-                    "failover_target": r.failover_target,
-                }
-                for r in snap.regions
-            ],
-            "panic": snap.panic,
-            "active_operations": [operation_json(op) for op in control.ops.active.values()],
-            "history": [transition_json(t) for t in reversed(control.registry.history)],
-        }
-    )
+    return json_response(failover_status_data(request.app[CONTROL]))

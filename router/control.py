@@ -1,18 +1,19 @@
 """Control-plane operations: register, patch, remove, fail over, recover, reload, persist.
 
 The admin API is HTTP glue over this class; with worker processes the supervisor runs it.
-Every operation validates, mutates the registry synchronously, persists, then answers.
+Each write validates, changes the registry, persists, and only then answers; when the
+state file cannot be written the change is rolled back (``StoreWriteError``), so an
+answer of "done" always means "done and on disk".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,43 +23,36 @@ from router.config import (
     ConfigError,
     FieldError,
     RegionConfig,
-    load_config,
+    parse_config,
     parse_region,
+    parse_region_patch,
     to_plain,
 )
 from router.errors import NotFound, RegionConflict, UnknownRegion
 from router.inventory import ArtifactInventory
 from router.operations import FailoverOperation, OperationBook
-from router.registry import Transition
-from router.reload import ConfigDiff, diff_configs
+from router.registry import RegionRecord, Transition
+from router.reload import ReloadResult, diff_configs, file_digest, read_config_text
 from router.replication import ReplicationEngine
 from router.runtime import Runtime
 from router.snapshot import RegionState, RegionView
-from router.store import FileStateStore
+from router.store import FileStateStore, StoreWriteError
 from router.window import TrafficWindow
 
 log = logging.getLogger("router.control")
 
 HISTORY_KEEP = 1000
+HOUSEKEEPING_S = 0.25
+REMOVAL_POLL_S = 0.02
+
+__all__ = ["Control", "ReloadResult", "RemovalResult", "region_config_json"]
 
 
-@dataclass(slots=True)
-class ReloadResult:
-    ok: bool
-    source: str
-    at: float
-    errors: list[FieldError] = field(default_factory=list)
-    diff: ConfigDiff | None = None
-    config_hash: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"ok": self.ok, "source": self.source, "at": self.at}
-        if self.errors:
-            out["errors"] = [{"path": e.path, "message": e.message} for e in self.errors]
-        if self.diff is not None:
-            out["diff"] = self.diff.to_json()
-        out["config_hash"] = self.config_hash
-        return out
+@dataclass(frozen=True, slots=True)
+class RemovalResult:
+    region: str
+    drained: bool  # no request was still in flight when the region went
+    waited_s: float
 
 
 class Control:
@@ -87,51 +81,42 @@ class Control:
         )
         self.last_reload: ReloadResult | None = None
         self._history_dirty = False
+        self._history_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._watch_sig: tuple[float, int, str] | None = None
+        self._removals: dict[str, asyncio.Task[RemovalResult]] = {}
+        self._watch_digest: str | None = None
         self._reload_lock = asyncio.Lock()
         runtime.transition_hooks.append(self._on_transition)
         self.alerts = AlertEngine(self, wall=wall)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Control regions={len(self.registry.snapshot().regions)} "
+            f"operations={len(self.ops.active)} removing={len(self._removals)}>"
+        )
 
     # -- start-up ----------------------------------------------------------------------
 
     def restore(self) -> None:
         """Load persisted state; raises StateFormatError for files from a newer version."""
+        self.store.remove_leftovers()
         now, wall = time.monotonic(), self.wall()
-        regions = self.store.load("regions") or {}
-        for i, data in enumerate(regions.get("runtime", [])):
-            errors: list[FieldError] = []
-            rc = parse_region(data, f"regions.json runtime[{i}]", errors)
-            if rc is None:
-                self.store._problem("regions", "; ".join(map(str, errors)), None)
-                continue
-            if rc.id in self.registry.snapshot().by_id:
-                log.warning(
-                    "runtime region %s is now defined in the config; keeping the file's", rc.id
-                )
-                continue
-            self.registry.add_region(rc, now)
-        for region_id, changes in (regions.get("overrides") or {}).items():
-            with contextlib.suppress(UnknownRegion):
-                self.registry.update_region(region_id, now, **changes)
-        ops = self.store.load("operations")
-        if ops:
-            self.ops.load_json(ops)
-            for op in list(self.ops.active.values()):
-                if op.region not in self.registry.snapshot().by_id:
-                    self.ops.end(op.region, wall, "region no longer exists")
-                    continue
-                self.registry.set_manual(
-                    op.region,
-                    "failed_over",
-                    now,
-                    wall,
-                    f"restored operation {op.id}",
-                    target=op.target,
-                )
-        history = self.store.load("history") or []
-        for item in history[-HISTORY_KEEP:]:
-            with contextlib.suppress(KeyError, ValueError, TypeError):
+        self._restore_history()
+        self._restore_regions(now)
+        self._restore_operations(now, wall)
+        self.inventory.restore()  # after the regions: copies belong to known regions
+        self.replication.restore()
+
+    def _restore_history(self) -> None:
+        data = self.store.load("history")
+        if data is None:
+            return
+        if not isinstance(data, list):
+            self.store.set_aside("history", "history.json: expected a list of transitions")
+            return
+        bad = 0
+        for item in data[-HISTORY_KEEP:]:
+            try:
                 self.registry.history.append(
                     Transition(
                         at=float(item["at"]),
@@ -141,15 +126,100 @@ class Control:
                         reason=str(item["reason"]),
                     )
                 )
-        self.inventory.restore()  # after the regions: copies belong to known regions
-        self.replication.restore()
+            except (KeyError, ValueError, TypeError):
+                bad += 1
+        if bad:
+            self.store.set_aside("history", f"history.json: skipped {bad} malformed entries")
+
+    def _restore_regions(self, now: float) -> None:
+        doc = self.store.load("regions")
+        if doc is None:
+            return
+        if not isinstance(doc, dict):
+            self.store.set_aside("regions", "regions.json: expected an object")
+            return
+        errors: list[FieldError] = []
+        runtime_list = doc.get("runtime") or []
+        if not isinstance(runtime_list, list):
+            errors.append(FieldError("regions.json: runtime", "expected a list"))
+            runtime_list = []
+        for i, data in enumerate(runtime_list):
+            rc = parse_region(data, f"regions.json: runtime[{i}]", errors)
+            if rc is None:
+                continue
+            if rc.id in self.registry.snapshot().by_id:
+                log.warning(
+                    "region %s was registered at runtime and is now in the config file; "
+                    "the file's definition wins",
+                    rc.id,
+                )
+                continue
+            self.registry.add_region(rc, now)
+        overrides = doc.get("overrides") or {}
+        bases = doc.get("override_bases") or {}
+        if not isinstance(overrides, dict) or not isinstance(bases, dict):
+            errors.append(FieldError("regions.json: overrides", "expected an object"))
+            overrides, bases = {}, {}
+        for region_id, data in overrides.items():
+            path = f"regions.json: overrides.{region_id}"
+            changes = parse_region_patch(data, path, errors)
+            try:
+                rec = self.registry.record(region_id)
+            except UnknownRegion:
+                log.info("dropping overrides of %s: no longer in the config file", region_id)
+                continue
+            if rec.source != "config" or rec.base is None:
+                continue
+            base = bases.get(region_id)
+            if not isinstance(base, dict):
+                base = {}
+            kept: dict[str, object] = {}
+            for name, value in changes.items():
+                if name in base and base[name] != to_plain(getattr(rec.base, name)):
+                    log.info(
+                        "dropping the %s override of %s: the config file changed %s",
+                        name,
+                        region_id,
+                        name,
+                    )
+                    continue
+                kept[name] = value
+            if kept:
+                self.registry.update_region(region_id, now, **kept)
+        if errors:
+            self.store.set_aside("regions", "; ".join(map(str, errors)))
+
+    def _restore_operations(self, now: float, wall: float) -> None:
+        data = self.store.load("operations")
+        if data is None:
+            return
+        try:
+            self.ops.load_json(data)
+        except ValueError as exc:
+            self.store.set_aside("operations", f"operations.json: {exc}")
+            return
+        by_id = self.registry.snapshot().by_id
+        for op in list(self.ops.active.values()):
+            if op.region not in by_id:
+                self.ops.end(op.region, wall, "region no longer exists")
+                continue
+            target = op.target if op.target in by_id else None
+            t = self.registry.set_manual(
+                op.region,
+                "failed_over",
+                now,
+                wall,
+                f"restored operation {op.id}: {op.reason}",
+                target=target,
+            )
+            if t is not None:
+                self.runtime.record_transition(t)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._housekeeping(), name="control-housekeeping"))
-        cfg = self.registry.config
-        if cfg.reload.watch and self.config_path:
-            self._watch_sig = self._file_signature()
+        if self.config_path:
+            self._watch_digest = file_digest(self.config_path)
             self._tasks.append(loop.create_task(self._watch(), name="config-watch"))
         await self.alerts.start()
         await self.replication.start()
@@ -157,48 +227,101 @@ class Control:
     async def stop(self) -> None:
         await self.replication.stop()
         await self.alerts.stop()
-        for t in self._tasks:
+        tasks = [*self._tasks, *self._removals.values()]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._removals.clear()
         if self._history_dirty:
-            self._save_history()
+            with contextlib.suppress(StoreWriteError):
+                self._save_history()
 
     # -- regions -----------------------------------------------------------------------
 
     def register(self, rc: RegionConfig) -> RegionView:
         if rc.id in self.registry.snapshot().by_id:
             raise RegionConflict(f"region {rc.id!r} already exists")
-        self.registry.add_region(rc, time.monotonic())
-        self._save_regions()
-        self.runtime.health.sync()
+        now = time.monotonic()
+        self.registry.add_region(rc, now)
+        try:
+            self._save_regions()
+        except StoreWriteError:
+            self.registry.remove_region(rc.id, time.monotonic())
+            raise
+        self.runtime.health.sync()  # probed at once; serves after its first passing check
         return self.registry.snapshot().by_id[rc.id]
 
     def patch(self, region_id: str, changes: dict[str, object]) -> RegionView:
+        rec = self._writable(region_id)
+        old_config, old_overrides = rec.config, dict(rec.overrides)
         self.registry.update_region(region_id, time.monotonic(), **changes)
-        self._save_regions()
+        try:
+            self._save_regions()
+        except StoreWriteError:
+            rec.config, rec.overrides = old_config, old_overrides
+            self.registry.publish(time.monotonic())
+            raise
         return self.registry.snapshot().by_id[region_id]
 
-    async def delete(self, region_id: str, grace_s: float | None = None) -> None:
-        """Drain a runtime region (no new requests; in-flight finish), then remove it."""
-        rec = self.registry.record(region_id)
-        if rec.source == "config":
-            raise RegionConflict(
-                f"region {region_id!r} is defined in the config file; remove it there and reload"
+    async def delete(self, region_id: str, grace_s: float | None = None) -> RemovalResult:
+        """Drain a runtime region (no new requests; in-flight ones finish), then remove it.
+
+        The removal is persisted first, so a crash while draining does not bring the region
+        back. A second DELETE while one drains waits for the same removal.
+        """
+        pending = self._removals.get(region_id)
+        if pending is None:
+            rec = self.registry.record(region_id)
+            if rec.source == "config":
+                raise RegionConflict(
+                    f"region {region_id!r} is defined in the config file: remove it from the "
+                    "file and reload (POST /admin/reload)"
+                )
+            rec.removing = True
+            try:
+                self._save_regions()
+            except StoreWriteError:
+                rec.removing = False
+                raise
+            t = self.registry.set_manual(
+                region_id, "draining", time.monotonic(), self.wall(), "removal requested"
             )
-        now, wall = time.monotonic(), self.wall()
-        self.registry.set_manual(region_id, "draining", now, wall, "removal requested")
-        grace = self.registry.config.shutdown_grace_s if grace_s is None else grace_s
-        deadline = time.monotonic() + grace
+            if t is not None:
+                self.runtime.record_transition(t)
+            grace = self.registry.config.shutdown_grace_s if grace_s is None else grace_s
+            pending = asyncio.get_running_loop().create_task(
+                self._finish_removal(region_id, grace), name=f"remove:{region_id}"
+            )
+            self._removals[region_id] = pending
+        return await asyncio.shield(pending)
+
+    async def _finish_removal(self, region_id: str, grace_s: float) -> RemovalResult:
+        started = time.monotonic()
+        deadline = started + grace_s
         load = self.runtime.core.loads.get(region_id)
-        # In-flight counts are plain hot-path counters: poll rather than signal per request.
-        while load.inflight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-        self.ops.end(region_id, self.wall(), "region removed")
-        self.registry.remove_region(region_id, time.monotonic())
-        self.runtime.health.sync()
-        self._save_regions()
-        self._save_ops()
+        try:
+            # In-flight counts are plain hot-path counters: poll rather than signal per request.
+            while load.inflight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(REMOVAL_POLL_S)
+            drained = load.inflight == 0
+            if self.ops.end(region_id, self.wall(), "region removed") is not None:
+                try:
+                    self._save_ops()
+                except StoreWriteError as exc:
+                    log.error("region %s removed, but %s", region_id, exc)
+            self.registry.remove_region(region_id, time.monotonic())
+            self.runtime.health.sync()
+            log.info("region %s removed (drained=%s)", region_id, drained)
+            return RemovalResult(region_id, drained, round(time.monotonic() - started, 3))
+        finally:
+            self._removals.pop(region_id, None)
+
+    def _writable(self, region_id: str) -> RegionRecord:
+        rec = self.registry.record(region_id)
+        if rec.removing:
+            raise RegionConflict(f"region {region_id!r} is being removed")
+        return rec
 
     # -- failover operations -----------------------------------------------------------
 
@@ -211,14 +334,13 @@ class Control:
         reason: str = "",
         expires_s: float | None = None,
     ) -> FailoverOperation:
+        self._writable(region_id)
         snap = self.registry.snapshot()
-        if region_id not in snap.by_id:
-            raise UnknownRegion(region_id)
         if target is not None:
             if target not in snap.by_id:
                 raise UnknownRegion(target)
             if target == region_id:
-                raise RegionConflict("target must be another region")
+                raise RegionConflict("the failover target must be another region")
         if region_id in self.ops.active:
             op = self.ops.active[region_id]
             raise RegionConflict(f"region {region_id!r} is already failed over (operation {op.id})")
@@ -232,8 +354,9 @@ class Control:
             created_at=wall,
             expires_at=wall + expires_s if expires_s else None,
         )
-        self.ops.start(op)
-        self._save_ops()
+        with self._ops_rollback():
+            self.ops.start(op)
+            self._save_ops()
         t = self.registry.set_manual(
             region_id,
             "failed_over",
@@ -248,13 +371,18 @@ class Control:
         return op
 
     def recover(self, region_id: str, reason: str = "manual recover") -> FailoverOperation | None:
-        self.registry.record(region_id)
-        wall = self.wall()
-        op = self.ops.end(region_id, wall, reason)
-        rec = self.registry.record(region_id)
-        if op is None and rec.manual is None:
+        """End the region's failover (if any) and put it back after its next passing check.
+
+        Returns the ended operation; None when the region was not held out by hand.
+        """
+        rec = self._writable(region_id)
+        if region_id not in self.ops.active and rec.manual is None:
             return None
-        self._save_ops()
+        wall = self.wall()
+        with self._ops_rollback():
+            op = self.ops.end(region_id, wall, reason)
+            if op is not None:
+                self._save_ops()
         t = self.registry.set_manual(region_id, None, time.monotonic(), wall, reason)
         if t is not None:
             self.runtime.record_transition(t)
@@ -267,8 +395,18 @@ class Control:
             raise NotFound(f"no failover operation with id {op_id!r}")
         if op.state != "active":
             raise RegionConflict(f"operation {op_id} already ended ({op.ended_reason})")
-        self.recover(op.region, reason=f"undo {op_id}")
-        return op
+        ended = self.recover(op.region, reason=f"undo of {op_id}")
+        assert ended is not None
+        return ended
+
+    @contextlib.contextmanager
+    def _ops_rollback(self) -> Iterator[None]:
+        saved = self.ops.checkpoint()
+        try:
+            yield
+        except StoreWriteError:
+            self.ops.rollback(saved)
+            raise
 
     # -- reload ------------------------------------------------------------------------
 
@@ -277,23 +415,25 @@ class Control:
             return self._reload(source)
 
     def _reload(self, source: str) -> ReloadResult:
-        wall = self.wall()
         old = self.registry.config
         if not self.config_path:
             result = ReloadResult(
                 ok=False,
                 source=source,
-                at=wall,
+                at=self.wall(),
                 errors=[FieldError("config", "this router was started without a config file")],
+                config_hash=old.config_hash,
             )
         else:
             try:
-                new = load_config(self.config_path)
+                text, digest = read_config_text(self.config_path)
+                self._watch_digest = digest  # this content has been seen, good or bad
+                new = parse_config(text)
             except ConfigError as exc:
                 result = ReloadResult(
                     ok=False,
                     source=source,
-                    at=wall,
+                    at=self.wall(),
                     errors=list(exc.errors),
                     config_hash=old.config_hash,
                 )
@@ -314,47 +454,66 @@ class Control:
         return result
 
     def apply_config(self, new: Config, source: str) -> ReloadResult:
+        """Swap in a validated config atomically; regions with unchanged endpoints keep state."""
         old = self.registry.config
         diff = diff_configs(old, new)
-        runtime_ids = {r.config.id for r in self.registry.records() if r.source == "runtime"}
-        clash = [r.id for r in new.regions if r.id in runtime_ids]
-        for rid in clash:  # the file now owns a region registered at runtime
-            rec = self.registry.record(rid)
-            rec.source = "config"
-        self.registry.apply_config(new, time.monotonic())
+        wall, now = self.wall(), time.monotonic()
+        before = {
+            rec.config.id: (rec.config.endpoint, set(rec.overrides))
+            for rec in self.registry.records()
+        }
+        self.registry.apply_config(new, now)
+        by_id = self.registry.snapshot().by_id
+        ops_changed = False
+        for region_id in list(self.ops.active):
+            view = by_id.get(region_id)
+            if view is None:
+                why = "region removed from the config file"
+            elif view.endpoint != before[region_id][0]:
+                why = "region endpoint changed in the config file"
+            else:
+                continue
+            self.ops.end(region_id, wall, why)
+            ops_changed = True
+            diff.notes.append(f"{region_id}: failover operation ended ({why})")
+        for rec in self.registry.records():
+            prev = before.get(rec.config.id)
+            if prev is not None and rec.config.endpoint == prev[0]:
+                for name in sorted(prev[1] - set(rec.overrides)):
+                    diff.notes.append(
+                        f"{rec.config.id}: runtime override of {name} dropped "
+                        "(the config file changed it)"
+                    )
         self.runtime.health.sync()
-        self._save_regions()
-        self._watch_sig = self._file_signature()
-        return ReloadResult(
-            ok=True, source=source, at=self.wall(), diff=diff, config_hash=new.config_hash
-        )
-
-    def _file_signature(self) -> tuple[float, int, str] | None:
-        if not self.config_path:
-            return None
         try:
-            p = Path(self.config_path)
-            st = p.stat()
-            digest = hashlib.sha256(p.read_bytes()).hexdigest()
-        except OSError:
-            return None
-        return (st.st_mtime, st.st_size, digest)
+            if ops_changed:
+                self._save_ops()
+            self._save_regions()
+        except StoreWriteError as exc:
+            log.error("config applied, but the state files were not updated: %s", exc)
+            diff.notes.append(f"state not saved: {exc}")
+        return ReloadResult(ok=True, source=source, at=wall, diff=diff, config_hash=new.config_hash)
 
     async def _watch(self) -> None:
-        debounce = self.registry.config.reload.debounce_s
+        """Reload when the file's content changes and then stays put for ``debounce``."""
+        assert self.config_path is not None
+        path = self.config_path
         while True:
-            await asyncio.sleep(max(0.2, debounce))
-            sig = self._file_signature()
-            if sig is None or sig == self._watch_sig:
+            settings = self.registry.config.reload
+            await asyncio.sleep(max(0.05, min(settings.debounce_s, 1.0)))
+            if not settings.watch:
                 continue
-            if self._watch_sig is not None and sig[2] == self._watch_sig[2]:
-                self._watch_sig = sig
+            digest = file_digest(path)
+            if digest is None or digest == self._watch_digest:
                 continue
-            # Debounce: wait until the file stops changing for one period.
-            await asyncio.sleep(debounce)
-            if self._file_signature() != sig:
+            while True:  # debounce: editors write files in several steps
+                await asyncio.sleep(settings.debounce_s)
+                again = file_digest(path)
+                if again == digest:
+                    break
+                digest = again
+            if digest is None or digest == self._watch_digest:
                 continue
-            self._watch_sig = sig
             await self.reload("watch")
 
     # -- housekeeping and persistence --------------------------------------------------
@@ -362,16 +521,35 @@ class Control:
     async def _housekeeping(self) -> None:
         next_sample = 0.0
         while True:
-            await asyncio.sleep(0.25)
-            wall = self.wall()
-            for op in self.ops.expired(wall):
+            await asyncio.sleep(HOUSEKEEPING_S)
+            try:
+                next_sample = self._housekeeping_step(next_sample)
+            except Exception:
+                log.exception("control housekeeping failed; continuing")
+
+    def _housekeeping_step(self, next_sample: float) -> float:
+        for op in self.ops.expired(self.wall()):
+            try:
                 self.recover(op.region, reason=f"operation {op.id} expired")
-            now = time.monotonic()
-            if now >= next_sample:
-                next_sample = now + 1.0
-                self.window.sample(self.runtime.merged_stats(), now)
-            if self._history_dirty:
+            except StoreWriteError as exc:
+                log.error("operation %s expired but could not be ended: %s", op.id, exc)
+            except (UnknownRegion, RegionConflict):
+                self.ops.end(op.region, self.wall(), f"operation {op.id} expired")
+        now = time.monotonic()
+        if now >= next_sample:
+            next_sample = now + 1.0
+            self.window.sample(self.runtime.merged_stats(), now)
+        if self._history_dirty:
+            try:
                 self._save_history()
+            except StoreWriteError as exc:
+                self._history_dirty = True
+                if str(exc) != self._history_error:
+                    log.error("history not saved (will retry): %s", exc)
+                self._history_error = str(exc)
+            else:
+                self._history_error = None
+        return next_sample
 
     def _on_transition(self, t: Transition) -> None:
         self._history_dirty = True
@@ -395,12 +573,22 @@ class Control:
     def _save_regions(self) -> None:
         runtime_regions = []
         overrides: dict[str, dict[str, Any]] = {}
+        bases: dict[str, dict[str, Any]] = {}
         for rec in self.registry.records():
             if rec.source == "runtime":
-                runtime_regions.append(region_config_json(rec.config))
+                if not rec.removing:
+                    runtime_regions.append(region_config_json(rec.config))
             elif rec.overrides:
-                overrides[rec.config.id] = to_plain(rec.overrides)
-        self.store.save("regions", {"runtime": runtime_regions, "overrides": overrides})
+                region_id = rec.config.id
+                overrides[region_id] = to_plain(rec.overrides)
+                if rec.base is not None:
+                    # The file's value when the override was made: a restart drops the
+                    # override when the file has changed that field meanwhile.
+                    bases[region_id] = {k: to_plain(getattr(rec.base, k)) for k in rec.overrides}
+        self.store.save(
+            "regions",
+            {"runtime": runtime_regions, "overrides": overrides, "override_bases": bases},
+        )
 
     def _save_ops(self) -> None:
         self.store.save("operations", self.ops.to_json())

@@ -1,19 +1,26 @@
 """Why a region would serve a request, and what-if traffic splits; applies nothing.
 
 Both run the real selection code (tiers, strategies, affinity) on a side ``Selector`` so
-the proxy's own strategy state is never disturbed.
+the proxy's own strategy state is never disturbed; what-if questions run on a clone of the
+registry (``what_if``), so the live one is never touched either.
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
+from router.config import Config
 from router.load import LoadTable, RegionLoad
+from router.registry import Registry
 from router.routes import match_plan
 from router.snapshot import RegionView, RoutePlan, Snapshot
 from router.strategies import RequestInfo, Selector
+
+# Hypothetical states a what-if may give a region.
+SIM_STATES = ("healthy", "up", "unhealthy", "down", "ejected", "failed_over", "draining")
 
 
 def _candidate(
@@ -90,7 +97,14 @@ def _reason(
     if winner is None:
         return "no eligible region: the proxy would answer 503"
     if info is not None and info.affinity_region == winner.id:
-        return "sticky session: the affinity cookie pins this region and it is eligible"
+        return "sticky session: the affinity cookie pins this region and it may serve"
+    if info is not None and info.affinity_region is not None:
+        pinned = next((c for c in usable if c["id"] == info.affinity_region), None)
+        if pinned is None and winner.id in plan_target_of(plan, info.affinity_region):
+            return (
+                f"sticky session moved: {info.affinity_region} is failed over to {winner.id}, "
+                "so the sessions pinned to it follow"
+            )
     if plan.panic:
         return "panic: too few healthy regions, failing open to every region"
     if len(usable) == 1:
@@ -111,6 +125,50 @@ def _reason(
     if s == "geo":
         return "nearest region to the client's region (proximity table or label), else latency"
     return s
+
+
+def plan_target_of(plan: RoutePlan, region_id: str) -> tuple[str, ...]:
+    """The failover target of ``region_id`` (empty when it has none)."""
+    r = next((r for r in plan.regions if r.id == region_id), None)
+    return (r.failover_target,) if r is not None and r.failover_target else ()
+
+
+def what_if(
+    live: Registry,
+    now: float,
+    wall: float,
+    *,
+    config: Config | None = None,
+    states: Mapping[str, str] | None = None,
+) -> Registry:
+    """A clone of ``live`` with ``config`` applied as a reload would apply it (overrides,
+    kept states, runtime regions) and then the hypothetical ``states`` forced.
+
+    Regions the proposed config adds (or whose endpoint it changes) are assumed to pass
+    their first check. An unknown region id in ``states`` raises ``UnknownRegion``.
+    """
+    side = live.clone(now)
+    if config is not None and config is not side.config:
+        kept = {id(rec) for rec in side.records()}
+        side.apply_config(config, now)
+        for rec in side.records():
+            if id(rec) not in kept:
+                side.set_probe_verdict(rec.config.id, True, now, "what-if: new region", wall)
+    for region_id, state in (states or {}).items():
+        rec = side.record(region_id)
+        rec.manual, rec.drain_until, rec.ramp_started_at, rec.ramp = None, None, None, 1.0
+        rec.probed, rec.probe_up, rec.ejected_until = True, True, None
+        if state in ("unhealthy", "down"):
+            rec.probe_up = False
+        elif state == "ejected":
+            rec.ejected_until = now + 3600.0
+        elif state in ("failed_over", "draining"):
+            rec.manual = state
+        elif state not in ("healthy", "up"):
+            raise ValueError(f"unknown hypothetical state {state!r}")
+    side.tick(now, wall)  # derive every region's state from the forced facts
+    side.publish(now)
+    return side
 
 
 def traffic_split(

@@ -91,6 +91,16 @@ class Registry:
         self._listeners.append(listener)
         listener(self._snapshot)
 
+    def clone(self, now: float) -> Registry:
+        """A detached copy (records copied, no listeners, no history) for what-if questions."""
+        side = Registry(self._config, now=now)
+        side._records = {
+            rid: replace(rec, overrides=dict(rec.overrides), artifacts=dict(rec.artifacts))
+            for rid, rec in self._records.items()
+        }
+        side.publish(now)
+        return side
+
     def __repr__(self) -> str:
         s = self._snapshot
         eligible = sum(1 for r in s.regions if r.eligible)

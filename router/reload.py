@@ -1,14 +1,22 @@
-"""What a config reload changes: regions added, removed, changed, and other settings."""
+"""Config reloads: read the file once (with its digest), diff old against new, report.
+
+``read_config_text`` returns the file's text with the sha256 of the exact bytes read, so the
+file watcher compares content (not mtimes, which editors and copies keep or reset at will)
+and a reload never parses one version of the file while recording another's digest.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from router.config import Config, RegionConfig, to_plain
+from router.config import Config, ConfigError, FieldError, RegionConfig, to_plain
 
-# Sections whose change needs a process restart to take effect.
-RESTART_SECTIONS = ("listen",)
+# Settings read once at start-up: a reload accepts the change but it applies at the next
+# start (the diff lists them under ``restart_required``).
+RESTART_SECTIONS = ("listen", "state_dir", "state", "instance_id", "access_log")
 
 
 @dataclass(slots=True)
@@ -20,6 +28,7 @@ class ConfigDiff:
     )  # region -> field -> [old, new]
     settings: dict[str, Any] = field(default_factory=dict)  # section -> [old, new]
     restart_required: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # side effects of the reload, for people
 
     @property
     def empty(self) -> bool:
@@ -32,7 +41,48 @@ class ConfigDiff:
             "changed": self.changed,
             "settings": self.settings,
             "restart_required": self.restart_required,
+            "notes": self.notes,
         }
+
+
+@dataclass(slots=True)
+class ReloadResult:
+    ok: bool
+    source: str  # "api", "signal", "watch"
+    at: float  # wall clock
+    errors: list[FieldError] = field(default_factory=list)
+    diff: ConfigDiff | None = None
+    config_hash: str = ""  # the config serving after the attempt (the old one on failure)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ok": self.ok, "source": self.source, "at": self.at}
+        if self.errors:
+            out["errors"] = [{"path": e.path, "message": e.message} for e in self.errors]
+        if self.diff is not None:
+            out["diff"] = self.diff.to_json()
+        out["config_hash"] = self.config_hash
+        return out
+
+
+def file_digest(path: str) -> str | None:
+    """sha256 of the file's bytes, or None when it cannot be read (watch: try again later)."""
+    try:
+        with open(path, "rb") as file:
+            return hashlib.sha256(file.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def read_config_text(path: str) -> tuple[str, str]:
+    """(text, sha256 of its bytes); ``ConfigError`` naming the path when unreadable."""
+    try:
+        with open(path, "rb") as file:
+            raw = file.read()
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise ConfigError([FieldError(os.fspath(path), f"cannot read config: {reason}")]) from None
+    return text, hashlib.sha256(raw).hexdigest()
 
 
 def diff_configs(old: Config, new: Config) -> ConfigDiff:

@@ -4,11 +4,13 @@ Kinds: ``regions`` (runtime registrations and overrides), ``operations`` (manual
 ``history`` (transitions), and later ``replications`` and ``artifacts``. Each write goes to
 a temp file, is fsynced, renamed over the old one, and the directory is fsynced, so a crash
 leaves either the old or the new document. A file that cannot be parsed is moved aside
-with a timestamp and reported; a file from a newer format version stops the start-up.
+with a timestamp (``regions.json.corrupt-20250101T120000Z``) and reported; a file from a
+newer format version stops the start-up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -26,6 +28,10 @@ KINDS = ("regions", "operations", "history", "replications", "artifacts")
 
 class StateFormatError(Exception):
     """A state file written by a newer region-router: refuse rather than lose data."""
+
+
+class StoreWriteError(Exception):
+    """A state file could not be written (disk full, permissions): nothing was changed."""
 
 
 @dataclass(slots=True)
@@ -77,35 +83,80 @@ class FileStateStore:
         return doc["data"]
 
     def save(self, kind: str, data: Any) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        """Write atomically: temp file, fsync, rename over, fsync the directory.
+
+        Raises ``StoreWriteError`` (the old document is intact) when the write fails.
+        """
         path = self.path(kind)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         payload = orjson.dumps(
             {"format": FORMAT_VERSION, "kind": kind, "saved_at": time.time(), "data": data},
             option=orjson.OPT_INDENT_2,
         )
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, payload)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(self.state_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            dir_fd = os.open(self.state_dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StoreWriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
         self.writes += 1
 
+    def remove_leftovers(self) -> list[str]:
+        """Delete temp files a crash left behind (a rename never happened: not state)."""
+        removed: list[str] = []
+        for tmp in self.state_dir.glob(".*.json.*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(str(tmp))
+        return removed
+
+    def set_aside(self, kind: str, reason: str) -> str | None:
+        """Copy a readable file aside before data in it is dropped (e.g. an invalid entry)."""
+        path = self.path(kind)
+        target = self._aside_name(path, "invalid")
+        try:
+            target.write_bytes(path.read_bytes())
+        except OSError:
+            target_text = None
+        else:
+            target_text = str(target)
+        self._problem(kind, reason, target_text)
+        return target_text
+
+    def _aside_name(self, path: Path, what: str) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = path.with_name(f"{path.name}.{what}-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = path.with_name(f"{path.name}.{what}-{stamp}-{n}")
+        return target
+
     def _move_aside(self, path: Path) -> str | None:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        target = path.with_name(f"{path.name}.corrupt-{stamp}")
+        target = self._aside_name(path, "corrupt")
         try:
             os.replace(path, target)
         except OSError:
             return None
         return str(target)
+
+    def problem(self, kind: str, message: str, moved: str | None = None) -> None:
+        """Report a problem with stored state (log and ``problems``, shown in status)."""
+        self._problem(kind, message, moved)
 
     def _problem(self, kind: str, message: str, moved: str | None) -> None:
         log.error("%s%s", message, f" (moved to {moved})" if moved else "")
