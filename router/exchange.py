@@ -439,13 +439,14 @@ class Exchange:
 
     # -- failures and retries ----------------------------------------------------------
 
-    def _may_retry(self, reason: str) -> bool:
+    def _may_retry(self, reason: str, *, unsent: bool = False) -> bool:
+        """``unsent``: no byte reached a region, so ``pending`` still holds the whole body."""
         core = self.core
         if self.attempts > core.max_retries:
             return False
         if not (self.idempotent or reason in ("connect-failure", "connect-timeout")):
             return False
-        if self.retry_buffer is None and not self.body_done_empty():
+        if not unsent and self.retry_buffer is None and not self.body_done_empty():
             if self.body_too_large_for_retry:
                 core.stats.retry("skipped_body_too_large")
             return False
@@ -475,7 +476,7 @@ class Exchange:
         condition = "connect-failure" if kind.startswith("connect") else kind
         always = not sent or stale
         allowed = always or condition in core.retry_conditions
-        if allowed and self._may_retry("connect-failure" if always else condition):
+        if allowed and self._may_retry("connect-failure" if always else condition, unsent=not sent):
             self._schedule_retry("stale-connection" if stale else condition)
             return
         error: ProxyError

@@ -12,6 +12,8 @@ Routes of a region (any method unless noted):
 anything else
     JSON echo of what arrived (see ``Seen``): method, raw path, version, headers in order,
     body length and sha256. The body is read streaming, so uploads of any size are fine.
+    Knobs for failure tests: ``region.fail_status = 503`` answers that status instead (body
+    read first), ``region.reset_requests = True`` aborts the connection instead.
 ``/delay/{seconds}``
     sleeps, then echoes; a cancelled handler (client or proxy went away) is recorded in
     ``region.cancelled`` (an ``asyncio.Event``).
@@ -145,6 +147,8 @@ class Region:
     server: Any = None  # aiohttp TestServer
     healthy: bool = True
     health_hangs: bool = False
+    fail_status: int | None = None  # the echo route answers this status instead
+    reset_requests: bool = False  # the echo route aborts the connection instead
     seen: list[Seen] = field(default_factory=list)
     peer_ports: set[int] = field(default_factory=set)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -209,6 +213,10 @@ class Region:
 
     async def _echo(self, request: web.Request) -> web.Response:
         seen = await self._record(request)
+        if self.reset_requests:
+            return await self._reset(request, recorded=True)
+        if self.fail_status is not None:
+            return web.Response(status=self.fail_status, text=f"{self.name} fails")
         return web.Response(
             body=orjson.dumps(seen.as_json()),
             content_type="application/json",
@@ -265,8 +273,9 @@ class Region:
         await self._record(request)
         return web.Response(text="hop", headers={**HOP_RESPONSE_HEADERS, "X-Kept": "yes"})
 
-    async def _reset(self, request: web.Request) -> web.Response:
-        await self._record(request)
+    async def _reset(self, request: web.Request, *, recorded: bool = False) -> web.Response:
+        if not recorded:
+            await self._record(request)
         assert request.transport is not None
         request.transport.abort()
         await asyncio.Event().wait()  # cancelled as the connection goes
