@@ -128,7 +128,6 @@ class _Probe:
     endpoint: Endpoint
     task: asyncio.Task[None]
     kick: asyncio.Event
-    counter: _Counter
 
 
 class HealthChecker:
@@ -153,6 +152,7 @@ class HealthChecker:
         self.wall = wall
         self.rng = rng or random.Random()
         self._probes: dict[str, _Probe] = {}
+        self._counters: dict[str, _Counter] = {}  # consecutive results since the last verdict
         self.first_round = asyncio.Event()
         self._first_pending: set[str] = set()
         self.last_results: dict[str, tuple[float, ProbeResult]] = {}  # wall time, result
@@ -174,6 +174,7 @@ class HealthChecker:
             if rc is None or rc.endpoint != p.endpoint:
                 p.task.cancel()
                 del self._probes[region_id]
+                self._counters.pop(region_id, None)
                 self._first_pending.discard(region_id)
         loop = asyncio.get_running_loop()
         for region_id, rc in current.items():
@@ -185,7 +186,6 @@ class HealthChecker:
                 endpoint=rc.endpoint,
                 task=loop.create_task(self._loop(region_id), name=f"health:{region_id}"),
                 kick=asyncio.Event(),
-                counter=_Counter(),
             )
         if not self._first_pending:
             self.first_round.set()
@@ -235,12 +235,12 @@ class HealthChecker:
         """Seconds until the next probe: interval (or interval/3 while changing), jittered."""
         hc = self.registry.config.health_check
         interval = hc.interval_s
-        p = self._probes.get(region_id)
+        c = self._counters.get(region_id)
         try:
             rec: RegionRecord | None = self.registry.record(region_id)
         except UnknownRegion:
             rec = None
-        if p is not None and rec is not None and _changing(rec, p.counter):
+        if c is not None and rec is not None and _changing(rec, c):
             interval = max(hc.timeout_s, interval / FAST_INTERVAL_DIVISOR)
         jitter = interval * hc.jitter_percent / 100.0
         return max(0.01, interval + self.rng.uniform(-jitter, jitter))
@@ -253,8 +253,9 @@ class HealthChecker:
         except UnknownRegion:
             return
         hc = registry.config.health_check
-        p = self._probes.get(region_id)
-        c = p.counter if p is not None else _Counter()
+        c = self._counters.get(region_id)
+        if c is None:
+            c = self._counters[region_id] = _Counter()
         self.last_results[region_id] = (self.wall(), result)
         if self.on_result is not None:
             self.on_result(region_id, result)
