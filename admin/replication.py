@@ -1,13 +1,26 @@
-"""Admin routes for replication jobs: trigger, list, inspect, cancel (docs/replication.md)."""
+"""Admin routes for replication jobs: trigger, list, inspect, cancel (docs/replication.md).
+
+Also the compatibility API's ``replicate-model`` (``modelId``, ``regionId`` as the target,
+optional ``fromRegionId``), registered on /api/multi-region by ``admin/app.py``.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from aiohttp import web
 
 from admin.bodies import check, json_response, read_json
+from admin.compat import Reply
 from admin.keys import CONTROL
-from router.replication_jobs import JobState, parse_job_request
-from router.validate import FieldError
+from router.replication_jobs import (
+    KINDS,
+    NAME_RE,
+    JobState,
+    parse_artifact_path,
+    parse_job_request,
+)
+from router.validate import FieldError, Fields, ValidationError, as_choice, as_str
 
 routes = web.RouteTableDef()
 
@@ -54,3 +67,38 @@ async def _cancel(request: web.Request) -> web.StreamResponse:
 
 routes.delete("/admin/replications/{id}")(_cancel)
 routes.post("/admin/replications/{id}/cancel")(_cancel)
+
+
+# The old API's names for the fields the engine reports errors on.
+_COMPAT_PATHS = {"source": "fromRegionId", "targets": "regionId", "targets[0]": "regionId"}
+
+
+async def replicate_model(request: web.Request, params: dict[str, Any]) -> Any:
+    """``POST /api/multi-region {"operation": "replicate-model", "modelId", "regionId"}``."""
+    engine = request.app[CONTROL].replication
+    errors: list[FieldError] = []
+    with Fields(params, "", errors) as f:
+        model_id = f.required("modelId", as_str(pattern=NAME_RE))
+        target = f.optional("regionId", as_str(nonempty=True))
+        source = f.optional("fromRegionId", as_str(nonempty=True))
+        path = f.optional("path", parse_artifact_path)
+        kind = f.get("kind", as_choice(KINDS), "model")
+    check(errors)
+    assert model_id is not None
+    try:
+        job_request = engine.model_request(model_id, target, source, kind=kind, path=path)
+        job = await engine.submit(job_request)
+    except ValidationError as exc:
+        raise ValidationError(
+            [FieldError(_COMPAT_PATHS.get(e.path, e.path), e.message) for e in exc.errors]
+        ) from None
+    data = {
+        "jobId": job.id,
+        "modelId": model_id,
+        "fromRegionId": job.source,
+        "regionIds": [t.region for t in job.targets],
+        "path": job.path,
+        "status": job.state.value,
+        "job": job.to_json(),
+    }
+    return Reply(data, 202)

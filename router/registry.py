@@ -15,9 +15,10 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Literal
 
+from router.artifacts import artifact_candidates
 from router.config import Config, RegionConfig, RouteConfig
 from router.errors import RegionConflict, UnknownRegion
-from router.snapshot import RegionState, RegionView, RoutePlan, Snapshot
+from router.snapshot import ArtifactInfo, RegionState, RegionView, RoutePlan, Snapshot
 from router.tiers import plan_tiers
 
 HISTORY_LIMIT = 1000
@@ -65,6 +66,7 @@ class Registry:
         self._version = itertools.count(1)
         self._listeners: list[Callable[[Snapshot], None]] = []
         self.history: deque[Transition] = deque(maxlen=HISTORY_LIMIT)
+        self._artifacts: dict[str, ArtifactInfo] = {}  # replication's catalog, by name
         for rc in config.regions:
             self._records[rc.id] = RegionRecord(config=rc, source="config", base=rc)
         self._snapshot = self._build(now)
@@ -157,6 +159,48 @@ class Registry:
                 new[rid] = rec
         self._records = new
         self._config = config
+        self.publish(now)
+
+    # -- artifact inventory (replication) -----------------------------------------------
+
+    def artifacts(self) -> Mapping[str, ArtifactInfo]:
+        return MappingProxyType(self._artifacts)
+
+    def set_artifact(
+        self, region_id: str, name: str, sha256: str, read_at: float, now: float
+    ) -> None:
+        """A verified copy on a region; its digest turns latest unless a newer read exists."""
+        self.record(region_id).artifacts[name] = sha256
+        info = self._artifacts.get(name) or ArtifactInfo(name=name)
+        if info.sha256 is None or read_at >= info.read_at:
+            self._artifacts[name] = replace(info, sha256=sha256, read_at=read_at)
+        self.publish(now)
+
+    def set_artifact_source(self, name: str, source: str, read_at: float, now: float) -> None:
+        """The region the latest job of ``name`` read from (``artifact_fallback: source``)."""
+        info = self._artifacts.get(name) or ArtifactInfo(name=name)
+        if read_at >= info.read_at:
+            self._artifacts[name] = replace(info, source=source)
+            self.publish(now)
+
+    def remove_artifact(self, region_id: str, name: str, now: float) -> bool:
+        removed = self.record(region_id).artifacts.pop(name, None) is not None
+        if removed:
+            self.publish(now)
+        return removed
+
+    def load_artifacts(
+        self,
+        holdings: Mapping[str, Mapping[str, str]],
+        catalog: Mapping[str, ArtifactInfo],
+        now: float,
+    ) -> None:
+        """Restore persisted copies (region id -> name -> sha256) and the catalog at once."""
+        for region_id, held in holdings.items():
+            rec = self._records.get(region_id)
+            if rec is not None:
+                rec.artifacts.update(held)
+        self._artifacts.update(catalog)
         self.publish(now)
 
     # -- health verdicts ---------------------------------------------------------------
@@ -332,13 +376,15 @@ class Registry:
             )
         regions = tuple(views)
         by_id: Mapping[str, RegionView] = MappingProxyType({r.id: r for r in regions})
-        default_plan = _plan(None, cfg.strategy, regions, cfg)
+        catalog = MappingProxyType(dict(self._artifacts))
+        default_plan = _plan(None, cfg.strategy, regions, cfg, catalog)
         route_plans = tuple(
             _plan(
                 route,
                 route.strategy or cfg.strategy,
                 tuple(by_id[r] for r in route.regions if r in by_id) if route.regions else regions,
                 cfg,
+                catalog,
             )
             for route in cfg.routes
         )
@@ -352,12 +398,22 @@ class Registry:
             route_plans=route_plans,
             panic=default_plan.panic,
             next_eligible_at=min(wake) if wake else None,
+            artifacts=catalog,
         )
 
 
 def _plan(
-    route: RouteConfig | None, strategy: str, regions: tuple[RegionView, ...], cfg: Config
+    route: RouteConfig | None,
+    strategy: str,
+    regions: tuple[RegionView, ...],
+    cfg: Config,
+    catalog: Mapping[str, ArtifactInfo],
 ) -> RoutePlan:
+    artifact = None
+    if route is not None and route.requires_artifact:
+        # Only holders of a verified copy (or the fallback source) are candidates at all.
+        artifact = artifact_candidates(route, regions, catalog)
+        regions = artifact.regions
     tiers, panic = plan_tiers(
         regions, cfg.failover.overprovisioning_factor, cfg.failover.panic_threshold_percent
     )
@@ -367,4 +423,6 @@ def _plan(
         regions=regions,
         tiers=tiers,
         panic=panic,
+        artifact_sha256=artifact.sha256 if artifact is not None else None,
+        artifact_fallback=artifact.fallback if artifact is not None else None,
     )

@@ -15,14 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import shutil
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from email.utils import parsedate_to_datetime
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -33,6 +29,7 @@ from router.config import ReplicationConfig
 from router.errors import NotFound, RegionConflict
 from router.inventory import ArtifactInventory
 from router.registry import Registry
+from router.replication_copy import Copier, JobFailed
 from router.replication_jobs import (
     KINDS,
     Job,
@@ -43,31 +40,13 @@ from router.replication_jobs import (
 )
 from router.snapshot import RegionView
 from router.store import FileStateStore
-from router.transfer import (
-    Report,
-    SourceRead,
-    SpoolError,
-    SpoolWriter,
-    TransferError,
-    hash_file,
-    hash_url,
-    head,
-    put_file,
-    read_to_spool,
-    report_from,
-)
+from router.transfer import SpoolError, TransferError, hash_file, head
 from router.validate import FieldError, ValidationError
 
 log = logging.getLogger("router.replication")
 
-T = TypeVar("T")
 KEEP_FINISHED = 200  # finished jobs kept in the store and the API
-BACKOFF_MAX_S = 60.0
 RESULTS = ("succeeded", "failed", "cancelled")
-
-
-class JobFailed(Exception):
-    """Ends a whole job as failed (source missing or changed, spool unwritable)."""
 
 
 class ReplicationEngine:
@@ -89,7 +68,6 @@ class ReplicationEngine:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._ssl: dict[str, ssl.SSLContext] = {}
-        self._stopping = False
         self._headers = {
             "User-Agent": f"region-router/{__version__}",
             "X-Router-Instance": instance_id,
@@ -144,7 +122,6 @@ class ReplicationEngine:
                         path.unlink()
 
     async def start(self) -> None:
-        self._stopping = False
         timeouts = self.registry.config.timeouts
         self._session = aiohttp.ClientSession(
             auto_decompress=False,
@@ -159,7 +136,6 @@ class ReplicationEngine:
 
     async def stop(self) -> None:
         """Stop every job where it stands; unfinished ones resume at the next start."""
-        self._stopping = True
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -263,14 +239,21 @@ class ReplicationEngine:
         return next((r.id for r in snap.regions if name in r.artifacts), None)
 
     def model_request(
-        self, model_id: str, target: str | None, source: str | None = None, kind: str = "model"
+        self,
+        model_id: str,
+        target: str | None,
+        source: str | None = None,
+        *,
+        kind: str = "model",
+        path: str | None = None,
     ) -> JobRequest:
-        """The compatibility API's ``replicate-model``: path from ``replication.model_path``."""
-        path = self.config.model_path.replace("{modelId}", quote(model_id, safe=""))
+        """The compatibility API's ``replicate-model``: path from ``replication.model_path``,
+        source the region named, else the latest job's source or any region holding it."""
+        path = path or self.config.model_path.replace("{modelId}", quote(model_id, safe=""))
         source = source or self.source_of(model_id)
         if source is None:
             raise ValidationError(
-                [FieldError("fromRegionId", f"no region is known to hold {model_id!r}; name one")]
+                [FieldError("source", f"no region is known to hold {model_id!r}; name one")]
             )
         return JobRequest(
             kind=kind,
@@ -326,8 +309,16 @@ class ReplicationEngine:
                 job.state = JobState.RUNNING
                 job.started_at = self.wall()
                 self._save()
-            spool = await self._spool(job)
-            await self._copy_all(job, spool)
+            copier = Copier(
+                self._client(),
+                self.config,
+                self.spool_dir,
+                headers=self._headers,
+                ssl_for=self._ssl_for,
+                wall=self.wall,
+            )
+            spool = await self._spool(job, copier)
+            await self._copy_all(job, spool, copier)
         except JobFailed as exc:
             self._finish(job, JobState.FAILED, str(exc))
             return
@@ -359,7 +350,7 @@ class ReplicationEngine:
             "replication %s %s%s", job.id, state.value, f": {error}" if error else ""
         )
 
-    async def _spool(self, job: Job) -> Path:
+    async def _spool(self, job: Job, copier: Copier) -> Path:
         """The spool of the job's source bytes: reused when intact, else read (again)."""
         spool = self.spool_dir / f"{job.id}.spool"
         if job.sha256 is not None and spool.exists():
@@ -370,7 +361,7 @@ class ReplicationEngine:
             log.warning("replication %s: spool damaged; reading the source again", job.id)
         source = self._region(job.source, "source")
         first = job.sha256 is None
-        read = await self._retry(lambda: self._read_source(job, source), f"reading {job.path}")
+        read = await copier.read_source(job, source)
         if not first and read.sha256 != job.sha256:
             raise JobFailed(
                 f"the source changed since the job started (sha256 was {job.sha256}, now "
@@ -385,88 +376,16 @@ class ReplicationEngine:
         self._save()
         return spool
 
-    async def _read_source(self, job: Job, source: RegionView) -> SourceRead:
-        url = source.endpoint.url + job.path
-        part = SpoolWriter(self.spool_dir / f"{job.id}.part")
-        job.fetched_bytes = 0
-
-        def progress(n: int) -> None:
-            job.fetched_bytes += n
-
-        def room(length: int | None) -> None:
-            self.spool_dir.mkdir(parents=True, exist_ok=True)
-            free = shutil.disk_usage(self.spool_dir).free
-            if length is not None and length > free:
-                raise JobFailed(f"not enough space for the spool: {length} bytes, {free} free")
-
-        ssl_ctx = self._ssl_for(source)
-        started = self.wall()
-        try:
-            read = await read_to_spool(
-                self._client(),
-                url,
-                part,
-                progress,
-                headers=self._headers,
-                ssl=ssl_ctx,
-                before_body=room,
-            )
-            await self._check_unchanged(url, read, ssl_ctx, started)
-        except SpoolError as exc:
-            part.abort()
-            raise JobFailed(str(exc)) from None
-        except BaseException:
-            part.abort()
-            raise
-        return read
-
-    async def _check_unchanged(
-        self, url: str, read: SourceRead, ssl_ctx: ssl.SSLContext | bool, started: float
-    ) -> None:
-        """Fail the job when the source changed while it was read: never spread a torn copy.
-
-        A digest the source declared must match. Then a HEAD must show the same validators
-        (ETag, Last-Modified, Content-Length) as the GET. Validators prove nothing when
-        there are none, or when Last-Modified is within a second of the read (the file may
-        have changed again within the same second, as with nginx's second-granular ETag):
-        then, with ``verify`` on, the source is hashed once more and must match.
-        """
-        if read.declared is not None and read.declared != read.sha256:
-            raise JobFailed(
-                f"the source changed while it was read: it declares sha256 {read.declared} "
-                f"but the bytes received hash to {read.sha256}"
-            )
-        status, headers = await head(self._client(), url, headers=self._headers, ssl=ssl_ctx)
-        if 200 <= status < 300:
-            for name, before in read.validators.items():
-                after = headers.get(name)
-                if after is not None and after != before:
-                    raise JobFailed(
-                        f"the source changed while it was read ({name} {before!r} -> {after!r})"
-                    )
-        strong = read.declared is not None or (
-            any(k in read.validators for k in ("ETag", "Last-Modified"))
-            and not _racy(read.validators.get("Last-Modified"), started)
-        )
-        if not strong and self.config.verify:
-            # Nothing identifies the version we read: hash it once more and compare.
-            again, _ = await hash_url(self._client(), url, headers=self._headers, ssl=ssl_ctx)
-            if again != read.sha256:
-                raise JobFailed(
-                    f"the source changed while it was read: read twice, it hashed to "
-                    f"{read.sha256} then {again}"
-                )
-
-    async def _copy_all(self, job: Job, spool: Path) -> None:
+    async def _copy_all(self, job: Job, spool: Path, copier: Copier) -> None:
         limit = asyncio.Semaphore(self.config.concurrency)
 
         async def one(t: TargetProgress) -> None:
             async with limit:
-                await self._copy_target(job, t, spool)
+                await self._copy_target(job, t, spool, copier)
 
         await asyncio.gather(*(one(t) for t in job.targets if not t.done))
 
-    async def _copy_target(self, job: Job, t: TargetProgress, spool: Path) -> None:
+    async def _copy_target(self, job: Job, t: TargetProgress, spool: Path, copier: Copier) -> None:
         assert job.sha256 is not None and job.size_bytes is not None
         attempts = self.config.attempts
         while t.attempts < attempts:
@@ -474,7 +393,6 @@ class ReplicationEngine:
             if region is None:
                 t.last_error = "the region was removed"
                 break
-            url = region.endpoint.url + job.path
             t.attempts += 1
             t.state, t.bytes = TargetState.COPYING, 0
             self._save()
@@ -483,19 +401,10 @@ class ReplicationEngine:
                 t.bytes += n
 
             try:
-                report = await put_file(
-                    self._client(),
-                    url,
-                    spool,
-                    job.size_bytes,
-                    job.sha256,
-                    progress,
-                    headers=self._headers,
-                    ssl=self._ssl_for(region),
-                )
+                report = await copier.put(job, region, spool, progress)
                 t.state = TargetState.VERIFYING
                 self._save()
-                verified_by = await self._verify(job, region, url, report)
+                verified_by = await copier.verify(job, region, report)
             except SpoolError as exc:
                 raise JobFailed(str(exc)) from None
             except TransferError as exc:
@@ -505,7 +414,7 @@ class ReplicationEngine:
                     break
                 t.state = TargetState.PENDING
                 self._save()
-                await asyncio.sleep(self._backoff(t.attempts))
+                await asyncio.sleep(copier.backoff(t.attempts))
                 continue
             t.state, t.digest, t.verified_by = TargetState.VERIFIED, job.sha256, verified_by
             t.finished_at = self.wall()
@@ -515,50 +424,7 @@ class ReplicationEngine:
         t.state, t.finished_at = TargetState.FAILED, self.wall()
         self._save()
 
-    async def _verify(self, job: Job, region: RegionView, url: str, report: Report) -> str:
-        """How the copy was proven (see docs/replication.md); a mismatch raises TransferError."""
-        want, size = job.sha256, job.size_bytes
-        verdict = _judge(report, want, size, region.id)
-        if verdict is not None:
-            return verdict
-        # The PUT answer proved nothing: ask about the stored copy.
-        status, headers = await head(
-            self._client(), url, headers=self._headers, ssl=self._ssl_for(region)
-        )
-        stored = report_from(headers, head=True) if 200 <= status < 300 else Report()
-        verdict = _judge(stored, want, size, region.id)
-        if verdict is not None:
-            return verdict
-        if self.config.verify:
-            got, got_size = await hash_url(
-                self._client(), url, headers=self._headers, ssl=self._ssl_for(region)
-            )
-            if got != want:
-                raise TransferError(
-                    f"read-back of the copy on {region.id} hashes to {got} ({got_size} bytes), "
-                    f"expected {want}"
-                )
-            return "read-back"
-        return "size" if size in (report.size, stored.size) else "status"
-
     # -- helpers -----------------------------------------------------------------------
-
-    async def _retry(self, fn: Callable[[], Awaitable[T]], what: str) -> T:
-        attempts = self.config.attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                return await fn()
-            except TransferError as exc:
-                if not exc.retryable or attempt >= attempts:
-                    tries = f" after {attempt} tries" if attempt > 1 else ""
-                    raise JobFailed(f"{what} from the source failed{tries}: {exc}") from None
-                log.warning("replication: %s, try %d: %s", what, attempt, exc)
-                await asyncio.sleep(self._backoff(attempt))
-        raise AssertionError("unreachable")
-
-    def _backoff(self, attempt: int) -> float:
-        base = self.config.backoff_base_s * 2.0 ** (attempt - 1)
-        return min(BACKOFF_MAX_S, base) * random.uniform(0.8, 1.2)
 
     def _region(self, region_id: str, role: str) -> RegionView:
         region = self.registry.snapshot().by_id.get(region_id)
@@ -598,28 +464,3 @@ class ReplicationEngine:
             if strict:
                 raise
             log.error("replication jobs not saved: %s", exc)
-
-
-def _judge(report: Report, want: str | None, size: int | None, region_id: str) -> str | None:
-    """ "target-digest"/"etag" when the report proves the copy, None when it proves nothing;
-    a reported digest or size that differs raises (the copy is wrong: try again)."""
-    if report.sha256 is not None:
-        if report.sha256 != want:
-            raise TransferError(f"{region_id} reports sha256 {report.sha256}, expected {want}")
-        return "target-digest"
-    if report.etag is not None and report.etag == want:
-        return "etag"
-    if report.size is not None and report.size != size:
-        raise TransferError(f"{region_id} holds {report.size} bytes, expected {size}")
-    return None
-
-
-def _racy(last_modified: str | None, read_started: float) -> bool:
-    """True when Last-Modified is too close to the read to rule out a same-second change."""
-    if last_modified is None:
-        return False
-    try:
-        modified = parsedate_to_datetime(last_modified).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return True  # unreadable: assume the worst
-    return modified >= read_started - 1.0

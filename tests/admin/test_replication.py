@@ -354,3 +354,36 @@ async def test_inventory_survives_a_restart(
     assert snap.artifacts["fraud-model"].source == "src"
     _, listing = await admin_call(second, "GET", "/admin/replications")
     assert [j["state"] for j in listing["jobs"]] == ["succeeded"]
+
+
+async def test_compat_replicate_model_maps_onto_a_job(
+    aiohttp_server: AiohttpServer, start_router: StartRouter, tmp_path: Path
+) -> None:
+    src, t1, t2 = await three_stores(aiohttp_server, tmp_path)
+    digest = write_payload(src.file("/models/churn"), 50_000)
+    service = await start_router(config([src, t1, t2], tmp_path / "state"))
+
+    async def compat(**body: Any) -> tuple[int, Any]:
+        body = {"operation": "replicate-model", **body}
+        return await admin_call(service, "POST", "/api/multi-region", body)
+
+    status, answer = await compat(modelId="churn", regionId="t1", fromRegionId="src")
+    assert status == 202, answer
+    assert answer["success"] is True
+    data = answer["data"]
+    assert data["path"] == "/models/churn"  # from replication.model_path
+    assert (data["fromRegionId"], data["regionIds"]) == ("src", ["t1"])
+    assert (await wait_job(service, data["jobId"]))["state"] == "succeeded"
+
+    # Without fromRegionId the source is the one the latest job of that model read from.
+    status, answer = await compat(modelId="churn", regionId="t2")
+    assert status == 202, answer
+    assert answer["data"]["fromRegionId"] == "src"
+    done = await wait_job(service, answer["data"]["jobId"])
+    assert done["state"] == "succeeded" and done["sha256"] == digest
+
+    status, answer = await compat(modelId="other", regionId="t2")
+    assert status == 400 and answer["success"] is False
+    assert answer["details"][0]["path"] == "fromRegionId"
+    status, answer = await compat(modelId="churn", regionId="nope", fromRegionId="src")
+    assert status == 400 and answer["details"][0]["path"] == "regionId"
