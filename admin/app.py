@@ -67,12 +67,11 @@ def create_app(control: Control) -> web.Application:
     app[CONTROL] = control
     app[STATUS_EXTRAS] = []
     app.router.add_routes(regions.routes)
-    app.router.add_routes(replication.routes)
     app.router.add_routes(status.routes)
     monitoring.setup(app)
     app.router.add_routes(explain.routes)
     compat.setup(app)
-    compat.register(app, "POST", "replicate-model", replication.replicate_model)
+    replication.setup(app)  # after compat.setup: it plugs replicate-model in
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

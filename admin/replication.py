@@ -1,7 +1,9 @@
-"""Admin routes for replication jobs: trigger, list, inspect, cancel (docs/replication.md).
+"""Admin routes for replication jobs and the artifact inventory (docs/replication.md).
 
-Also the compatibility API's ``replicate-model`` (``modelId``, ``regionId`` as the target,
-optional ``fromRegionId``), registered on /api/multi-region by ``admin/app.py``.
+Jobs: trigger, list, inspect, cancel. Artifacts: what each region holds, and forgetting a
+copy. ``setup`` also plugs ``replicate-model`` (``modelId``, ``regionId`` as the target,
+optional ``fromRegionId``) into /api/multi-region and a ``replication`` section into
+/admin/status.
 """
 
 from __future__ import annotations
@@ -10,9 +12,13 @@ from typing import Any
 
 from aiohttp import web
 
+from admin import compat
 from admin.bodies import check, json_response, read_json
 from admin.compat import Reply
 from admin.keys import CONTROL
+from admin.status import STATUS_EXTRAS
+from router.control import Control
+from router.errors import NotFound
 from router.replication_jobs import (
     KINDS,
     NAME_RE,
@@ -67,6 +73,39 @@ async def _cancel(request: web.Request) -> web.StreamResponse:
 
 routes.delete("/admin/replications/{id}")(_cancel)
 routes.post("/admin/replications/{id}/cancel")(_cancel)
+
+
+@routes.get("/admin/artifacts")
+async def list_artifacts(request: web.Request) -> web.StreamResponse:
+    return json_response({"artifacts": request.app[CONTROL].inventory.to_json()})
+
+
+@routes.delete("/admin/artifacts/{name}/regions/{region}")
+async def forget_copy(request: web.Request) -> web.StreamResponse:
+    """Forget a region's copy (e.g. deleted there by hand): routing stops relying on it."""
+    control = request.app[CONTROL]
+    name, region_id = request.match_info["name"], request.match_info["region"]
+    if not control.inventory.remove(region_id, name):  # UnknownRegion -> 404 as well
+        raise NotFound(f"region {region_id!r} holds no copy of {name!r}")
+    return json_response({"name": name, "region": region_id, "removed": True})
+
+
+def status_section(control: Control) -> dict[str, Any]:
+    engine = control.replication
+    return {
+        "replication": {
+            "active_jobs": [j.to_json() for j in engine.recent() if j.active],
+            "artifacts": control.inventory.to_json(),
+        }
+    }
+
+
+def setup(app: web.Application) -> None:
+    """Routes, ``replicate-model`` on /api/multi-region (after ``compat.setup``), status."""
+    control = app[CONTROL]
+    app.router.add_routes(routes)
+    compat.register(app, "POST", "replicate-model", replicate_model)
+    app.setdefault(STATUS_EXTRAS, []).append(lambda: status_section(control))
 
 
 # The old API's names for the fields the engine reports errors on.

@@ -75,6 +75,35 @@ class ArtifactInventory:
             self.save()
         return removed
 
+    def to_json(self) -> list[dict[str, Any]]:
+        """Per artifact name: the latest digest, its source, and which region holds what."""
+        catalog = self.registry.artifacts()
+        names = set(catalog)
+        for rec in self.registry.records():
+            names.update(rec.artifacts)
+        out: list[dict[str, Any]] = []
+        for name in sorted(names):
+            info = catalog.get(name)
+            latest = info.sha256 if info is not None else None
+            out.append(
+                {
+                    "name": name,
+                    "sha256": latest,
+                    "source": info.source if info is not None else None,
+                    "read_at": info.read_at if info is not None else None,
+                    "regions": [
+                        {
+                            "region": rec.config.id,
+                            "sha256": rec.artifacts[name],
+                            "latest": rec.artifacts[name] == latest,
+                        }
+                        for rec in self.registry.records()
+                        if name in rec.artifacts
+                    ],
+                }
+            )
+        return out
+
     def save(self) -> None:
         regions: dict[str, Any] = {}
         for rec in self.registry.records():

@@ -387,3 +387,39 @@ async def test_compat_replicate_model_maps_onto_a_job(
     assert answer["details"][0]["path"] == "fromRegionId"
     status, answer = await compat(modelId="churn", regionId="nope", fromRegionId="src")
     assert status == 400 and answer["details"][0]["path"] == "regionId"
+
+
+async def test_artifact_inventory_is_listed_shown_in_status_and_can_forget_a_copy(
+    aiohttp_server: AiohttpServer, start_router: StartRouter, tmp_path: Path
+) -> None:
+    src, t1, t2 = await three_stores(aiohttp_server, tmp_path)
+    digest = write_payload(src.file(MODEL), 20_000)
+    service = await start_router(config([src, t1, t2], tmp_path / "state"))
+    _, job = await admin_call(service, "POST", "/admin/replications", job_body())
+    await wait_job(service, job["id"])
+
+    _, listing = await admin_call(service, "GET", "/admin/artifacts")
+    assert listing["artifacts"] == [
+        {
+            "name": "fraud-model",
+            "sha256": digest,
+            "source": "src",
+            "read_at": listing["artifacts"][0]["read_at"],
+            "regions": [
+                {"region": "t1", "sha256": digest, "latest": True},
+                {"region": "t2", "sha256": digest, "latest": True},
+            ],
+        }
+    ]
+    _, status = await admin_call(service, "GET", "/admin/status")
+    assert status["replication"]["active_jobs"] == []
+    assert status["replication"]["artifacts"] == listing["artifacts"]
+
+    code, answer = await admin_call(service, "DELETE", "/admin/artifacts/fraud-model/regions/t1")
+    assert code == 200 and answer["removed"] is True
+    _, region = await admin_call(service, "GET", "/admin/regions/t1")
+    assert region["artifacts"] == []
+    code, _ = await admin_call(service, "DELETE", "/admin/artifacts/fraud-model/regions/t1")
+    assert code == 404
+    code, _ = await admin_call(service, "DELETE", "/admin/artifacts/fraud-model/regions/nope")
+    assert code == 404
