@@ -158,6 +158,10 @@ class Exchange:
         core = self.core
         now = monotonic()
         region = core.selector.choose(self.snapshot, self.plan, self.info, now, self.tried)
+        if region is None and self.tried:
+            # Every eligible region has failed this request once: try one again rather
+            # than answer 503 for a request the regions did see.
+            region = core.selector.choose(self.snapshot, self.plan, self.info, now)
         if region is None:
             self._fail(self._no_region_error(now))
             return

@@ -45,6 +45,9 @@ will not produce (close-delimited bodies, malformed framing). ``raw_connection``
 ``raw_exchange`` and ``read_response`` speak HTTP/1.1 over a raw socket for malformed-input
 tests.
 
+``probe_passes`` / ``probe_never_answers`` replace the health prober
+(``start_router(config, probe=...)``) to pin region eligibility.
+
 ``router_process(tmp_path, config)`` runs the real CLI (``python -m router run``) on free
 ports and stops it on exit; ``run_cli(...)`` runs any other subcommand to completion.
 """
@@ -69,6 +72,9 @@ import orjson
 import yaml
 from aiohttp import WSMsgType, web
 from pytest_aiohttp import AiohttpServer
+
+from router.config_model import HealthCheckConfig, RegionConfig
+from router.health import ProbeResult
 
 PATTERN_BLOCK = bytes(range(256)) * 257  # 64 KiB + 256: any offset has a full block
 GZIP_BODY = gzip.compress(b"hello compressed world " * 100, mtime=0)
@@ -310,6 +316,18 @@ async def start_region(aiohttp_server: AiohttpServer, name: str = "r1") -> Regio
     region = Region(name)
     region.server = await aiohttp_server(region.app())
     return region
+
+
+async def probe_passes(region: RegionConfig, hc: HealthCheckConfig) -> ProbeResult:
+    """A health probe (``start_router(..., probe=probe_passes)``) that finds every region up,
+    so a region that refuses connections stays eligible and the proxy path meets it."""
+    return ProbeResult(ok=True, latency_s=0.001)
+
+
+async def probe_never_answers(region: RegionConfig, hc: HealthCheckConfig) -> ProbeResult:
+    """A health probe that never completes: regions stay ``unknown`` (never eligible)."""
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
 
 
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

@@ -11,13 +11,13 @@ import orjson
 import pytest
 from pytest_aiohttp import AiohttpServer
 
-from router.config_model import HealthCheckConfig, RegionConfig
-from router.health import ProbeResult
 from tests.backends import (
     RawResponse,
     Region,
     closed_by_peer,
     free_port,
+    probe_never_answers,
+    probe_passes,
     raw_connection,
     raw_exchange,
     read_response,
@@ -173,18 +173,13 @@ async def test_oversized_heads_answer_431(
     assert len(region.seen) == 1
 
 
-async def never_probed(region: RegionConfig, hc: HealthCheckConfig) -> ProbeResult:
-    await asyncio.Event().wait()
-    raise AssertionError("unreachable")
-
-
 async def test_no_eligible_region_is_503_with_retry_after(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
     region = await start_region(aiohttp_server)
     # A region that has never passed a probe is not eligible (and not a reason for panic).
     service = await start_router(
-        make_config([region.config()]), wait_ready=False, probe=never_probed
+        make_config([region.config()]), wait_ready=False, probe=probe_never_answers
     )
     resp = await raw_exchange(service.proxy_port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     assert_router_error(resp, 503, "no_eligible_region")
@@ -201,7 +196,8 @@ async def test_unreachable_region_is_502_after_retries(start_router: StartRouter
         make_config(
             [{"id": "a", "endpoint": dead}, {"id": "b", "endpoint": dead + "/b"}],
             retries={"max_retries": 2, "backoff_base": "1ms", "backoff_max": "5ms"},
-        )
+        ),
+        probe=probe_passes,  # both stay eligible: the proxy path meets the refusals
     )
     resp = await raw_exchange(
         service.proxy_port, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi"

@@ -10,11 +10,10 @@ import aiohttp
 from pytest_aiohttp import AiohttpServer
 
 from router.cli import RouterService
-from router.config_model import HealthCheckConfig, RegionConfig
-from router.health import ProbeResult
 from tests.backends import (
     Region,
     free_port,
+    probe_passes,
     raw_exchange,
     read_head,
     start_raw_region,
@@ -110,17 +109,13 @@ async def test_retry_skipped_for_a_large_body_is_counted(
     assert 'router_retries_total{reason="skipped_body_too_large"} 1.0' in text
 
 
-async def probes_pass(region: RegionConfig, hc: HealthCheckConfig) -> ProbeResult:
-    return ProbeResult(ok=True, latency_s=0.001)
-
-
 async def test_connect_failure_is_retried_even_for_post_with_body(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
     second = await start_region(aiohttp_server, "second")
     dead = {"id": "dead", "endpoint": f"http://127.0.0.1:{free_port()}", "priority": 0}
     config = make_config([dead, second.config(priority=1)], **_sections())
-    service = await start_router(config, probe=probes_pass)  # "dead" looks healthy
+    service = await start_router(config, probe=probe_passes)  # "dead" looks healthy
     for _ in range(3):
         resp = await _send(service, "POST", BODY)
         assert (resp.status, resp.headers["X-Router-Region"]) == (200, "second")
