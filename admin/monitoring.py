@@ -10,13 +10,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from admin import compat
 from admin.bodies import check, json_response
 from admin.dashboard import dashboard_json
 from admin.keys import CONTROL
 from admin.status import STATUS_EXTRAS
 from router.control import Control
 from router.scrape import aggregate
-from router.validate import FieldError, as_duration
+from router.validate import FieldError, ValidationError, as_duration
 
 routes = web.RouteTableDef()
 
@@ -162,10 +163,40 @@ async def _scrape_session(app: web.Application) -> AsyncIterator[None]:
     await app[SCRAPE_SESSION].close()
 
 
+# -- the compatibility endpoint's operations ---------------------------------------------
+
+
+async def compat_aggregate_metrics(request: web.Request, params: dict[str, Any]) -> Any:
+    """POST ``aggregate-metrics``: ``timeRange`` (ms) is the router view's window."""
+    raw = params.get("timeRange", DEFAULT_WINDOW_S * 1000.0)
+    try:
+        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+            raise ValueError
+        window_ms = float(raw)
+    except ValueError:
+        window_ms = -1.0
+    if not 0 < window_ms < float("inf"):
+        raise ValidationError([FieldError("timeRange", f"expected milliseconds > 0, got {raw!r}")])
+    return await aggregate_metrics(request.app, window_s=window_ms / 1000.0)
+
+
+async def compat_global_dashboard(request: web.Request, params: dict[str, Any]) -> Any:
+    return dashboard_json(request.app[CONTROL])
+
+
+async def _register_compat(app: web.Application) -> None:
+    # At start-up, so it does not matter whether compat.setup ran before or after us.
+    if compat.HANDLERS in app:
+        compat.register(app, "POST", "aggregate-metrics", compat_aggregate_metrics)
+        compat.register(app, "GET", "global-dashboard", compat_global_dashboard)
+
+
 def setup(app: web.Application) -> None:
-    """Register the monitoring routes, the scrape session and firing alerts in status."""
+    """Register the monitoring routes, the scrape session, compat operations and firing
+    alerts in status."""
     control = app[CONTROL]
     app.router.add_routes(routes)
     app.cleanup_ctx.append(_scrape_session)
+    app.on_startup.append(_register_compat)
     extras = app.setdefault(STATUS_EXTRAS, [])
     extras.append(lambda: {"firing_alerts": control.alerts.firing_json()})

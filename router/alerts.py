@@ -16,8 +16,9 @@ Rules (names are the ``alertname`` label):
   ``alerts.error_rate`` (with at least ``MIN_REQUESTS`` requests in the window).
 - ``RegionLatencyHigh``: a region's p95 over ``alerts.window`` is above
   ``alerts.latency_p95`` (same minimum).
-- ``ReplicationJobFailed``: the last replication job of a (kind, name) failed; resolved by
-  a later successful job of the same artifact, or after ``REPLICATION_HOLD_S``.
+- ``ReplicationJobFailed``: the latest finished replication job of a (kind, name) failed;
+  resolved by a later successful job of the same artifact, or after ``REPLICATION_HOLD_S``.
+  Read from the replication engine's jobs (``control.replication``) when it is wired in.
 - ``ConfigReloadFailed``: the last reload was rejected; resolved by a successful reload.
 """
 
@@ -29,7 +30,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -201,6 +202,33 @@ def evaluate(facts: Facts, cfg: AlertsConfig) -> list[Condition]:
     return out
 
 
+def replication_failures(engine: object, now: float) -> tuple[ReplicationFailure, ...]:
+    """Artifacts whose latest finished job failed (within the hold time), from ``engine.jobs``.
+
+    Duck-typed on purpose (jobs with ``id``, ``kind``, ``name``, ``state``, ``finished_at``,
+    ``error``), so alerts work with or without the replication engine.
+    """
+    jobs: Any = getattr(engine, "jobs", None)
+    if isinstance(jobs, Mapping):
+        jobs = list(jobs.values())
+    latest: dict[tuple[str, str], Any] = {}
+    for job in jobs or ():
+        state = str(getattr(job, "state", ""))
+        finished = getattr(job, "finished_at", None)
+        if state not in ("succeeded", "failed") or finished is None:
+            continue
+        key = (str(job.kind), str(job.name))
+        if key not in latest or finished >= latest[key].finished_at:
+            latest[key] = job
+    return tuple(
+        ReplicationFailure(
+            job_id=str(job.id), kind=kind, name=name, error=str(job.error or ""), at=job.finished_at
+        )
+        for (kind, name), job in sorted(latest.items())
+        if str(job.state) == "failed" and now - job.finished_at <= REPLICATION_HOLD_S
+    )
+
+
 # -- firing and resolved ---------------------------------------------------------------
 
 
@@ -363,11 +391,6 @@ class AlertSource(Protocol):
     def last_reload(self) -> ReloadLike | None: ...
 
 
-@dataclass(slots=True)
-class _Replication:
-    failures: dict[tuple[str, str], ReplicationFailure] = field(default_factory=dict)
-
-
 class AlertEngine:
     """Evaluates the rules every ``alerts.evaluate_interval``; owns the webhook notifier."""
 
@@ -382,7 +405,6 @@ class AlertEngine:
         self.wall = wall
         runtime = source.runtime
         self.book = AlertBook(static_labels={"instance": runtime.instance_id})
-        self._replication = _Replication()
         self.evaluations = 0
         self.notifier = notifier or WebhookNotifier(lambda: self.config.webhook)
         self._task: asyncio.Task[None] | None = None
@@ -404,20 +426,6 @@ class AlertEngine:
     def config(self) -> AlertsConfig:
         return self.source.registry.config.alerts
 
-    # -- hooks ---------------------------------------------------------------------------
-
-    def replication_finished(
-        self, *, job_id: str, kind: str, name: str, ok: bool, error: str = ""
-    ) -> None:
-        """Called by the replication runner when a job ends (failed, or succeeded)."""
-        key = (kind, name)
-        if ok:
-            self._replication.failures.pop(key, None)
-        else:
-            self._replication.failures[key] = ReplicationFailure(
-                job_id=job_id, kind=kind, name=name, error=error, at=self.wall()
-            )
-
     # -- evaluation ----------------------------------------------------------------------
 
     def facts(self, now: float) -> Facts:
@@ -429,15 +437,11 @@ class AlertEngine:
         last = src.last_reload
         if last is not None and not last.ok:
             reload_errors = [str(e) for e in last.errors]
-        failures = self._replication.failures
-        for key, f in list(failures.items()):
-            if now - f.at > REPLICATION_HOLD_S:
-                del failures[key]
         return Facts(
             snapshot=snap,
             traffic=traffic,
             reload_errors=reload_errors,
-            replication_failures=tuple(failures.values()),
+            replication_failures=replication_failures(getattr(src, "replication", None), now),
         )
 
     def evaluate_now(self) -> list[Alert]:
