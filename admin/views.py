@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from router.config import to_plain
 from router.control import Control
 from router.operations import FailoverOperation
 from router.registry import Transition
@@ -30,9 +31,7 @@ def region_json(control: Control, r: RegionView, *, detail: bool = True) -> dict
         "eligible": r.eligible,
     }
     if rec.overrides:
-        out["overrides"] = {
-            k: (dict(v) if isinstance(v, dict) else v) for k, v in rec.overrides.items()
-        }
+        out["overrides"] = to_plain(rec.overrides)
     if not detail:
         return out
     load = runtime.core.loads.get(r.id)

@@ -217,6 +217,8 @@ class Control:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        # The baseline: traffic from the first second on shows in rates and percentiles.
+        self.window.sample(self.runtime.merged_stats(), time.monotonic())
         self._tasks.append(loop.create_task(self._housekeeping(), name="control-housekeeping"))
         if self.config_path:
             self._watch_digest = file_digest(self.config_path)

@@ -1,0 +1,180 @@
+"""Manual failover as an operation, through the admin API, observed through the proxy."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from pytest_aiohttp import AiohttpServer
+
+from tests.admin.client import Admin, eventually, proxy_get, spread
+from tests.backends import Region, start_region
+from tests.conftest import StartRouter, make_config
+
+COOKIE = "rr_region"
+ELIGIBLE = ("healthy", "recovering")
+NO_RAMP = {"slow_start": "0s"}  # a recovered region takes its full share at once
+
+
+async def _regions(aiohttp_server: AiohttpServer, *names: str) -> list[Region]:
+    return [await start_region(aiohttp_server, name) for name in names]
+
+
+def _pinned(region_id: str) -> dict[str, str]:
+    return {"Cookie": f"{COOKIE}={region_id}"}
+
+
+async def test_failover_stops_new_requests_at_once_while_in_flight_ones_finish(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    r1, r2 = await _regions(aiohttp_server, "r1", "r2")
+    config = make_config([r1.config(), r2.config()], affinity={"cookie": COOKIE})
+    service = await start_router(config)
+    async with aiohttp.ClientSession() as session:
+        admin = Admin(session, service.admin_port)
+        slow = asyncio.create_task(
+            proxy_get(session, service.proxy_port, "/delay/0.6", headers=_pinned("r1"))
+        )
+        async with asyncio.timeout(5):
+            await r1.arrived.wait()
+        reply = await admin.post("/admin/regions/r1/failover", {"reason": "maintenance"})
+        assert reply.status == 200, reply
+        op = reply.body["operation"]
+        assert op["id"].startswith("op-") and op["state"] == "active"
+        assert op["reason"] == "maintenance"
+        assert reply.body["region"]["state"] == "failed_over"
+        seen = len(r1.seen)
+        # from the moment the answer arrived: not one new request, pinned ones included
+        assert await spread(session, service.proxy_port, 10) == {"r2": 10}
+        assert await spread(session, service.proxy_port, 4, headers=_pinned("r1")) == {"r2": 4}
+        assert len(r1.seen) == seen
+        assert await slow == (200, "r1")
+        assert not r1.cancelled.is_set()
+        status = (await admin.get("/admin/status")).body
+        assert [o["id"] for o in status["active_operations"]] == [op["id"]]
+        twice = await admin.post("/admin/regions/r1/failover", {})
+        assert twice.status == 409
+        assert op["id"] in twice.body["error"]["message"]
+
+
+async def test_failover_to_a_target_moves_sticky_sessions_there(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    r1, r2, r3 = await _regions(aiohttp_server, "r1", "r2", "r3")
+    config = make_config([r1.config(), r2.config(), r3.config()], affinity={"cookie": COOKIE})
+    service = await start_router(config)
+    async with aiohttp.ClientSession() as session:
+        admin = Admin(session, service.admin_port)
+        assert await spread(session, service.proxy_port, 3, headers=_pinned("r1")) == {"r1": 3}
+        reply = await admin.post("/admin/regions/r1/failover", {"target": "r3"})
+        assert reply.status == 200, reply
+        assert reply.body["operation"]["target"] == "r3"
+        assert await spread(session, service.proxy_port, 6, headers=_pinned("r1")) == {"r3": 6}
+        explained = await admin.get(f"/admin/route?path=/&header=Cookie:{COOKIE}=r1")
+        assert explained.body["winner"] == "r3"
+        assert "moved" in explained.body["reason"]
+        # sessions pinned elsewhere stay where they are
+        assert await spread(session, service.proxy_port, 3, headers=_pinned("r2")) == {"r2": 3}
+        failover = (await admin.get("/admin/failover")).body
+        by_id = {r["id"]: r for r in failover["regions"]}
+        assert by_id["r1"]["failover_target"] == "r3"
+        assert by_id["r1"]["operation"]["target"] == "r3"
+
+
+async def test_recover_answers_202_and_the_region_serves_after_its_next_passing_check(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    r1, r2 = await _regions(aiohttp_server, "r1", "r2")
+    service = await start_router(make_config([r1.config(), r2.config()], failover=NO_RAMP))
+    async with aiohttp.ClientSession() as session:
+        admin = Admin(session, service.admin_port)
+        op = (await admin.post("/admin/regions/r1/failover", {"reason": "deploy"})).body
+        r1.healthy = False  # the region is still broken when the operator recovers it
+        reply = await admin.post("/admin/regions/r1/recover", {"reason": "deploy done"})
+        assert reply.status == 202, reply
+        assert reply.body["changed"] is True
+        assert reply.body["operation"]["id"] == op["operation"]["id"]
+        assert reply.body["operation"]["state"] == "ended"
+        assert reply.body["operation"]["ended_reason"] == "deploy done"
+        assert reply.body["region"]["state"] == "unknown"  # not eligible before a check
+        await admin.wait_state("r1", "unhealthy")
+        assert await spread(session, service.proxy_port, 6) == {"r2": 6}
+        r1.healthy = True
+        await admin.wait_state("r1", *ELIGIBLE)  # back in rotation (slow start may run)
+        assert await spread(session, service.proxy_port, 6) == {"r1": 3, "r2": 3}
+        again = await admin.post("/admin/regions/r1/recover")
+        assert again.status == 202 and again.body["changed"] is False
+        history = (await admin.get("/admin/failover")).body["history"]
+        r1_moves = [(h["from"], h["to"]) for h in history if h["region"] == "r1"]
+        assert r1_moves[0][0] == "unhealthy" and r1_moves[0][1] in ELIGIBLE
+        assert r1_moves[1:4] == [
+            ("unknown", "unhealthy"),
+            ("failed_over", "unknown"),
+            ("healthy", "failed_over"),
+        ]
+        newest = history[0]
+        assert newest["region"] == "r1" and newest["at"] > 0 and newest["reason"]
+        reasons = [h["reason"] for h in history if h["to"] == "failed_over"]
+        assert any("deploy" in reason for reason in reasons)
+
+
+async def test_an_expiring_operation_puts_the_region_back(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    r1, r2 = await _regions(aiohttp_server, "r1", "r2")
+    service = await start_router(make_config([r1.config(), r2.config()], failover=NO_RAMP))
+    async with aiohttp.ClientSession() as session:
+        admin = Admin(session, service.admin_port)
+        reply = await admin.post("/admin/regions/r1/failover", {"expires": "400ms"})
+        op_id = reply.body["operation"]["id"]
+        assert reply.body["operation"]["expires_at"] > reply.body["operation"]["created_at"]
+        assert await spread(session, service.proxy_port, 4) == {"r2": 4}
+        await admin.wait_state("r1", *ELIGIBLE, timeout_s=5.0)
+        op = (await admin.get(f"/admin/operations/{op_id}")).body["operation"]
+        assert op["state"] == "ended" and "expired" in op["ended_reason"]
+        assert (await admin.get("/admin/status")).body["active_operations"] == []
+        assert "r1" in await spread(session, service.proxy_port, 4)
+
+
+async def test_undo_ends_the_operation_once(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    r1, r2 = await _regions(aiohttp_server, "r1", "r2")
+    service = await start_router(make_config([r1.config(), r2.config()], failover=NO_RAMP))
+    async with aiohttp.ClientSession() as session:
+        admin = Admin(session, service.admin_port)
+        op_id = (await admin.post("/admin/regions/r1/failover")).body["operation"]["id"]
+        listed = (await admin.get("/admin/operations")).body
+        assert [o["id"] for o in listed["active"]] == [op_id]
+        undone = await admin.post(f"/admin/operations/{op_id}/undo")
+        assert undone.status == 202, undone
+        assert undone.body["operation"]["state"] == "ended"
+        assert undone.body["operation"]["ended_reason"] == f"undo of {op_id}"
+        assert (await admin.post(f"/admin/operations/{op_id}/undo")).status == 409
+        await admin.wait_state("r1", *ELIGIBLE)
+        # a new failover of the same region is a new operation
+        again = await admin.post("/admin/regions/r1/failover")
+        assert again.status == 200 and again.body["operation"]["id"] != op_id
+
+
+async def test_failover_with_a_drain_keeps_pinned_sessions_for_the_drain_period(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    r1, r2 = await _regions(aiohttp_server, "r1", "r2")
+    config = make_config([r1.config(), r2.config()], affinity={"cookie": COOKIE})
+    service = await start_router(config)
+    async with aiohttp.ClientSession() as session:
+        admin = Admin(session, service.admin_port)
+        reply = await admin.post("/admin/regions/r1/failover", {"drain": "1s"})
+        assert reply.status == 202, reply
+        assert reply.body["region"]["state"] == "draining"
+        assert await spread(session, service.proxy_port, 4) == {"r2": 4}  # no new sessions
+        assert await spread(session, service.proxy_port, 2, headers=_pinned("r1")) == {"r1": 2}
+        await admin.wait_state("r1", "failed_over", timeout_s=5.0)
+        assert await spread(session, service.proxy_port, 2, headers=_pinned("r1")) == {"r2": 2}
+
+        async def ended_draining() -> bool:
+            history = (await admin.get("/admin/failover")).body["history"]
+            return any(h["from"] == "draining" and h["to"] == "failed_over" for h in history)
+
+        await eventually(ended_draining, message="drain end not in the history")
