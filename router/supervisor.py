@@ -62,6 +62,7 @@ class Supervisor:
         self.count = workers
         self.workers = [WorkerHandle(i) for i in range(workers)]
         self.sock: socket.socket | None = None
+        self.host = ""
         self.retired = TrafficStats()  # counters of workers that exited
         self.stopping = False
         self._monitors: list[asyncio.Task[None]] = []
@@ -77,12 +78,16 @@ class Supervisor:
     # -- start / stop ------------------------------------------------------------------
 
     async def start(self, host: str, port: int) -> None:
+        # Each worker listens on its own SO_REUSEPORT socket, so the kernel spreads new
+        # connections evenly (one shared accept queue lets the first worker to wake take
+        # nearly all of them). This socket only reserves the port (and learns it for
+        # port 0): it is bound but never listens, so it receives no connections.
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-        sock.listen(4096)
-        sock.setblocking(False)
         self.sock = sock
+        self.host = host
         self.runtime.snapshot_hooks.append(self.broadcast)
         for w in self.workers:
             await self._spawn(w)
@@ -111,13 +116,13 @@ class Supervisor:
             sys.executable,
             "-m",
             "router.worker",
-            "--listen-fd",
-            str(self.sock.fileno()),
+            "--listen",
+            f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}",
             "--channel-fd",
             str(child.fileno()),
             "--id",
             str(w.index),
-            pass_fds=(self.sock.fileno(), child.fileno()),
+            pass_fds=(child.fileno(),),
             stdin=asyncio.subprocess.DEVNULL,
         )
         child.close()

@@ -52,7 +52,7 @@ class OutcomeRecorder:
         return runs
 
 
-async def run_worker(listen_fd: int, channel_fd: int, worker_id: int) -> int:
+async def run_worker(host: str, port: int, channel_fd: int, worker_id: int) -> int:
     loop = asyncio.get_running_loop()
     first: asyncio.Future[Snapshot] = loop.create_future()
     stop = asyncio.Event()
@@ -91,8 +91,11 @@ async def run_worker(listen_fd: int, channel_fd: int, worker_id: int) -> int:
         access_log=AccessLogger() if config.access_log else None,
     )
     server = ProxyServer(core)
-    listen_sock = socket.socket(fileno=listen_fd)
-    await server.start("", 0, sock=listen_sock)
+    try:
+        await server.start(host, port, reuse_port=True)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", host, port, exc)
+        return 2
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor handles Ctrl-C for us
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -136,7 +139,7 @@ def _report(core: ProxyCore, outcomes: OutcomeRecorder) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="router.worker")
-    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--listen", required=True, help="host:port (SO_REUSEPORT)")
     parser.add_argument("--channel-fd", type=int, required=True)
     parser.add_argument("--id", type=int, default=0)
     args = parser.parse_args(argv)
@@ -147,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     import uvloop
 
-    return uvloop.run(run_worker(args.listen_fd, args.channel_fd, args.id))
+    host, _, port = args.listen.rpartition(":")
+    return uvloop.run(run_worker(host.strip("[]"), int(port), args.channel_fd, args.id))
 
 
 if __name__ == "__main__":
