@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from router.errors import UnknownRegion
 from router.registry import Registry
 from router.snapshot import ArtifactInfo
 from router.store import FileStateStore
@@ -66,7 +67,11 @@ class ArtifactInventory:
 
     def record_copy(self, region_id: str, name: str, sha256: str, read_at: float) -> None:
         """A verified copy of ``name`` (read from its source at ``read_at``) on a region."""
-        self.registry.set_artifact(region_id, name, sha256, read_at, time.monotonic())
+        try:
+            self.registry.set_artifact(region_id, name, sha256, read_at, time.monotonic())
+        except UnknownRegion:
+            log.warning("region %s was removed; its copy of %s is not recorded", region_id, name)
+            return
         self.save()
 
     def remove(self, region_id: str, name: str) -> bool:

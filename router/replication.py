@@ -182,7 +182,7 @@ class ReplicationEngine:
     async def submit(self, request: JobRequest, *, check_source: bool = True) -> Job:
         """Validate, check the source has the path (HEAD), persist and start the job."""
         job = self.plan(request)
-        if check_source:
+        if check_source and self._session is not None:
             await self._check_source(job)
             self._check_overlap(job.path, job.source, [t.region for t in job.targets])
         self.jobs[job.id] = job
