@@ -8,6 +8,7 @@ import orjson
 from aiohttp import web
 
 from admin.keys import CONTROL
+from router.config import AdminConfig
 from router.validate import FieldError, ValidationError
 
 
@@ -17,7 +18,9 @@ async def read_body(request: web.Request) -> bytes:
     Read here rather than through aiohttp's ``client_max_size`` so a reload that changes
     the limit applies at once, and a chunked body is cut off as soon as it is too large.
     """
-    limit = request.app[CONTROL].registry.config.admin.max_body_bytes
+    control = request.app.get(CONTROL)
+    config = control.registry.config.admin if control is not None else AdminConfig()
+    limit = config.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(
             max_size=limit,

@@ -84,6 +84,15 @@ class Admin:
         await eventually(reached, timeout_s, f"{region_id} never reached {states}")
 
 
+def summary(regions_body: Any) -> list[tuple[Any, ...]]:
+    """What an admin write could change in a GET /admin/regions body (not live figures)."""
+    keys = ("id", "name", "endpoint", "weight", "priority", "labels", "source", "overrides")
+    return [
+        tuple(orjson.dumps(r.get(k), option=orjson.OPT_SORT_KEYS) for k in keys)
+        for r in regions_body["regions"]
+    ]
+
+
 async def eventually(
     check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0, message: str = ""
 ) -> None:
