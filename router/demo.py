@@ -8,13 +8,11 @@ region down midway and brings it back, and shows where the traffic goes (router/
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import itertools
 import logging
 import os
 import random
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -34,7 +32,15 @@ from router.config import (
     parse_config,
     parse_endpoint,
 )
-from router.demo_regions import PROFILES, DemoRegion, TrafficGenerator, stop_task
+from router.demo_regions import (
+    PROFILES,
+    DemoRegion,
+    TrafficGenerator,
+    bindable,
+    region_bind_host,
+    stop_task,
+    url_host,
+)
 from router.demo_view import Frame, Outage, Row, TableStyle, Totals, status_line, summary, table
 from router.snapshot import RegionState, Snapshot
 
@@ -126,35 +132,6 @@ def demo_config(
         regions=regions,
     )
     return replace(new, config_hash=config_hash(new))
-
-
-def bindable(host: str, port: int) -> bool:
-    """Whether a listener could bind host:port right now (port 0 always can)."""
-    if port == 0:
-        return True
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def url_host(host: str) -> str:
-    """The host a local client uses to reach a listener bound to ``host``."""
-    if host in ("0.0.0.0", "::", ""):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
-
-
-def region_bind_host(host: str) -> str:
-    """A demo region listens on the endpoint's loopback address, else on 127.0.0.1."""
-    try:
-        return host if ipaddress.ip_address(host).is_loopback else "127.0.0.1"
-    except ValueError:  # a name, even "localhost", may resolve to several addresses
-        return "127.0.0.1"
 
 
 class Demo:

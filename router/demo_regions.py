@@ -3,12 +3,14 @@
 Each ``DemoRegion`` is a small aiohttp server with a simulated latency (with jitter) and an
 optional share of 503 answers; it can be taken down (its listener closes, so connections are
 refused) and brought back on the same port. ``TrafficGenerator`` sends a steady, bounded
-stream of GETs through the proxy and keeps what the clients saw.
+stream of GETs through the proxy and keeps what the clients saw. The address helpers decide
+where each of them listens and connects.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
 import socket
 import time
@@ -140,6 +142,35 @@ class DemoRegion:
         if self._hold is not None:
             self._hold.close()
             self._hold = None
+
+
+def bindable(host: str, port: int) -> bool:
+    """Whether a listener could bind host:port right now (port 0 always can)."""
+    if port == 0:
+        return True
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def url_host(host: str) -> str:
+    """The host a local client uses to reach a listener bound to ``host``."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def region_bind_host(host: str) -> str:
+    """A demo region listens on the endpoint's loopback address, else on 127.0.0.1."""
+    try:
+        return host if ipaddress.ip_address(host).is_loopback else "127.0.0.1"
+    except ValueError:  # a name, even "localhost", may resolve to several addresses
+        return "127.0.0.1"
 
 
 @dataclass(frozen=True, slots=True)
