@@ -224,7 +224,10 @@ class Exchange:
             parts.append(_CHUNK_END)
         conn.write(b"".join(parts))
         self.deadline = monotonic() + self.core.response_headers_timeout_s
-        self.core.awaiting.add(self)
+        if self.body_done:
+            self.core.awaiting.add(self)
+        # else the response-headers clock starts when the body is complete: an upload may
+        # take longer than timeouts.response_headers (idle covers one that stalls)
 
     def _with_base(self, base: str) -> bytes:
         method, rest = self.request_line.split(b" ", 1)
@@ -257,8 +260,13 @@ class Exchange:
 
     def body_complete(self) -> None:
         self.body_done = True
-        if self.upstream is not None and self.chunked_request and not self.discard_response:
-            self.upstream.write(_CHUNK_END)
+        if self.upstream is not None and not self.discard_response:
+            if self.chunked_request:
+                self.upstream.write(_CHUNK_END)
+            if not self.resp_started:
+                core = self.core
+                self.deadline = monotonic() + core.response_headers_timeout_s
+                core.awaiting.add(self)
 
     def tunnel_data(self, data: bytes) -> None:
         """Client bytes after a WebSocket handshake, before the upstream accepted it."""

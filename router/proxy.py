@@ -316,12 +316,14 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        self.last_active = monotonic()  # idle counts from here if the client stops reading
         conn = self.tunnel or (self.active.upstream if self.active is not None else None)
         if conn is not None and conn.transport is not None:
             conn.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self.last_active = monotonic()
         conn = self.tunnel or (self.active.upstream if self.active is not None else None)
         if conn is not None and conn.transport is not None:
             conn.transport.resume_reading()
@@ -625,8 +627,17 @@ class ClientConnection(asyncio.Protocol):
         self.close()
 
     def idle_timeout(self) -> None:
-        if self.active is None or self.tunnel is not None:
+        """No byte moved for ``timeouts.idle`` (the sweeper calls this)."""
+        ex = self.active
+        if ex is None or self.tunnel is not None:
             self.close()
+        elif ex.upstream is not None and ex not in self.core.awaiting:
+            # A body (either way) stalled: a client that stopped reading or sending, or a
+            # region that stopped mid-body. Abort: a graceful close would wait on the
+            # stuck buffer forever. The upstream request is cancelled with it.
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:

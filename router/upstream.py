@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -62,6 +63,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         client = ex.client
+        client.last_active = monotonic()  # a body in progress is not idle
         client.cork()  # one write to the client per upstream read, not one per event
         try:
             self.parser.feed_data(data)

@@ -19,7 +19,7 @@ anything else
     ``region.cancelled`` (an ``asyncio.Event``).
 ``/bytes/{n}``
     ``n`` bytes of ``pattern`` with Content-Length (``?chunked=1``: chunked), generated on
-    the fly; compare with ``pattern_sha256(n)``.
+    the fly; compare with ``pattern_sha256(n)``. A download cut off sets ``region.cancelled``.
 ``/sse/{n}``
     ``n`` server-sent events ``data: <i>``; each one waits for ``region.sse_gate.release()``,
     so a test can prove event 1 arrived before event 2 was sent.
@@ -247,10 +247,14 @@ class Region:
         else:
             resp.content_length = n
         await resp.prepare(request)
-        if request.method != "HEAD":  # aiohttp would send a StreamResponse body even then
-            for chunk in pattern(n):
-                await resp.write(chunk)
-        await resp.write_eof()
+        try:
+            if request.method != "HEAD":  # aiohttp would send a StreamResponse body even then
+                for chunk in pattern(n):
+                    await resp.write(chunk)
+            await resp.write_eof()
+        except (asyncio.CancelledError, ConnectionError):
+            self.cancelled.set()
+            raise
         return resp
 
     async def _sse(self, request: web.Request) -> web.StreamResponse:

@@ -20,6 +20,7 @@ from tests.backends import (
     probe_passes,
     raw_connection,
     raw_exchange,
+    read_head,
     read_response,
     start_raw_region,
     start_region,
@@ -270,6 +271,63 @@ async def test_idle_client_connections_are_closed(
     async with raw_connection(port) as (reader, writer):  # a head that stalls
         writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n")
         assert await closed_by_peer(reader, timeout_s=5)
+
+
+async def test_slow_upload_is_not_a_response_headers_timeout(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    """The response-headers clock starts once the request body has been sent."""
+    _, port = await _setup(
+        aiohttp_server,
+        start_router,
+        timeouts={"response_headers": "300ms", "idle": "5s"},
+        retries={"max_retries": 0},
+    )
+    async with raw_connection(port) as (reader, writer):
+        writer.write(b"PUT /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\n")
+        for piece in (b"ab", b"cd", b"ef"):
+            await asyncio.sleep(0.25)  # the upload itself outlasts the timeout
+            writer.write(piece)
+        resp = await read_response(reader)
+        assert resp.status == 200
+        assert resp.json()["body_length"] == 6
+
+
+async def test_client_that_stops_reading_is_cut_off_after_idle(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    region, port = await _setup(aiohttp_server, start_router, timeouts={"idle": "300ms"})
+    size = 256 * 1024 * 1024
+    async with raw_connection(port) as (reader, writer):
+        writer.write(b"GET /bytes/%d HTTP/1.1\r\nHost: a\r\n\r\n" % size)
+        async with asyncio.timeout(10):
+            await region.cancelled.wait()  # the router gave up on us and on the download
+        received = 0
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(1 << 20):
+                received += len(chunk)
+        assert received < size
+
+
+async def test_region_that_stalls_mid_body_is_cut_off_after_idle(
+    start_router: StartRouter,
+) -> None:
+    async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nfirst bytes")
+        await reader.read()  # then nothing, until the router hangs up
+
+    async with start_raw_region(stalls) as region:
+        service = await start_router(
+            make_config([{"id": "r1", "endpoint": region.url}], timeouts={"idle": "300ms"})
+        )
+        async with raw_connection(service.proxy_port) as (reader, writer):
+            writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            head = await read_head(reader)
+            assert b"Content-Length: 1000" in head
+            async with asyncio.timeout(5):
+                with contextlib.suppress(ConnectionError):
+                    assert await reader.read() == b"first bytes"
 
 
 async def test_pipelined_bad_request_is_answered_in_turn(
