@@ -442,7 +442,7 @@ class Demo:
         return [
             f"region-router demo  t={t_s:.0f}s ({mode})  config: {self.source}",
             f"  proxy      {proxy}    try: curl -i {proxy}/api/orders/1",
-            f"  admin      {self.urls['admin']}    (/healthz /readyz /metrics)",
+            f"  admin      {self.urls['admin']}    (/admin/status /admin/regions /metrics)",
             f"  dashboard  {self.urls['dashboard']}",
         ]
 
@@ -463,7 +463,7 @@ class Demo:
                 f"simulated {region.profile.describe()}"
             )
         self.write(f"proxy:     {self.urls['proxy']}")
-        self.write(f"admin:     {self.urls['admin']}  (/healthz /readyz /metrics)")
+        self.write(f"admin:     {self.urls['admin']}  (/admin/status /admin/regions /metrics)")
         self.write(f"dashboard: {self.urls['dashboard']}")
         if self.config.admin.token:
             self.write("admin needs `Authorization: Bearer <admin.token>` (ROUTER_ADMIN_TOKEN)")
