@@ -25,6 +25,7 @@ if __package__ in (None, ""):
 from bench import report, throughput
 from bench.process import HAVE_TASKSET, TargetError
 from bench.targets import (
+    DEFAULT_TARGETS,
     INSTALL_HINT,
     LOAD_CPU,
     PROXY_CPU,
@@ -71,8 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--targets",
         type=lambda v: _choices(v, [t.key for t in TARGETS], "target"),
-        default=tuple(t.key for t in TARGETS),
-        help=f"comma-separated targets (default {','.join(t.key for t in TARGETS)})",
+        default=DEFAULT_TARGETS,
+        help=f"comma-separated targets of {','.join(t.key for t in TARGETS)} "
+        f"(default {','.join(DEFAULT_TARGETS)}; the workers set: "
+        "router-w1,router-w2,nginx,nginx-w2)",
     )
     parser.add_argument(
         "--duration", type=int, help=f"seconds per run (default {DEFAULT_DURATION_S})"

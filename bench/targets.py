@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from bench.process import Child, TargetError, free_ports, http_get, pinned, wait_ready
@@ -59,12 +60,16 @@ class Target:
         return [tool for tool in self.tools if shutil.which(tool) is None]
 
 
-def _nginx_conf(prefix: Path, port: int, *, http_extra: str, server_body: str) -> str:
+def _nginx_conf(
+    prefix: Path, port: int, *, http_extra: str, server_body: str, workers: int = 1
+) -> str:
     temp = prefix / "tmp"
+    master = "off" if workers == 1 else "on"
+    reuseport = " reuseport" if workers > 1 else ""
     return f"""\
 daemon off;
-master_process off;
-worker_processes 1;
+master_process {master};
+worker_processes {workers};
 pid {prefix}/nginx.pid;
 error_log stderr warn;
 worker_rlimit_nofile 16384;
@@ -83,7 +88,7 @@ http {{
     tcp_nodelay on;
 {http_extra}
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{port} backlog=4096{reuseport};
 {server_body}
     }}
 }}
@@ -151,9 +156,9 @@ NGINX_PROXY_DIRECTIVES = """\
 
 
 @contextmanager
-def nginx_proxy(workdir: Path, backend_port: int) -> Iterator[Endpoint]:
-    """nginx as a reverse proxy, one process, with a keep-alive upstream pool."""
-    prefix = workdir / "nginx-proxy"
+def nginx_proxy(workdir: Path, backend_port: int, workers: int = 1) -> Iterator[Endpoint]:
+    """nginx as a reverse proxy (``workers`` processes, reuseport), keep-alive upstream pool."""
+    prefix = workdir / f"nginx-proxy-w{workers}"
     (port,) = free_ports(1)
     http_extra = f"""\
     upstream backend {{
@@ -166,11 +171,13 @@ def nginx_proxy(workdir: Path, backend_port: int) -> Iterator[Endpoint]:
         location / {{
 {NGINX_PROXY_DIRECTIVES}
         }}"""
-    conf = _nginx_conf(prefix, port, http_extra=http_extra, server_body=server_body)
+    conf = _nginx_conf(
+        prefix, port, http_extra=http_extra, server_body=server_body, workers=workers
+    )
     child = _start_nginx("nginx-proxy", prefix, port, conf, PROXY_CPU)
     try:
         wait_ready(child, port, "/health", READY_TIMEOUT_S)
-        yield Endpoint("nginx", port, child)
+        yield Endpoint("nginx" if workers == 1 else f"nginx-w{workers}", port, child)
     finally:
         child.stop()
 
@@ -223,9 +230,14 @@ regions:
 
 
 @contextmanager
-def region_router(workdir: Path, backend_port: int) -> Iterator[Endpoint]:
-    """`python -m router run -c config.yaml` from this checkout, ready when admin /readyz is 200."""
-    prefix = workdir / "router"
+def region_router(workdir: Path, backend_port: int, workers: int = 0) -> Iterator[Endpoint]:
+    """`python -m router run -c config.yaml [--workers N]` from this checkout.
+
+    Ready when admin /readyz is 200. ``workers`` 0 is the single-process mode; N > 0 is a
+    supervisor plus N workers, all pinned to the proxy CPU (the process tree's CPU time
+    is what the report divides by requests).
+    """
+    prefix = workdir / f"router-w{workers}"
     state_dir = prefix / "state"
     state_dir.mkdir(parents=True)
     proxy_port, admin_port = free_ports(2)
@@ -241,12 +253,15 @@ def region_router(workdir: Path, backend_port: int) -> Iterator[Endpoint]:
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
     argv = [sys.executable, "-m", "router", "run", "-c", str(conf_path)]
+    if workers:
+        argv += ["--workers", str(workers)]
     child = Child(
         "region-router", pinned(PROXY_CPU, argv), prefix / "router.log", cwd=REPO_ROOT, env=env
     )
     try:
         wait_ready(child, admin_port, "/readyz", ROUTER_READY_TIMEOUT_S)
-        yield Endpoint("region-router", proxy_port, child)
+        label = "region-router" if not workers else f"region-router-w{workers}"
+        yield Endpoint(label, proxy_port, child)
     finally:
         child.stop()
 
@@ -257,7 +272,28 @@ TARGETS: tuple[Target, ...] = (
     Target(key="router", label="region-router", tools=(), start=region_router),
     Target(key="nginx", label="nginx", tools=("nginx",), start=nginx_proxy),
     Target(key="haproxy", label="haproxy", tools=("haproxy",), start=haproxy),
+    # The workers dimension (`--targets router-w1,router-w2,nginx,nginx-w2`): same
+    # pinning, so CPU per request shows what the supervisor and channel cost.
+    Target(
+        key="router-w1",
+        label="region-router --workers 1",
+        tools=(),
+        start=partial(region_router, workers=1),
+    ),
+    Target(
+        key="router-w2",
+        label="region-router --workers 2",
+        tools=(),
+        start=partial(region_router, workers=2),
+    ),
+    Target(
+        key="nginx-w2",
+        label="nginx 2 workers",
+        tools=("nginx",),
+        start=partial(nginx_proxy, workers=2),
+    ),
 )
+DEFAULT_TARGETS: tuple[str, ...] = ("direct", "router", "nginx", "haproxy")
 
 
 def check_response(endpoint: Endpoint, size: str) -> None:
