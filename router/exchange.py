@@ -25,7 +25,8 @@ from router.strategies import RequestInfo
 from router.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
-    from router.proxy import ClientConnection, ProxyCore
+    from router.client import ClientConnection
+    from router.proxy import ProxyCore
 
 _CHUNK_END = b"0\r\n\r\n"
 _PENDING_PAUSE_BYTES = 256 * 1024

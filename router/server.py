@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from router.proxy import ClientConnection, ProxyCore
+from router.client import ClientConnection
+from router.proxy import ProxyCore
 
 
 class ProxyServer:
