@@ -129,6 +129,12 @@ async def test_body_limits_answer_413(
         port, b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 65537\r\n\r\n"
     )
     assert_router_error(resp, 413, "body_too_large")
+    # with Expect: 100-continue the client hears 413 instead of 100 and never sends it
+    resp = await raw_exchange(
+        port,
+        b"PUT /big HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 65537\r\n\r\n",
+    )
+    assert_router_error(resp, 413, "body_too_large")
     assert region.seen == []
     # exactly the limit is fine
     resp = await raw_exchange(

@@ -12,6 +12,7 @@ from pytest_aiohttp import AiohttpServer
 from tests.backends import (
     Region,
     apattern,
+    closed_by_peer,
     pattern_sha256,
     raw_connection,
     raw_exchange,
@@ -291,3 +292,42 @@ async def test_no_body_statuses_keep_the_connection_usable(
         writer.write(b"GET /end HTTP/1.1\r\nHost: a\r\n\r\n")
         assert (await read_response(reader)).json()["raw_path"] == "/end"
     assert len(region.peer_ports) == 1
+
+
+async def test_client_connection_management(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    _, port = await _setup(aiohttp_server, start_router)
+    # HTTP/1.0 with keep-alive: answered with a length, and the connection stays open
+    async with raw_connection(port) as (reader, writer):
+        for i in range(2):
+            writer.write(b"GET /ten%d HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" % i)
+            resp = await read_response(reader)
+            assert resp.header("Connection") == "keep-alive"
+            assert resp.json()["raw_path"] == f"/ten{i}"
+            assert resp.json()["version"] == "1.1"  # the region is spoken to in HTTP/1.1
+    # HTTP/1.0 without keep-alive, and HTTP/1.1 with Connection: close: closed after
+    for head in (
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    ):
+        async with raw_connection(port) as (reader, writer):
+            writer.write(head)
+            resp = await read_response(reader)
+            assert resp.status == 200
+            assert resp.header("Connection") == "close"
+            assert await closed_by_peer(reader)
+
+
+async def test_h2c_upgrade_is_ignored_and_served_as_http11(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    region, port = await _setup(aiohttp_server, start_router)
+    resp = await raw_exchange(
+        port,
+        b"GET /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    assert resp.status == 200
+    names = {k.lower() for k, _ in region.seen[0].headers}
+    assert not names & {"upgrade", "connection", "http2-settings"}
