@@ -289,7 +289,9 @@ class Exchange:
         region = self.region
         assert region is not None
         now = monotonic()
-        elapsed = now - self.started_at
+        # This attempt's time to headers (from when it was written), not the whole
+        # exchange's: a retry must not charge the earlier attempts to this region.
+        elapsed = now - (self.deadline - core.response_headers_timeout_s)
         load = core.loads.get(region.id)
         self.status = status
         if status >= 500:
@@ -463,6 +465,8 @@ class Exchange:
             if self.body_too_large_for_retry:
                 core.stats.retry("skipped_body_too_large")
             return False
+        if unsent:
+            return True  # re-sending what no region saw adds no load: outside the budget
         budget = max(core.retry_min_concurrent, core.retry_budget_fraction * core.inflight)
         if core.retries_active >= budget:
             core.stats.retry("skipped_budget")
@@ -490,7 +494,7 @@ class Exchange:
         always = not sent or stale
         allowed = always or condition in core.retry_conditions
         if allowed and self._may_retry("connect-failure" if always else condition, unsent=not sent):
-            self._schedule_retry("stale-connection" if stale else condition)
+            self._schedule_retry("stale-connection" if stale else condition, budgeted=sent)
             return
         error: ProxyError
         if kind == "timeout":
@@ -515,7 +519,8 @@ class Exchange:
         self.tried.add(self.region.id)
         self._schedule_retry(str(self.status))
 
-    def _schedule_retry(self, reason: str) -> None:
+    def _schedule_retry(self, reason: str, *, budgeted: bool = True) -> None:
+        """``budgeted``: the retry counts against the budget (it re-sends what a region saw)."""
         core = self.core
         core.stats.retry(reason)
         self.status = 0
@@ -524,7 +529,7 @@ class Exchange:
         if self.retry_buffer:
             self.pending = list(self.retry_buffer)
             self.pending_bytes = sum(len(c) for c in self.pending)
-        if not self.retrying:
+        if budgeted and not self.retrying:
             self.retrying = True
             core.retries_active += 1
         n = self.attempts
