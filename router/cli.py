@@ -224,9 +224,7 @@ async def serve(
     if install_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(
-            signal.SIGHUP, lambda: loop.create_task(service.control.reload("signal"))
-        )
+        loop.add_signal_handler(signal.SIGHUP, service.control.request_reload, "signal")
     log.info(
         "region-router %s: proxy on %s, admin on %s, %d regions, strategy %s",
         __version__,

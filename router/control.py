@@ -86,6 +86,7 @@ class Control:
         self._removals: dict[str, asyncio.Task[RemovalResult]] = {}
         self._watch_digest: str | None = None
         self._reload_lock = asyncio.Lock()
+        self._pending: set[asyncio.Task[ReloadResult]] = set()
         runtime.transition_hooks.append(self._on_transition)
         self.alerts = AlertEngine(self, wall=wall)
 
@@ -229,7 +230,7 @@ class Control:
     async def stop(self) -> None:
         await self.replication.stop()
         await self.alerts.stop()
-        tasks = [*self._tasks, *self._removals.values()]
+        tasks = [*self._tasks, *self._removals.values(), *self._pending]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -415,6 +416,12 @@ class Control:
     async def reload(self, source: str) -> ReloadResult:
         async with self._reload_lock:
             return self._reload(source)
+
+    def request_reload(self, source: str) -> None:
+        """Reload soon (from a signal handler): the task is kept until it is done."""
+        task = asyncio.get_running_loop().create_task(self.reload(source), name="reload")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     def _reload(self, source: str) -> ReloadResult:
         old = self.registry.config
