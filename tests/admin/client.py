@@ -13,6 +13,24 @@ import aiohttp
 import orjson
 from multidict import CIMultiDict
 
+from router.config import Config
+from tests.conftest import make_config
+
+# Health checks for tests that count where requests went: a probe delayed by a busy CI
+# machine must not flip a region (a failing first probe still marks it down at once).
+STEADY_CHECKS = {
+    "path": "/health",
+    "interval": "200ms",
+    "timeout": "200ms",
+    "unhealthy_threshold": 10,
+}
+
+
+def steady_config(regions: list[dict[str, Any]] | None = None, **sections: Any) -> Config:
+    """``make_config`` with ``STEADY_CHECKS`` unless ``health_check`` is given."""
+    sections.setdefault("health_check", STEADY_CHECKS)
+    return make_config(regions, **sections)
+
 
 @dataclass
 class Reply:

@@ -98,12 +98,13 @@ def test_operation_book_rejects_malformed_data_and_stays_unchanged() -> None:
         expires_at=None,
     )
     book.start(op)
-    for bad in (
+    malformed: list[object] = [
         [],
         {"active": {}},
         {"active": [{"id": "op-2"}]},
         {"active": [{**op.to_json(), "drain_s": "5"}]},
-    ):
+    ]
+    for bad in malformed:
         with pytest.raises(ValueError):
             book.load_json(bad)
     assert book.active == {"r1": op}

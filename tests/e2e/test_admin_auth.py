@@ -9,9 +9,9 @@ import aiohttp
 from pytest_aiohttp import AiohttpServer
 
 from router.config import load_config
-from tests.admin.client import Admin
+from tests.admin.client import Admin, steady_config
 from tests.backends import free_ports, run_cli, start_region, write_config
-from tests.conftest import StartRouter, make_config
+from tests.conftest import StartRouter
 
 TOKEN = "t0ken-with-enough-entropy"
 PROTECTED = [
@@ -33,7 +33,7 @@ async def test_every_admin_path_needs_the_token(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
     r1 = await start_region(aiohttp_server, "r1")
-    service = await start_router(make_config([r1.config()], admin={"token": TOKEN}))
+    service = await start_router(steady_config([r1.config()], admin={"token": TOKEN}))
     async with aiohttp.ClientSession() as session:
         admin = Admin(session, service.admin_port)
         for method, path in PROTECTED:
@@ -60,7 +60,7 @@ async def test_public_metrics_opens_only_metrics(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
     r1 = await start_region(aiohttp_server, "r1")
-    config = make_config([r1.config()], admin={"token": TOKEN, "public_metrics": True})
+    config = steady_config([r1.config()], admin={"token": TOKEN, "public_metrics": True})
     service = await start_router(config)
     async with aiohttp.ClientSession() as session:
         admin = Admin(session, service.admin_port)
@@ -73,7 +73,7 @@ async def test_no_token_means_open_on_loopback(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
     r1 = await start_region(aiohttp_server, "r1")
-    service = await start_router(make_config([r1.config()]))
+    service = await start_router(steady_config([r1.config()]))
     async with aiohttp.ClientSession() as session:
         admin = Admin(session, service.admin_port)
         assert (await admin.get("/admin/status")).status == 200

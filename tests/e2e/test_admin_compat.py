@@ -10,9 +10,9 @@ import aiohttp
 import orjson
 from pytest_aiohttp import AiohttpServer
 
-from tests.admin.client import Admin, spread
+from tests.admin.client import Admin, spread, steady_config
 from tests.backends import start_region
-from tests.conftest import StartRouter, make_config
+from tests.conftest import StartRouter
 
 ISO_8601 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
@@ -51,7 +51,7 @@ async def test_the_old_api_calls_work_through_the_compatibility_endpoint(
 ) -> None:
     us = await start_region(aiohttp_server, "us-east-1")
     eu = await start_region(aiohttp_server, "eu-west-1")
-    config = make_config([us.config(name="US East")], strategy="latency")
+    config = steady_config([us.config(name="US East")], strategy="latency")
     service = await start_router(config)
     async with aiohttp.ClientSession() as session:
         old = OldClient(session, service.admin_port)
@@ -131,7 +131,7 @@ async def test_the_old_api_errors_keep_its_envelope(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
     us = await start_region(aiohttp_server, "us-east-1")
-    service = await start_router(make_config([us.config()]))
+    service = await start_router(steady_config([us.config()]))
     async with aiohttp.ClientSession() as session:
         old = OldClient(session, service.admin_port)
         status, body = await old.get("")

@@ -7,9 +7,9 @@ from typing import Any
 import aiohttp
 from pytest_aiohttp import AiohttpServer
 
-from tests.admin.client import Admin, spread, summary
+from tests.admin.client import Admin, spread, steady_config, summary
 from tests.backends import start_region
-from tests.conftest import StartRouter, make_config
+from tests.conftest import StartRouter
 
 
 async def _router(
@@ -19,7 +19,7 @@ async def _router(
     for name, priority in (("us-east-1", 0), ("eu-west-1", 0), ("ap-south-1", 1)):
         region = await start_region(aiohttp_server, name)
         regions[name] = region.config(priority=priority)
-    config = make_config(list(regions.values()), **extra)
+    config = steady_config(list(regions.values()), **extra)
     return await start_router(config), regions
 
 

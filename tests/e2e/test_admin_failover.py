@@ -7,9 +7,9 @@ import asyncio
 import aiohttp
 from pytest_aiohttp import AiohttpServer
 
-from tests.admin.client import Admin, eventually, proxy_get, spread
+from tests.admin.client import Admin, eventually, proxy_get, spread, steady_config
 from tests.backends import Region, start_region
-from tests.conftest import StartRouter, make_config
+from tests.conftest import StartRouter
 
 COOKIE = "rr_region"
 ELIGIBLE = ("healthy", "recovering")
@@ -28,7 +28,7 @@ async def test_failover_stops_new_requests_at_once_while_in_flight_ones_finish(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
     r1, r2 = await _regions(aiohttp_server, "r1", "r2")
-    config = make_config([r1.config(), r2.config()], affinity={"cookie": COOKIE})
+    config = steady_config([r1.config(), r2.config()], affinity={"cookie": COOKIE})
     service = await start_router(config)
     async with aiohttp.ClientSession() as session:
         admin = Admin(session, service.admin_port)
@@ -61,7 +61,7 @@ async def test_failover_to_a_target_moves_sticky_sessions_there(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
     r1, r2, r3 = await _regions(aiohttp_server, "r1", "r2", "r3")
-    config = make_config([r1.config(), r2.config(), r3.config()], affinity={"cookie": COOKIE})
+    config = steady_config([r1.config(), r2.config(), r3.config()], affinity={"cookie": COOKIE})
     service = await start_router(config)
     async with aiohttp.ClientSession() as session:
         admin = Admin(session, service.admin_port)
@@ -85,7 +85,7 @@ async def test_recover_answers_202_and_the_region_serves_after_its_next_passing_
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
     r1, r2 = await _regions(aiohttp_server, "r1", "r2")
-    service = await start_router(make_config([r1.config(), r2.config()], failover=NO_RAMP))
+    service = await start_router(steady_config([r1.config(), r2.config()], failover=NO_RAMP))
     async with aiohttp.ClientSession() as session:
         admin = Admin(session, service.admin_port)
         op = (await admin.post("/admin/regions/r1/failover", {"reason": "deploy"})).body
@@ -122,7 +122,7 @@ async def test_an_expiring_operation_puts_the_region_back(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
     r1, r2 = await _regions(aiohttp_server, "r1", "r2")
-    service = await start_router(make_config([r1.config(), r2.config()], failover=NO_RAMP))
+    service = await start_router(steady_config([r1.config(), r2.config()], failover=NO_RAMP))
     async with aiohttp.ClientSession() as session:
         admin = Admin(session, service.admin_port)
         reply = await admin.post("/admin/regions/r1/failover", {"expires": "400ms"})
@@ -140,7 +140,7 @@ async def test_undo_ends_the_operation_once(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
     r1, r2 = await _regions(aiohttp_server, "r1", "r2")
-    service = await start_router(make_config([r1.config(), r2.config()], failover=NO_RAMP))
+    service = await start_router(steady_config([r1.config(), r2.config()], failover=NO_RAMP))
     async with aiohttp.ClientSession() as session:
         admin = Admin(session, service.admin_port)
         op_id = (await admin.post("/admin/regions/r1/failover")).body["operation"]["id"]
@@ -161,7 +161,7 @@ async def test_failover_with_a_drain_keeps_pinned_sessions_for_the_drain_period(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
     r1, r2 = await _regions(aiohttp_server, "r1", "r2")
-    config = make_config([r1.config(), r2.config()], affinity={"cookie": COOKIE})
+    config = steady_config([r1.config(), r2.config()], affinity={"cookie": COOKIE})
     service = await start_router(config)
     async with aiohttp.ClientSession() as session:
         admin = Admin(session, service.admin_port)

@@ -18,9 +18,8 @@ from pytest_aiohttp import AiohttpServer
 from router.cli import RouterService
 from router.config import Config
 from router.store import FORMAT_VERSION, KINDS
-from tests.admin.client import Admin, summary
+from tests.admin.client import Admin, steady_config, summary
 from tests.backends import router_process, run_cli, start_region, write_config
-from tests.conftest import make_config
 
 
 @contextlib.asynccontextmanager
@@ -57,7 +56,7 @@ async def test_a_restart_keeps_registrations_overrides_failovers_and_history(
     aiohttp_server: AiohttpServer, tmp_path: Path
 ) -> None:
     r1, r2, r3 = [await start_region(aiohttp_server, n) for n in ("r1", "r2", "r3")]
-    config = make_config([r1.config(), r2.config()], state_dir=str(tmp_path / "state"))
+    config = steady_config([r1.config(), r2.config()], state_dir=str(tmp_path / "state"))
     async with running(config) as (_, admin):
         reply = await admin.post(
             "/admin/regions", {"id": "r3", "endpoint": r3.url, "labels": {"tier": "gold"}}
@@ -94,9 +93,9 @@ async def test_a_restart_drops_an_override_the_file_changed_meanwhile(
 ) -> None:
     r1 = await start_region(aiohttp_server, "r1")
     state_dir = str(tmp_path / "state")
-    async with running(make_config([r1.config(weight=10)], state_dir=state_dir)) as (_, admin):
+    async with running(steady_config([r1.config(weight=10)], state_dir=state_dir)) as (_, admin):
         await admin.patch("/admin/regions/r1", {"weight": 3, "name": "kept"})
-    async with running(make_config([r1.config(weight=20)], state_dir=state_dir)) as (_, admin):
+    async with running(steady_config([r1.config(weight=20)], state_dir=state_dir)) as (_, admin):
         body = await admin.region("r1")
         assert body["weight"] == 20  # the file moved on: its value wins
         assert body["name"] == "kept" and body["overrides"] == {"name": "kept"}
@@ -145,7 +144,7 @@ async def test_kill_9_during_a_burst_of_admin_writes_leaves_every_state_file_par
     files = _state_files(state_dir)  # every document parses and names its format
     assert files.keys() <= set(KINDS)
     assert files["regions"]["runtime"], "the burst registered regions"
-    config = make_config([r1.config()], state_dir=str(state_dir))
+    config = steady_config([r1.config()], state_dir=str(state_dir))
     async with running(config) as (service, admin):
         status = (await admin.get("/admin/status")).body
         assert status["state_problems"] == []
@@ -165,7 +164,7 @@ async def test_a_corrupt_state_file_is_moved_aside_and_reported(
     (state_dir / "operations.json").write_bytes(
         orjson.dumps({"format": 1, "kind": "operations", "data": {"active": [{"id": 5}]}})
     )
-    async with running(make_config([r1.config()], state_dir=str(state_dir))) as (_, admin):
+    async with running(steady_config([r1.config()], state_dir=str(state_dir))) as (_, admin):
         problems = (await admin.get("/admin/status")).body["state_problems"]
         by_kind = {p["kind"]: p for p in problems}
         assert by_kind.keys() == {"regions", "operations"}
@@ -208,7 +207,7 @@ async def test_a_failed_state_write_changes_nothing_and_answers_503(
 ) -> None:
     r1, r2 = [await start_region(aiohttp_server, n) for n in ("r1", "r2")]
     state_dir = tmp_path / "state"
-    config = make_config([r1.config(), r2.config()], state_dir=str(state_dir))
+    config = steady_config([r1.config(), r2.config()], state_dir=str(state_dir))
     async with running(config) as (_, admin):
         assert (await admin.patch("/admin/regions/r1", {"weight": 5})).status == 200
         state_dir.rename(tmp_path / "elsewhere")

@@ -10,9 +10,9 @@ import aiohttp
 import orjson
 from pytest_aiohttp import AiohttpServer
 
-from tests.admin.client import Admin, eventually, proxy_get, spread, summary
+from tests.admin.client import Admin, eventually, proxy_get, spread, steady_config, summary
 from tests.backends import start_region
-from tests.conftest import StartRouter, make_config
+from tests.conftest import StartRouter
 
 
 async def test_registered_region_serves_after_its_first_passing_check(
@@ -21,7 +21,7 @@ async def test_registered_region_serves_after_its_first_passing_check(
     r1 = await start_region(aiohttp_server, "r1")
     r2 = await start_region(aiohttp_server, "r2")
     r2.healthy = False
-    service = await start_router(make_config([r1.config()]))
+    service = await start_router(steady_config([r1.config()]))
     async with aiohttp.ClientSession() as session:
         admin = Admin(session, service.admin_port)
         reply = await admin.post("/admin/regions", {"id": "r2", "endpoint": r2.url, "name": "R2"})
@@ -31,6 +31,9 @@ async def test_registered_region_serves_after_its_first_passing_check(
         assert reply.body["eligible"] is False
         # probed at once; a failing first check keeps it out of rotation
         await admin.wait_state("r2", "unhealthy")
+        last_check = (await admin.region("r2"))["last_check"]
+        assert last_check["ok"] is False and last_check["error"] == "status 503"
+        assert last_check["status"] == 503
         assert (await spread(session, service.proxy_port, 10)) == {"r1": 10}
         assert r2.seen == []
         r2.healthy = True
@@ -49,7 +52,7 @@ async def test_patch_applies_to_routing_at_once(
 ) -> None:
     r1 = await start_region(aiohttp_server, "r1")
     r2 = await start_region(aiohttp_server, "r2")
-    config = make_config([r1.config(), r2.config()], strategy="weighted")
+    config = steady_config([r1.config(), r2.config()], strategy="weighted")
     service = await start_router(config)
     async with aiohttp.ClientSession() as session:
         admin = Admin(session, service.admin_port)
@@ -74,7 +77,7 @@ async def test_delete_drains_a_runtime_region_and_refuses_config_ones(
 ) -> None:
     r1 = await start_region(aiohttp_server, "r1")
     r2 = await start_region(aiohttp_server, "r2")
-    config = make_config([r1.config()], state_dir=str(tmp_path / "state"))
+    config = steady_config([r1.config()], state_dir=str(tmp_path / "state"))
     service = await start_router(config)
     async with aiohttp.ClientSession() as session:
         admin = Admin(session, service.admin_port)
@@ -115,7 +118,7 @@ async def test_region_status_carries_the_operator_fields(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
     r1 = await start_region(aiohttp_server, "r1")
-    service = await start_router(make_config([r1.config(labels={"geo": "us"})]))
+    service = await start_router(steady_config([r1.config(labels={"geo": "us"})]))
     async with aiohttp.ClientSession() as session:
         admin = Admin(session, service.admin_port)
         await spread(session, service.proxy_port, 20)
@@ -147,7 +150,7 @@ async def test_bad_bodies_are_refused_with_field_paths_and_change_nothing(
     aiohttp_server: AiohttpServer, start_router: StartRouter, tmp_path: Path
 ) -> None:
     r1 = await start_region(aiohttp_server, "r1")
-    config = make_config(
+    config = steady_config(
         [r1.config()], admin={"max_body": "2KiB"}, state_dir=str(tmp_path / "state")
     )
     service = await start_router(config)
@@ -206,7 +209,7 @@ async def test_unknown_ids_are_404(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
     r1 = await start_region(aiohttp_server, "r1")
-    service = await start_router(make_config([r1.config()]))
+    service = await start_router(steady_config([r1.config()]))
     async with aiohttp.ClientSession() as session:
         admin = Admin(session, service.admin_port)
         for method, path in [

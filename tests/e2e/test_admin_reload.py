@@ -14,7 +14,7 @@ from pytest_aiohttp import AiohttpServer
 
 from router.cli import RouterService
 from router.config import load_config
-from tests.admin.client import Admin, eventually, spread, steady_load
+from tests.admin.client import STEADY_CHECKS, Admin, eventually, spread, steady_load
 from tests.backends import Region, router_process, start_region, write_config
 from tests.conftest import StartRouter
 
@@ -26,7 +26,7 @@ def _file_config(tmp_path: Path, regions: list[dict[str, Any]], **extra: Any) ->
         "access_log": False,
         "reload": {"watch": False},
         "strategy": "weighted",
-        "health_check": {"path": "/health", "interval": "200ms", "timeout": "150ms"},
+        "health_check": STEADY_CHECKS,
         "failover": {"slow_start": "0s"},
         "regions": regions,
         **extra,
