@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 from pytest_aiohttp import AiohttpServer
 
 from tests.admin.client import Admin, eventually, proxy_get, spread, steady_config
@@ -178,3 +179,26 @@ async def test_failover_with_a_drain_keeps_pinned_sessions_for_the_drain_period(
             return any(h["from"] == "draining" and h["to"] == "failed_over" for h in history)
 
         await eventually(ended_draining, message="drain end not in the history")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="router/strategies.py Selector._affinity sends pinned sessions to the failover "
+    "target without checking that the target is in the route's plan, has weight > 0 or room",
+)
+async def test_a_failover_target_outside_the_route_does_not_take_its_sessions(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    r1, r2, r3 = await _regions(aiohttp_server, "r1", "r2", "r3")
+    config = steady_config(
+        [r1.config(), r2.config(), r3.config()],
+        affinity={"cookie": COOKIE},
+        routes=[{"match": {"path_prefix": "/api/"}, "regions": ["r1", "r2"]}],
+    )
+    service = await start_router(config)
+    async with aiohttp.ClientSession() as session:
+        admin = Admin(session, service.admin_port)
+        assert (await admin.post("/admin/regions/r1/failover", {"target": "r3"})).status == 200
+        # /api/ may only be served by r1 or r2: r1's sessions must go to r2, not r3
+        pinned = await spread(session, service.proxy_port, 4, "/api/x", headers=_pinned("r1"))
+        assert pinned == {"r2": 4}
