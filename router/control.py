@@ -15,37 +15,27 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from router.alerts import AlertEngine
-from router.config import (
-    Config,
-    ConfigError,
-    FieldError,
-    RegionConfig,
-    parse_config,
-    parse_region,
-    parse_region_patch,
-    to_plain,
-)
+from router.config import Config, ConfigError, FieldError, RegionConfig, parse_config
 from router.errors import NotFound, RegionConflict, UnknownRegion
 from router.inventory import ArtifactInventory
 from router.operations import FailoverOperation, OperationBook
+from router.persist import ControlState
 from router.registry import RegionRecord, Transition
 from router.reload import ReloadResult, diff_configs, file_digest, read_config_text
 from router.replication import ReplicationEngine
 from router.runtime import Runtime
-from router.snapshot import RegionState, RegionView
+from router.snapshot import RegionView
 from router.store import FileStateStore, StoreWriteError
 from router.window import TrafficWindow
 
 log = logging.getLogger("router.control")
 
-HISTORY_KEEP = 1000
 HOUSEKEEPING_S = 0.25
 REMOVAL_POLL_S = 0.02
 
-__all__ = ["Control", "ReloadResult", "RemovalResult", "region_config_json"]
+__all__ = ["Control", "ReloadResult", "RemovalResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +59,7 @@ class Control:
         self.wall = wall
         self.store = FileStateStore(Path(runtime.registry.config.state_dir))
         self.ops = OperationBook()
+        self.state = ControlState(self.registry, self.store, self.ops, runtime.record_transition)
         self.window = TrafficWindow()
         self.inventory = ArtifactInventory(self.registry, self.store, wall=wall)
         self.replication = ReplicationEngine(
@@ -100,121 +91,9 @@ class Control:
 
     def restore(self) -> None:
         """Load persisted state; raises StateFormatError for files from a newer version."""
-        self.store.remove_leftovers()
-        now, wall = time.monotonic(), self.wall()
-        self._restore_history()
-        self._restore_regions(now)
-        self._restore_operations(now, wall)
+        self.state.restore(time.monotonic(), self.wall())
         self.inventory.restore()  # after the regions: copies belong to known regions
         self.replication.restore()
-
-    def _restore_history(self) -> None:
-        data = self.store.load("history")
-        if data is None:
-            return
-        if not isinstance(data, list):
-            self.store.set_aside("history", "history.json: expected a list of transitions")
-            return
-        bad = 0
-        for item in data[-HISTORY_KEEP:]:
-            try:
-                self.registry.history.append(
-                    Transition(
-                        at=float(item["at"]),
-                        region=str(item["region"]),
-                        from_state=RegionState(item["from"]),
-                        to_state=RegionState(item["to"]),
-                        reason=str(item["reason"]),
-                    )
-                )
-            except (KeyError, ValueError, TypeError):
-                bad += 1
-        if bad:
-            self.store.set_aside("history", f"history.json: skipped {bad} malformed entries")
-
-    def _restore_regions(self, now: float) -> None:
-        doc = self.store.load("regions")
-        if doc is None:
-            return
-        if not isinstance(doc, dict):
-            self.store.set_aside("regions", "regions.json: expected an object")
-            return
-        errors: list[FieldError] = []
-        runtime_list = doc.get("runtime") or []
-        if not isinstance(runtime_list, list):
-            errors.append(FieldError("regions.json: runtime", "expected a list"))
-            runtime_list = []
-        for i, data in enumerate(runtime_list):
-            rc = parse_region(data, f"regions.json: runtime[{i}]", errors)
-            if rc is None:
-                continue
-            if rc.id in self.registry.snapshot().by_id:
-                log.warning(
-                    "region %s was registered at runtime and is now in the config file; "
-                    "the file's definition wins",
-                    rc.id,
-                )
-                continue
-            self.registry.add_region(rc, now)
-        overrides = doc.get("overrides") or {}
-        bases = doc.get("override_bases") or {}
-        if not isinstance(overrides, dict) or not isinstance(bases, dict):
-            errors.append(FieldError("regions.json: overrides", "expected an object"))
-            overrides, bases = {}, {}
-        for region_id, data in overrides.items():
-            path = f"regions.json: overrides.{region_id}"
-            changes = parse_region_patch(data, path, errors)
-            try:
-                rec = self.registry.record(region_id)
-            except UnknownRegion:
-                log.info("dropping overrides of %s: no longer in the config file", region_id)
-                continue
-            if rec.source != "config" or rec.base is None:
-                continue
-            base = bases.get(region_id)
-            if not isinstance(base, dict):
-                base = {}
-            kept: dict[str, object] = {}
-            for name, value in changes.items():
-                if name in base and base[name] != to_plain(getattr(rec.base, name)):
-                    log.info(
-                        "dropping the %s override of %s: the config file changed %s",
-                        name,
-                        region_id,
-                        name,
-                    )
-                    continue
-                kept[name] = value
-            if kept:
-                self.registry.update_region(region_id, now, **kept)
-        if errors:
-            self.store.set_aside("regions", "; ".join(map(str, errors)))
-
-    def _restore_operations(self, now: float, wall: float) -> None:
-        data = self.store.load("operations")
-        if data is None:
-            return
-        try:
-            self.ops.load_json(data)
-        except ValueError as exc:
-            self.store.set_aside("operations", f"operations.json: {exc}")
-            return
-        by_id = self.registry.snapshot().by_id
-        for op in list(self.ops.active.values()):
-            if op.region not in by_id:
-                self.ops.end(op.region, wall, "region no longer exists")
-                continue
-            target = op.target if op.target in by_id else None
-            t = self.registry.set_manual(
-                op.region,
-                "failed_over",
-                now,
-                wall,
-                f"restored operation {op.id}: {op.reason}",
-                target=target,
-            )
-            if t is not None:
-                self.runtime.record_transition(t)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -238,7 +117,7 @@ class Control:
         self._removals.clear()
         if self._history_dirty:
             with contextlib.suppress(StoreWriteError):
-                self._save_history()
+                self.state.save_history()
 
     # -- regions -----------------------------------------------------------------------
 
@@ -248,7 +127,7 @@ class Control:
         now = time.monotonic()
         self.registry.add_region(rc, now)
         try:
-            self._save_regions()
+            self.state.save_regions()
         except StoreWriteError:
             self.registry.remove_region(rc.id, time.monotonic())
             raise
@@ -260,7 +139,7 @@ class Control:
         old_config, old_overrides = rec.config, dict(rec.overrides)
         self.registry.update_region(region_id, time.monotonic(), **changes)
         try:
-            self._save_regions()
+            self.state.save_regions()
         except StoreWriteError:
             rec.config, rec.overrides = old_config, old_overrides
             self.registry.publish(time.monotonic())
@@ -283,7 +162,7 @@ class Control:
                 )
             rec.removing = True
             try:
-                self._save_regions()
+                self.state.save_regions()
             except StoreWriteError:
                 rec.removing = False
                 raise
@@ -310,7 +189,7 @@ class Control:
             drained = load.inflight == 0
             if self.ops.end(region_id, self.wall(), "region removed") is not None:
                 try:
-                    self._save_ops()
+                    self.state.save_ops()
                 except StoreWriteError as exc:
                     log.error("region %s removed, but %s", region_id, exc)
             self.registry.remove_region(region_id, time.monotonic())
@@ -359,7 +238,7 @@ class Control:
         )
         with self._ops_rollback():
             self.ops.start(op)
-            self._save_ops()
+            self.state.save_ops()
         t = self.registry.set_manual(
             region_id,
             "failed_over",
@@ -385,7 +264,7 @@ class Control:
         with self._ops_rollback():
             op = self.ops.end(region_id, wall, reason)
             if op is not None:
-                self._save_ops()
+                self.state.save_ops()
         t = self.registry.set_manual(region_id, None, time.monotonic(), wall, reason)
         if t is not None:
             self.runtime.record_transition(t)
@@ -496,8 +375,8 @@ class Control:
         self.runtime.health.sync()
         try:
             if ops_changed:
-                self._save_ops()
-            self._save_regions()
+                self.state.save_ops()
+            self.state.save_regions()
         except StoreWriteError as exc:
             log.error("config applied, but the state files were not updated: %s", exc)
             diff.notes.append(f"state not saved: {exc}")
@@ -549,8 +428,9 @@ class Control:
             next_sample = now + 1.0
             self.window.sample(self.runtime.merged_stats(), now)
         if self._history_dirty:
+            self._history_dirty = False
             try:
-                self._save_history()
+                self.state.save_history()
             except StoreWriteError as exc:
                 self._history_dirty = True
                 if str(exc) != self._history_error:
@@ -562,59 +442,3 @@ class Control:
 
     def _on_transition(self, t: Transition) -> None:
         self._history_dirty = True
-
-    def _save_history(self) -> None:
-        self._history_dirty = False
-        self.store.save(
-            "history",
-            [
-                {
-                    "at": t.at,
-                    "region": t.region,
-                    "from": t.from_state.value,
-                    "to": t.to_state.value,
-                    "reason": t.reason,
-                }
-                for t in self.registry.history
-            ],
-        )
-
-    def _save_regions(self) -> None:
-        runtime_regions = []
-        overrides: dict[str, dict[str, Any]] = {}
-        bases: dict[str, dict[str, Any]] = {}
-        for rec in self.registry.records():
-            if rec.source == "runtime":
-                if not rec.removing:
-                    runtime_regions.append(region_config_json(rec.config))
-            elif rec.overrides:
-                region_id = rec.config.id
-                overrides[region_id] = to_plain(rec.overrides)
-                if rec.base is not None:
-                    # The file's value when the override was made: a restart drops the
-                    # override when the file has changed that field meanwhile.
-                    bases[region_id] = {k: to_plain(getattr(rec.base, k)) for k in rec.overrides}
-        self.store.save(
-            "regions",
-            {"runtime": runtime_regions, "overrides": overrides, "override_bases": bases},
-        )
-
-    def _save_ops(self) -> None:
-        self.store.save("operations", self.ops.to_json())
-
-
-def region_config_json(rc: RegionConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": rc.id,
-        "name": rc.name,
-        "endpoint": rc.endpoint.url,
-        "weight": rc.weight,
-        "priority": rc.priority,
-        "labels": dict(rc.labels),
-        "max_inflight": rc.max_inflight,
-    }
-    if rc.metrics_path is not None:
-        out["metrics_path"] = rc.metrics_path
-    if rc.ca_file is not None:
-        out["ca_file"] = rc.ca_file
-    return out
