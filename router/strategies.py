@@ -117,16 +117,6 @@ def geo_candidates(
     ]
 
 
-def geo_order(
-    client_region: str | None, snapshot: Snapshot, candidates: Sequence[RegionView]
-) -> RegionView | None:
-    """The single nearest candidate, or None (kept for callers that want one answer)."""
-    if not client_region:
-        return None
-    near = geo_candidates(client_region.lower(), snapshot.config.geo, candidates)
-    return near[0] if near else None
-
-
 def _lookup(table: Mapping[str, tuple[str, ...]], key: str) -> tuple[str, ...] | None:
     found = table.get(key)
     if found is None and table:
