@@ -38,6 +38,18 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+_MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@web.middleware
+async def propagation_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A 2xx to a change is sent only once every worker routes by the new snapshot."""
+    response = await handler(request)
+    if request.method in _MUTATING and 200 <= response.status < 300:
+        await request.app[RUNTIME].propagated()
+    return response
+
+
 async def healthz(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok"})
 
@@ -60,7 +72,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
 def create_app(control: Control) -> web.Application:
     runtime = control.runtime
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware],
+        middlewares=[error_middleware, auth_middleware, propagation_middleware],
         client_max_size=runtime.registry.config.admin.max_body_bytes,
     )
     app[RUNTIME] = runtime

@@ -135,6 +135,7 @@ class RouterService:
             sup = self.supervisor
             self.runtime.traffic_sources = sup.traffic_sources
             self.runtime.readiness_checks.append(sup.ready)
+            self.runtime.propagation_barriers.append(sup.wait_applied)
         self._runner: web.AppRunner | None = None
         self._admin_site: web.TCPSite | None = None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter
@@ -52,6 +52,8 @@ class Runtime:
         # Where served traffic is counted: this process, or (with workers) the supervisor.
         self.traffic_sources: Callable[[], Iterable[TrafficStats]] = lambda: (self.core.stats,)
         self.readiness_checks: list[Callable[[], bool]] = []
+        # Awaited after an admin change: with workers, until every worker applied it.
+        self.propagation_barriers: list[Callable[[int], Awaitable[object]]] = []
 
         self.instance_id = instance_id or config.instance_id or "router"
         self.registry = Registry(config, now=time.monotonic())
@@ -221,6 +223,12 @@ class Runtime:
             await self.health.probe.close()
         if self.access_logger is not None:
             self.access_logger.flush()
+
+    async def propagated(self) -> None:
+        """Return once the current snapshot serves everywhere (at once with no workers)."""
+        version = self.holder.current.version
+        for barrier in self.propagation_barriers:
+            await barrier(version)
 
     def ready(self) -> bool:
         """At least one region can take traffic (eligible, or every region in panic)."""

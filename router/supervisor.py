@@ -68,6 +68,7 @@ class Supervisor:
         self._monitors: list[asyncio.Task[None]] = []
         self._sent_at: dict[int, float] = {}
         self.propagation_s: deque[float] = deque(maxlen=1000)
+        self._ack_event = asyncio.Event()
         self.restarts = Counter(
             "router_worker_restarts",
             "Worker processes restarted after exiting",
@@ -202,6 +203,26 @@ class Supervisor:
             if w.channel is not None and not w.channel.closed:
                 w.channel.send(SNAPSHOT, snapshot)
 
+    async def wait_applied(self, version: int, timeout_s: float = 1.0) -> bool:
+        """Wait until every live worker has applied snapshot ``version`` (False on timeout)."""
+        deadline = time.monotonic() + timeout_s
+        while not self._applied_everywhere(version):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning("snapshot v%d not acknowledged by every worker in time", version)
+                return False
+            self._ack_event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ack_event.wait(), remaining)
+        return True
+
+    def _applied_everywhere(self, version: int) -> bool:
+        return all(
+            w.acked_version >= version
+            for w in self.workers
+            if w.ready.is_set() and w.process is not None and w.process.returncode is None
+        )
+
     def _on_message(self, w: WorkerHandle, kind: bytes, payload: Any) -> None:
         if kind == READY:
             w.ready.set()
@@ -209,6 +230,7 @@ class Supervisor:
         elif kind == ACK:
             version = int(payload)
             w.acked_version = max(w.acked_version, version)
+            self._ack_event.set()
             sent = self._sent_at.get(version)
             if sent is not None and w.ready.is_set():
                 self.propagation_s.append(time.monotonic() - sent)
