@@ -3,7 +3,8 @@
 The client connection creates an ``Exchange`` when a request head has been read and
 validated; the exchange binds to a pooled upstream connection (or opens one), writes the
 re-framed request, relays the re-framed response, and tells the client connection when it
-is done. All of it runs in protocol callbacks; only opening a connection is a task.
+is done. All of it runs in protocol callbacks; only opening a connection is a task. What
+to do when an attempt fails (retry where and when, or answer an error) is router/retries.py.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import asyncio
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from router.errors import (
-    BodyTooLarge,
-    NoEligibleRegion,
-    ProxyError,
-    UpstreamConnectError,
-    UpstreamTimeout,
-)
+from router.errors import BodyTooLarge, ProxyError
 from router.headers import CRLF, connection_tokens, error_response
+from router.retries import (
+    attempt_failed,
+    honour_retry_after,
+    may_retry,
+    no_region_error,
+    retry_after_status,
+)
 from router.snapshot import RegionView, RoutePlan, Snapshot
 from router.strategies import RequestInfo
 from router.upstream import UpstreamConnection
@@ -164,7 +166,7 @@ class Exchange:
             # than answer 503 for a request the regions did see.
             region = core.selector.choose(self.snapshot, self.plan, self.info, now)
         if region is None:
-            self._fail(self._no_region_error(now))
+            self.fail(no_region_error(self.snapshot, now))
             return
         self.region = region
         self.attempts += 1
@@ -187,12 +189,12 @@ class Exchange:
         except TimeoutError:
             self._connect_task = None
             if not self.done:
-                self._attempt_failed("connect-timeout", sent=False)
+                attempt_failed(self, "connect-timeout", sent=False)
             return
         except OSError:
             self._connect_task = None
             if not self.done:
-                self._attempt_failed("connect-failure", sent=False)
+                attempt_failed(self, "connect-failure", sent=False)
             return
         self._connect_task = None
         if self.done:
@@ -282,7 +284,7 @@ class Exchange:
                 self.resp_headers = []
                 return
             if not self.upgrade:
-                self._attempt_failed("protocol", sent=True, detail="unrequested 101 from region")
+                attempt_failed(self, "protocol", sent=True, detail="unrequested 101 from region")
                 return
         core = self.core
         core.awaiting.discard(self)
@@ -298,23 +300,17 @@ class Exchange:
             load.observe_failure(now)
             core.observer(region.id, False, str(status))
             if status in {503, 429}:
-                self._honour_retry_after(load, now)
-            if status in core.retry_statuses and self._may_retry(str(status)):
+                honour_retry_after(self, load, now)
+            if status in core.retry_statuses and may_retry(self, str(status)):
                 self.discard_response = True
                 self.head_only_done = self.is_head  # no body will follow a HEAD answer
                 return
         else:
             if status == 429:
-                self._honour_retry_after(load, now)
+                honour_retry_after(self, load, now)
             load.observe(elapsed, now)
             core.observer(region.id, True, "")
         self._send_response_head(status)
-
-    def _honour_retry_after(self, load: object, now: float) -> None:
-        for name, value in self.resp_headers:
-            if name.lower() == b"retry-after" and value.strip().isdigit():
-                load.not_before = now + min(int(value), 3600)  # type: ignore[attr-defined]  # RegionLoad
-                return
 
     def _send_response_head(self, status: int) -> None:
         core = self.core
@@ -391,7 +387,7 @@ class Exchange:
             return  # llhttp ends the 101 message, then stops: on_upgrade_data follows
         conn = self.upstream
         if self.discard_response:
-            self._retry_after_status(conn)
+            retry_after_status(self, conn)
             return
         if self.done:
             return
@@ -406,7 +402,7 @@ class Exchange:
         if self.head_only_done and conn is not None:
             conn.reset_parser()
             reusable = self.body_done
-        self._release_upstream(reuse=reusable)
+        self.release_upstream(reuse=reusable)
         if not self.body_done:
             self.close_client = True  # the client is still sending a body nobody reads
         self._finish(self.status)
@@ -417,13 +413,13 @@ class Exchange:
         if conn is None or self.done:
             return  # an unrequested 101, already failed
         self.core.awaiting.discard(self)
-        self._release_upstream(reuse=False, keep_open=True)
+        self.release_upstream(reuse=False, keep_open=True)
         self.client.start_tunnel(conn, rest, self.tunnel_pending)
         self.tunnel_pending = []
         self._finish(101, close=False)
 
     def on_upstream_protocol_error(self, message: str) -> None:
-        self._attempt_failed("protocol", sent=True, detail=message)
+        attempt_failed(self, "protocol", sent=True, detail=message)
 
     def on_upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
         if self.done or conn is not self.upstream:
@@ -431,117 +427,38 @@ class Exchange:
         if self.resp_started:
             if self.resp_until_close and not self.discard_response:
                 self.upstream = None
-                self._release_upstream(reuse=False)
+                self.release_upstream(reuse=False)
                 if self.resp_chunked:
                     self.client.write(_CHUNK_END)
                 self._finish(self.status)  # end of a close-delimited body
                 return
             # Truncated mid-body: the only honest signal left is to cut the client off.
-            self._release_upstream(reuse=False)
+            self.release_upstream(reuse=False)
             self.close_client = True
             self._finish(self.status, aborted=True)
             return
         if self.discard_response:
-            self._retry_after_status(None)
+            retry_after_status(self, None)
             return
         stale = conn.reused and self.status == 0
-        self._attempt_failed("reset", sent=True, stale=stale)
+        attempt_failed(self, "reset", sent=True, stale=stale)
 
     def on_timeout(self) -> None:
         """The response-headers deadline passed (the core's sweeper calls this)."""
         if not self.done and not self.resp_started:
-            self._attempt_failed("timeout", sent=True)
+            attempt_failed(self, "timeout", sent=True)
 
-    # -- failures and retries ----------------------------------------------------------
-
-    def _may_retry(self, reason: str, *, unsent: bool = False) -> bool:
-        """``unsent``: no byte reached a region, so ``pending`` still holds the whole body."""
-        core = self.core
-        if self.attempts > core.max_retries:
-            return False
-        if not (self.idempotent or reason in ("connect-failure", "connect-timeout")):
-            return False
-        if not unsent and self.retry_buffer is None and not self.body_done_empty():
-            if self.body_too_large_for_retry:
-                core.stats.retry("skipped_body_too_large")
-            return False
-        if unsent:
-            return True  # re-sending what no region saw adds no load: outside the budget
-        budget = max(core.retry_min_concurrent, core.retry_budget_fraction * core.inflight)
-        if core.retries_active >= budget:
-            core.stats.retry("skipped_budget")
-            return False
-        return True
+    # -- failures and retries (policy in router/retries.py) ----------------------------
 
     def body_done_empty(self) -> bool:
         return self.body_done and self.body_bytes == 0
 
-    def _attempt_failed(
-        self, kind: str, *, sent: bool, stale: bool = False, detail: str = ""
-    ) -> None:
-        core = self.core
-        core.awaiting.discard(self)
-        region = self.region
-        assert region is not None
-        now = monotonic()
-        self._release_upstream(reuse=False)
-        if not stale:
-            core.loads.get(region.id).observe_failure(now)
-            core.stats.upstream_error(region.id, kind)
-            core.observer(region.id, False, kind)
-            self.tried.add(region.id)
-        condition = "connect-failure" if kind.startswith("connect") else kind
-        always = not sent or stale
-        allowed = always or condition in core.retry_conditions
-        if allowed and self._may_retry("connect-failure" if always else condition, unsent=not sent):
-            self._schedule_retry("stale-connection" if stale else condition, budgeted=sent)
-            return
-        error: ProxyError
-        if kind == "timeout":
-            error = UpstreamTimeout(f"region {region.id} did not answer in time")
-        elif kind == "connect-timeout":
-            # The region could not be reached at all: that is a 502, like a refusal.
-            error = UpstreamConnectError(f"region {region.id}: connect timed out")
-        else:
-            error = UpstreamConnectError(detail or f"region {region.id} failed: {kind}")
-        self._fail(error)
-
-    def _retry_after_status(self, conn: UpstreamConnection | None) -> None:
-        # The discarded 5xx was read in full; its connection may be reused.
-        self.discard_response = False
-        reusable = conn is not None and self.body_done and conn.parser.should_keep_alive()
-        if conn is not None and self.head_only_done:
-            conn.reset_parser()
-            self.head_only_done = False
-        self._release_upstream(reuse=reusable)
-        assert self.region is not None
-        self.core.stats.upstream_error(self.region.id, str(self.status))
-        self.tried.add(self.region.id)
-        self._schedule_retry(str(self.status))
-
-    def _schedule_retry(self, reason: str, *, budgeted: bool = True) -> None:
-        """``budgeted``: the retry counts against the budget (it re-sends what a region saw)."""
-        core = self.core
-        core.stats.retry(reason)
-        self.status = 0
-        self.resp_headers = []
-        self.resp_reason = b""
-        if self.retry_buffer:
-            self.pending = list(self.retry_buffer)
-            self.pending_bytes = sum(len(c) for c in self.pending)
-        if budgeted and not self.retrying:
-            self.retrying = True
-            core.retries_active += 1
-        n = self.attempts
-        cap = min(core.retry_backoff_max_s, core.retry_backoff_base_s * (2 ** (n - 1)))
-        delay = core.selector.rng.uniform(0, cap)  # full jitter
-        core.loop.call_later(delay, self._retry)
-
-    def _retry(self) -> None:
+    def retry_now(self) -> None:
+        """A scheduled retry's time has come (the loop calls this)."""
         if not self.done:
             self.start()
 
-    def _release_upstream(self, *, reuse: bool, keep_open: bool = False) -> None:
+    def release_upstream(self, *, reuse: bool, keep_open: bool = False) -> None:
         if self.counted:
             self.counted = False
             assert self.region is not None
@@ -559,13 +476,7 @@ class Exchange:
         else:
             conn.abort()
 
-    def _no_region_error(self, now: float) -> NoEligibleRegion:
-        wake = self.snapshot.next_eligible_at
-        hint = self.snapshot.config.health_check.interval_s
-        seconds = int(max(1.0, (wake - now) if wake else hint) + 0.999)
-        return NoEligibleRegion("no eligible region for this request", retry_after_s=seconds)
-
-    def _fail(self, error: ProxyError) -> None:
+    def fail(self, error: ProxyError) -> None:
         if self.done:
             return
         if self.resp_started:
@@ -591,7 +502,7 @@ class Exchange:
     ) -> None:
         if self.done:
             return
-        self._release_upstream(reuse=False)
+        self.release_upstream(reuse=False)
         self.done = True
         core = self.core
         core.awaiting.discard(self)
@@ -615,7 +526,7 @@ class Exchange:
         self.close_client = True
         self.resp_started = True  # nothing more can be written
         if self.upstream is not None:
-            self._release_upstream(reuse=False)
+            self.release_upstream(reuse=False)
         self._finish(self.status or 499, aborted=True)
 
 
