@@ -7,6 +7,7 @@ import contextlib
 import socket
 from collections.abc import Iterator
 
+import aiohttp
 import orjson
 import pytest
 from pytest_aiohttp import AiohttpServer
@@ -194,6 +195,21 @@ async def test_no_eligible_region_is_503_with_retry_after(
     assert retry_after is not None
     assert int(retry_after) >= 1
     assert resp.header("X-Request-ID")
+    assert region.seen == []
+
+
+async def test_region_failed_over_by_the_operator_is_503(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    region = await start_region(aiohttp_server)
+    service = await start_router(make_config([region.config()]))
+    async with aiohttp.ClientSession() as session:
+        admin = f"http://127.0.0.1:{service.admin_port}"
+        async with session.post(f"{admin}/admin/regions/r1/failover", json={}) as resp:
+            assert resp.status < 300, await resp.text()
+    resp = await raw_exchange(service.proxy_port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert_router_error(resp, 503, "no_eligible_region")
+    assert int(resp.header("Retry-After") or 0) >= 1
     assert region.seen == []
 
 
