@@ -263,7 +263,14 @@ class Selector:
             if r.failover_target is not None and not r.eligible:
                 # An operator failed this region over to a named target: sessions follow.
                 target = snapshot.by_id.get(r.failover_target)
-                if target is not None and target.eligible and target.id not in exclude:
+                if (
+                    target is not None
+                    and target.eligible
+                    and target.weight > 0
+                    and target.id not in exclude
+                    and target in plan.regions  # a target outside the route is not used
+                    and self._has_room(target, now)
+                ):
                     return target
             # A draining region keeps the sessions already pinned to it.
             if (r.eligible or r.state is RegionState.DRAINING) and self._has_room(r, now):

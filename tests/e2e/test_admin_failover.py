@@ -181,11 +181,6 @@ async def test_failover_with_a_drain_keeps_pinned_sessions_for_the_drain_period(
         await eventually(ended_draining, message="drain end not in the history")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="router/strategies.py Selector._affinity sends pinned sessions to the failover "
-    "target without checking that the target is in the route's plan, has weight > 0 or room",
-)
 async def test_a_failover_target_outside_the_route_does_not_take_its_sessions(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
