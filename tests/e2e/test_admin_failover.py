@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-import pytest
 from pytest_aiohttp import AiohttpServer
 
 from tests.admin.client import Admin, eventually, proxy_get, spread, steady_config
