@@ -205,8 +205,8 @@ async def test_region_failed_over_by_the_operator_is_503(
     service = await start_router(make_config([region.config()]))
     async with aiohttp.ClientSession() as session:
         admin = f"http://127.0.0.1:{service.admin_port}"
-        async with session.post(f"{admin}/admin/regions/r1/failover", json={}) as resp:
-            assert resp.status < 300, await resp.text()
+        async with session.post(f"{admin}/admin/regions/r1/failover", json={}) as answer:
+            assert answer.status < 300, await answer.text()
     resp = await raw_exchange(service.proxy_port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     assert_router_error(resp, 503, "no_eligible_region")
     assert int(resp.header("Retry-After") or 0) >= 1

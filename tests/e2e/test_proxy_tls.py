@@ -84,7 +84,7 @@ async def _tls_region(
     def sni(sock: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
         names.append(name)
 
-    ctx.sni_callback = sni  # type: ignore[assignment]  # typeshed's callback type is narrower
+    ctx.sni_callback = sni
     app: web.Application = region.app()
     region.server = await aiohttp_server(app, ssl=ctx)
     return region, names
