@@ -200,6 +200,12 @@ class Exchange:
         if self.done:
             self.core.pool.release(conn, monotonic())
             return
+        if not conn.usable():
+            # Accepted, then reset before we wrote a byte: nothing was sent, so this is
+            # retried like a refused connection.
+            conn.abort()
+            attempt_failed(self, "connect-failure", sent=False)
+            return
         self._bind(conn)
 
     def _bind(self, conn: UpstreamConnection) -> None:

@@ -131,13 +131,19 @@ class UpstreamConnection(asyncio.Protocol):
         out = self.corked
         if out is not None:
             out.append(data)
-        elif self.transport is not None:
-            self.transport.write(data)
+        elif self.usable():
+            self.transport.write(data)  # type: ignore[union-attr]  # usable() checked it
+        # else: the peer already reset it; connection_lost follows and fails the attempt
 
     def uncork(self) -> None:
         out, self.corked = self.corked, None
-        if out and self.transport is not None and not self.closed:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if out and self.usable():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]  # usable() checked it
+
+    def usable(self) -> bool:
+        """Open for writing: uvloop closes a reset transport before connection_lost runs."""
+        t = self.transport
+        return not self.closed and t is not None and not t.is_closing()
 
     def reset_parser(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
@@ -169,7 +175,7 @@ class Pool:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
-            if not conn.closed:
+            if conn.usable():
                 conn.reused = True
                 return conn
         return None

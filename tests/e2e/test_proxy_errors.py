@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 from collections.abc import Iterator
 
 import aiohttp
@@ -226,6 +227,47 @@ async def test_unreachable_region_is_502_after_retries(start_router: StartRouter
         service.proxy_port, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi"
     )
     assert_router_error(resp, 502, "upstream_unreachable")
+
+
+class _ResetOnAccept(asyncio.Protocol):
+    """A region that accepts a connection and resets it at once (RST, no bytes)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+
+
+async def test_region_that_resets_on_accept_is_retried_elsewhere_not_hung(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    loop = asyncio.get_running_loop()
+    resetter = await loop.create_server(_ResetOnAccept, "127.0.0.1", 0)
+    reset_url = f"http://127.0.0.1:{resetter.sockets[0].getsockname()[1]}"
+    good = await start_region(aiohttp_server)
+    try:
+        alone = await start_router(
+            make_config([{"id": "a", "endpoint": reset_url}]), probe=probe_passes
+        )
+        resp = await asyncio.wait_for(
+            raw_exchange(alone.proxy_port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), 5
+        )
+        assert_router_error(resp, 502, "upstream_unreachable")
+        pair = await start_router(
+            make_config([{"id": "a", "endpoint": reset_url}, {"id": "b", "endpoint": good.url}]),
+            probe=probe_passes,
+        )
+        for _ in range(6):  # round robin meets the resetting region on every other request
+            resp = await asyncio.wait_for(
+                raw_exchange(
+                    pair.proxy_port, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi"
+                ),
+                5,
+            )
+            assert resp.status == 200
+            assert resp.header("X-Router-Region") == "b"
+    finally:
+        resetter.close()
 
 
 @pytest.fixture
