@@ -164,6 +164,8 @@ class ProxyCore:
         for conn in [c for c in self.connections if c.last_active < idle_limit]:
             conn.idle_timeout()
         self.pool.sweep(now)
+        # Requests still waiting for headers are latency evidence before they answer.
+        self.loads.observe_awaiting(self.awaiting, self.response_headers_timeout_s)
 
     def __repr__(self) -> str:
         return (
