@@ -195,8 +195,6 @@ class Runtime:
         while True:
             await asyncio.sleep(0.1)
             core.sweep()
-            # Requests still waiting for headers are latency evidence before they answer.
-            core.loads.observe_awaiting(core.awaiting, core.response_headers_timeout_s)
 
     async def _tick_loop(self) -> None:
         loads = self.core.loads
