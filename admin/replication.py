@@ -85,7 +85,7 @@ async def forget_copy(request: web.Request) -> web.StreamResponse:
     """Forget a region's copy (e.g. deleted there by hand): routing stops relying on it."""
     control = request.app[CONTROL]
     name, region_id = request.match_info["name"], request.match_info["region"]
-    if not control.inventory.remove(region_id, name):  # UnknownRegion -> 404 as well
+    if not await control.inventory.remove(region_id, name):  # UnknownRegion -> 404 as well
         raise NotFound(f"region {region_id!r} holds no copy of {name!r}")
     return json_response({"name": name, "region": region_id, "removed": True})
 

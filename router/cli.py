@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from admin import cluster as admin_cluster
 from admin.app import create_app
 from admin.status import STATUS_EXTRAS
 from router import __version__
@@ -127,7 +128,6 @@ class RouterService:
             config, self.loop, probe=probe, instance_id=default_instance_id(config)
         )
         self.control = Control(self.runtime, config_path=config_path)
-        self.control.restore()  # raises StateFormatError before anything binds
         self.proxy = ProxyServer(self.runtime.core)
         self.supervisor: Supervisor | None = None
         if workers > 0:
@@ -140,13 +140,19 @@ class RouterService:
         self._admin_site: web.TCPSite | None = None
 
     async def start(self) -> None:
-        """Bind both listeners and start background work; raises OSError when a bind fails."""
+        """Bind both listeners and start background work; raises OSError when a bind fails.
+
+        Persisted state is loaded first: StateFormatError (a newer format) before any bind.
+        """
+        await self.control.restore()
         listen = self.config.listen
         if self.supervisor is None:
             await self.proxy.start(listen.proxy.host, listen.proxy.port)
         app = create_app(self.control)
         if self.supervisor is not None:
             app[STATUS_EXTRAS].append(self.supervisor.status)
+        if self.control.cluster is not None:
+            admin_cluster.setup(app, self.control.cluster)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         self._admin_site = web.TCPSite(self._runner, listen.admin.host, listen.admin.port)
@@ -207,14 +213,14 @@ async def serve(
 ) -> int:
     """Run until SIGTERM/SIGINT (or ``shutdown`` returns); then drain and return an exit code."""
     loop = asyncio.get_running_loop()
-    try:
-        service = RouterService(config, config_path=config_path, workers=workers)
-    except StateFormatError as exc:
-        log.error("%s", exc)
-        return EXIT_CONFIG
+    service = RouterService(config, config_path=config_path, workers=workers)
     listen = config.listen
     try:
         await service.start()
+    except StateFormatError as exc:
+        log.error("%s", exc)
+        await service.control.store.close()
+        return EXIT_CONFIG
     except OSError as exc:
         log.error("cannot listen (proxy %s, admin %s): %s", listen.proxy, listen.admin, exc)
         return EXIT_START

@@ -92,6 +92,7 @@ __all__ = [
     "parse_region",
     "parse_region_patch",
     "redacted_dict",
+    "redacted_url",
     "resolve_config_path",
     "to_plain",
 ]
@@ -282,7 +283,7 @@ def config_hash(config: Config) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _redact_url(url: str) -> str:
+def redacted_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -296,9 +297,9 @@ def redacted_dict(config: Config) -> dict[str, Any]:
     plain: dict[str, Any] = to_plain(config)
     if config.admin.token:
         plain["admin"]["token"] = REDACTED
-    plain["state"]["url"] = _redact_url(config.state.url)
+    plain["state"]["url"] = redacted_url(config.state.url)
     if config.alerts.webhook is not None:
-        plain["alerts"]["webhook"] = _redact_url(config.alerts.webhook)
+        plain["alerts"]["webhook"] = redacted_url(config.alerts.webhook)
     return plain
 
 

@@ -2,8 +2,11 @@
 
 The admin API is HTTP glue over this class; with worker processes the supervisor runs it.
 Each write validates, changes the registry, persists, and only then answers; when the
-state file cannot be written the change is rolled back (``StoreWriteError``), so an
-answer of "done" always means "done and on disk".
+state cannot be written the change is rolled back (``StoreWriteError``), so an answer of
+"done" always means "done and stored". The store is ``state_dir`` files, or Redis shared
+with other instances (``state.backend: redis``; router/cluster.py applies their changes
+here, under the same ``lock`` as the writes, so a write and its rollback are never
+interleaved with another instance's change).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from router.alerts import AlertEngine
 from router.config import Config, ConfigError, FieldError, RegionConfig, parse_config
@@ -27,8 +31,13 @@ from router.reload import ReloadResult, diff_configs, file_digest, read_config_t
 from router.replication import ReplicationEngine
 from router.runtime import Runtime
 from router.snapshot import RegionView
-from router.store import FileStateStore, StoreWriteError
+from router.state_docs import operation_key, region_key
+from router.state_redis import RedisStateStore
+from router.store import FileStateStore, StateStore, StoreConflict, StoreWriteError
 from router.window import TrafficWindow
+
+if TYPE_CHECKING:
+    from router.cluster import Cluster
 
 log = logging.getLogger("router.control")
 
@@ -57,7 +66,15 @@ class Control:
         self.registry = runtime.registry
         self.config_path = config_path
         self.wall = wall
-        self.store = FileStateStore(Path(runtime.registry.config.state_dir))
+        config = runtime.registry.config
+        self.store: StateStore
+        if config.state.backend == "redis":
+            self.store = RedisStateStore(
+                config.state, Path(config.state_dir), runtime.instance_id, runtime.metrics
+            )
+        else:
+            self.store = FileStateStore(Path(config.state_dir))
+        self.lock = asyncio.Lock()  # one change at a time: local writes and other instances'
         self.ops = OperationBook()
         self.state = ControlState(self.registry, self.store, self.ops, runtime.record_transition)
         self.window = TrafficWindow()
@@ -80,6 +97,11 @@ class Control:
         self._pending: set[asyncio.Task[ReloadResult]] = set()
         runtime.transition_hooks.append(self._on_transition)
         self.alerts = AlertEngine(self, wall=wall)
+        self.cluster: Cluster | None = None
+        if isinstance(self.store, RedisStateStore):
+            from router.cluster import Cluster  # cluster imports control
+
+            self.cluster = Cluster(self, self.store)
 
     def __repr__(self) -> str:
         return (
@@ -89,8 +111,9 @@ class Control:
 
     # -- start-up ----------------------------------------------------------------------
 
-    def restore(self) -> None:
+    async def restore(self) -> None:
         """Load persisted state; raises StateFormatError for files from a newer version."""
+        await self.store.open()
         self.state.restore(time.monotonic(), self.wall())
         self.inventory.restore()  # after the regions: copies belong to known regions
         self.replication.restore()
@@ -105,8 +128,13 @@ class Control:
             self._tasks.append(loop.create_task(self._watch(), name="config-watch"))
         await self.alerts.start()
         await self.replication.start()
+        await self.store.start()
+        if self.cluster is not None:
+            await self.cluster.start()
 
     async def stop(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self.replication.stop()
         await self.alerts.stop()
         tasks = [*self._tasks, *self._removals.values(), *self._pending]
@@ -117,33 +145,39 @@ class Control:
         self._removals.clear()
         if self._history_dirty:
             with contextlib.suppress(StoreWriteError):
-                self.state.save_history()
+                await self.state.save_history()
+        await self.store.close()
 
     # -- regions -----------------------------------------------------------------------
 
-    def register(self, rc: RegionConfig) -> RegionView:
-        if rc.id in self.registry.snapshot().by_id:
-            raise RegionConflict(f"region {rc.id!r} already exists")
-        now = time.monotonic()
-        self.registry.add_region(rc, now)
-        try:
-            self.state.save_regions()
-        except StoreWriteError:
-            self.registry.remove_region(rc.id, time.monotonic())
-            raise
+    async def register(self, rc: RegionConfig) -> RegionView:
+        async with self.lock:
+            if rc.id in self.registry.snapshot().by_id:
+                raise RegionConflict(f"region {rc.id!r} already exists")
+            self.registry.add_region(rc, time.monotonic())
+            try:
+                await self.state.save_regions(create=region_key(rc.id))
+            except (StoreWriteError, StoreConflict) as exc:
+                self.registry.remove_region(rc.id, time.monotonic())
+                if isinstance(exc, StoreConflict):
+                    raise RegionConflict(
+                        f"region {rc.id!r} already exists (registered on another instance)"
+                    ) from None
+                raise
         self.runtime.health.sync()  # probed at once; serves after its first passing check
         return self.registry.snapshot().by_id[rc.id]
 
-    def patch(self, region_id: str, changes: dict[str, object]) -> RegionView:
-        rec = self._writable(region_id)
-        old_config, old_overrides = rec.config, dict(rec.overrides)
-        self.registry.update_region(region_id, time.monotonic(), **changes)
-        try:
-            self.state.save_regions()
-        except StoreWriteError:
-            rec.config, rec.overrides = old_config, old_overrides
-            self.registry.publish(time.monotonic())
-            raise
+    async def patch(self, region_id: str, changes: dict[str, object]) -> RegionView:
+        async with self.lock:
+            rec = self._writable(region_id)
+            old_config, old_overrides = rec.config, dict(rec.overrides)
+            self.registry.update_region(region_id, time.monotonic(), **changes)
+            try:
+                await self.state.save_regions()
+            except StoreWriteError:
+                rec.config, rec.overrides = old_config, old_overrides
+                self.registry.publish(time.monotonic())
+                raise
         return self.registry.snapshot().by_id[region_id]
 
     async def delete(self, region_id: str, grace_s: float | None = None) -> RemovalResult:
@@ -154,29 +188,38 @@ class Control:
         """
         pending = self._removals.get(region_id)
         if pending is None:
-            rec = self.registry.record(region_id)
-            if rec.source == "config":
-                raise RegionConflict(
-                    f"region {region_id!r} is defined in the config file: remove it from the "
-                    "file and reload (POST /admin/reload)"
-                )
-            rec.removing = True
-            try:
-                self.state.save_regions()
-            except StoreWriteError:
-                rec.removing = False
-                raise
-            t = self.registry.set_manual(
-                region_id, "draining", time.monotonic(), self.wall(), "removal requested"
-            )
-            if t is not None:
-                self.runtime.record_transition(t)
-            grace = self.registry.config.shutdown_grace_s if grace_s is None else grace_s
-            pending = asyncio.get_running_loop().create_task(
-                self._finish_removal(region_id, grace), name=f"remove:{region_id}"
-            )
-            self._removals[region_id] = pending
+            async with self.lock:
+                rec = self.registry.record(region_id)
+                if rec.source == "config":
+                    raise RegionConflict(
+                        f"region {region_id!r} is defined in the config file: remove it from "
+                        "the file and reload (POST /admin/reload)"
+                    )
+                pending = self._removals.get(region_id)
+                if pending is None:
+                    rec.removing = True
+                    try:
+                        await self.state.save_regions()
+                    except StoreWriteError:
+                        rec.removing = False
+                        raise
+                    pending = self.begin_removal(region_id, grace_s, "removal requested")
         return await asyncio.shield(pending)
+
+    def begin_removal(
+        self, region_id: str, grace_s: float | None, reason: str
+    ) -> asyncio.Task[RemovalResult]:
+        """Drain the region now and remove it after its in-flight requests (persisted already)."""
+        self.registry.record(region_id).removing = True
+        t = self.registry.set_manual(region_id, "draining", time.monotonic(), self.wall(), reason)
+        if t is not None:
+            self.runtime.record_transition(t)
+        grace = self.registry.config.shutdown_grace_s if grace_s is None else grace_s
+        pending = asyncio.get_running_loop().create_task(
+            self._finish_removal(region_id, grace), name=f"remove:{region_id}"
+        )
+        self._removals[region_id] = pending
+        return pending
 
     async def _finish_removal(self, region_id: str, grace_s: float) -> RemovalResult:
         started = time.monotonic()
@@ -187,12 +230,14 @@ class Control:
             while load.inflight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(REMOVAL_POLL_S)
             drained = load.inflight == 0
-            if self.ops.end(region_id, self.wall(), "region removed") is not None:
-                try:
-                    self.state.save_ops()
-                except StoreWriteError as exc:
-                    log.error("region %s removed, but %s", region_id, exc)
-            self.registry.remove_region(region_id, time.monotonic())
+            async with self.lock:
+                if self.ops.end(region_id, self.wall(), "region removed") is not None:
+                    try:
+                        await self.state.save_ops()
+                    except StoreWriteError as exc:
+                        log.error("region %s removed, but %s", region_id, exc)
+                with contextlib.suppress(UnknownRegion):
+                    self.registry.remove_region(region_id, time.monotonic())
             self.runtime.health.sync()
             log.info("region %s removed (drained=%s)", region_id, drained)
             return RemovalResult(region_id, drained, round(time.monotonic() - started, 3))
@@ -207,7 +252,7 @@ class Control:
 
     # -- failover operations -----------------------------------------------------------
 
-    def failover(
+    async def failover(
         self,
         region_id: str,
         *,
@@ -215,6 +260,17 @@ class Control:
         drain_s: float = 0.0,
         reason: str = "",
         expires_s: float | None = None,
+    ) -> FailoverOperation:
+        async with self.lock:
+            return await self._failover(region_id, target, drain_s, reason, expires_s)
+
+    async def _failover(
+        self,
+        region_id: str,
+        target: str | None,
+        drain_s: float,
+        reason: str,
+        expires_s: float | None,
     ) -> FailoverOperation:
         self._writable(region_id)
         snap = self.registry.snapshot()
@@ -236,9 +292,16 @@ class Control:
             created_at=wall,
             expires_at=wall + expires_s if expires_s else None,
         )
-        with self._ops_rollback():
-            self.ops.start(op)
-            self.state.save_ops()
+        try:
+            with self._ops_rollback():
+                self.ops.start(op)
+                await self.state.save_ops(create=operation_key(region_id))
+        except StoreConflict as exc:
+            other = exc.current.get("id") if isinstance(exc.current, dict) else None
+            raise RegionConflict(
+                f"region {region_id!r} is already failed over (operation {other}, started on "
+                "another instance)"
+            ) from None
         t = self.registry.set_manual(
             region_id,
             "failed_over",
@@ -252,11 +315,17 @@ class Control:
             self.runtime.record_transition(t)
         return op
 
-    def recover(self, region_id: str, reason: str = "manual recover") -> FailoverOperation | None:
+    async def recover(
+        self, region_id: str, reason: str = "manual recover"
+    ) -> FailoverOperation | None:
         """End the region's failover (if any) and put it back after its next passing check.
 
         Returns the ended operation; None when the region was not held out by hand.
         """
+        async with self.lock:
+            return await self._recover(region_id, reason)
+
+    async def _recover(self, region_id: str, reason: str) -> FailoverOperation | None:
         rec = self._writable(region_id)
         if region_id not in self.ops.active and rec.manual is None:
             return None
@@ -264,29 +333,30 @@ class Control:
         with self._ops_rollback():
             op = self.ops.end(region_id, wall, reason)
             if op is not None:
-                self.state.save_ops()
+                await self.state.save_ops()
         t = self.registry.set_manual(region_id, None, time.monotonic(), wall, reason)
         if t is not None:
             self.runtime.record_transition(t)
         self.runtime.health.check_now(region_id)
         return op
 
-    def undo(self, op_id: str) -> FailoverOperation:
-        op = self.ops.get(op_id)
-        if op is None:
-            raise NotFound(f"no failover operation with id {op_id!r}")
-        if op.state != "active":
-            raise RegionConflict(f"operation {op_id} already ended ({op.ended_reason})")
-        ended = self.recover(op.region, reason=f"undo of {op_id}")
-        assert ended is not None
-        return ended
+    async def undo(self, op_id: str) -> FailoverOperation:
+        async with self.lock:
+            op = self.ops.get(op_id)
+            if op is None:
+                raise NotFound(f"no failover operation with id {op_id!r}")
+            if op.state != "active":
+                raise RegionConflict(f"operation {op_id} already ended ({op.ended_reason})")
+            ended = await self._recover(op.region, reason=f"undo of {op_id}")
+            assert ended is not None
+            return ended
 
     @contextlib.contextmanager
     def _ops_rollback(self) -> Iterator[None]:
         saved = self.ops.checkpoint()
         try:
             yield
-        except StoreWriteError:
+        except (StoreWriteError, StoreConflict):
             self.ops.rollback(saved)
             raise
 
@@ -294,7 +364,7 @@ class Control:
 
     async def reload(self, source: str) -> ReloadResult:
         async with self._reload_lock:
-            return self._reload(source)
+            return await self._reload(source)
 
     def request_reload(self, source: str) -> None:
         """Reload soon (from a signal handler): the task is kept until it is done."""
@@ -302,7 +372,7 @@ class Control:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    def _reload(self, source: str) -> ReloadResult:
+    async def _reload(self, source: str) -> ReloadResult:
         old = self.registry.config
         if not self.config_path:
             result = ReloadResult(
@@ -326,7 +396,7 @@ class Control:
                     config_hash=old.config_hash,
                 )
             else:
-                result = self.apply_config(new, source)
+                result = await self.apply_config(new, source)
         self.last_reload = result
         self.runtime.config_reloads.labels("success" if result.ok else "error").inc()
         if result.ok:
@@ -341,8 +411,12 @@ class Control:
             )
         return result
 
-    def apply_config(self, new: Config, source: str) -> ReloadResult:
+    async def apply_config(self, new: Config, source: str) -> ReloadResult:
         """Swap in a validated config atomically; regions with unchanged endpoints keep state."""
+        async with self.lock:
+            return await self._apply_config(new, source)
+
+    async def _apply_config(self, new: Config, source: str) -> ReloadResult:
         old = self.registry.config
         diff = diff_configs(old, new)
         wall, now = self.wall(), time.monotonic()
@@ -375,8 +449,8 @@ class Control:
         self.runtime.health.sync()
         try:
             if ops_changed:
-                self.state.save_ops()
-            self.state.save_regions()
+                await self.state.save_ops()
+            await self.state.save_regions()
         except StoreWriteError as exc:
             log.error("config applied, but the state files were not updated: %s", exc)
             diff.notes.append(f"state not saved: {exc}")
@@ -411,14 +485,14 @@ class Control:
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
             try:
-                next_sample = self._housekeeping_step(next_sample)
+                next_sample = await self._housekeeping_step(next_sample)
             except Exception:
                 log.exception("control housekeeping failed; continuing")
 
-    def _housekeeping_step(self, next_sample: float) -> float:
+    async def _housekeeping_step(self, next_sample: float) -> float:
         for op in self.ops.expired(self.wall()):
             try:
-                self.recover(op.region, reason=f"operation {op.id} expired")
+                await self.recover(op.region, reason=f"operation {op.id} expired")
             except StoreWriteError as exc:
                 log.error("operation %s expired but could not be ended: %s", op.id, exc)
             except (UnknownRegion, RegionConflict):
@@ -430,7 +504,7 @@ class Control:
         if self._history_dirty:
             self._history_dirty = False
             try:
-                self.state.save_history()
+                await self.state.save_history()
             except StoreWriteError as exc:
                 self._history_dirty = True
                 if str(exc) != self._history_error:

@@ -47,6 +47,7 @@ class ProbeResult:
 ProbeFn = Callable[[RegionConfig, HealthCheckConfig], Awaitable[ProbeResult]]
 TransitionSink = Callable[[Transition], None]
 ResultSink = Callable[[str, ProbeResult], None]
+VerdictSink = Callable[[str, bool], None]
 
 
 def status_ok(status: int, ranges: tuple[tuple[int, int], ...]) -> bool:
@@ -156,6 +157,8 @@ class HealthChecker:
         self.first_round = asyncio.Event()
         self._first_pending: set[str] = set()
         self.last_results: dict[str, tuple[float, ProbeResult]] = {}  # wall time, result
+        # Several instances: told each verdict, to weigh it against the others' (quorum.py).
+        self.on_verdict: VerdictSink | None = None
 
     def __repr__(self) -> str:
         return (
@@ -289,6 +292,8 @@ class HealthChecker:
             t = registry.set_probe_verdict(region_id, verdict, now, reason, self.wall())
             if t is not None:
                 self.on_transition(t)
+            if self.on_verdict is not None:
+                self.on_verdict(region_id, verdict)
         if region_id in self._first_pending:
             self._first_pending.discard(region_id)
             if not self._first_pending:

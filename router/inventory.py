@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from router.errors import UnknownRegion
 from router.registry import Registry
 from router.snapshot import ArtifactInfo
-from router.store import FileStateStore
+from router.state_docs import split_key
+from router.store import StateStore
 
 log = logging.getLogger("router.inventory")
 
@@ -23,7 +24,7 @@ class ArtifactInventory:
     """
 
     def __init__(
-        self, registry: Registry, store: FileStateStore, *, wall: Callable[[], float] = time.time
+        self, registry: Registry, store: StateStore, *, wall: Callable[[], float] = time.time
     ) -> None:
         self.registry = registry
         self.store = store
@@ -60,25 +61,67 @@ class ArtifactInventory:
                 )
         self.registry.load_artifacts(holdings, catalog, time.monotonic())
 
-    def record_source(self, name: str, source: str, read_at: float) -> None:
+    async def record_source(self, name: str, source: str, read_at: float) -> None:
         """A job has read ``name`` from ``source``: it is the fallback from now on."""
         self.registry.set_artifact_source(name, source, read_at, time.monotonic())
-        self.save()
+        await self.save()
 
-    def record_copy(self, region_id: str, name: str, sha256: str, read_at: float) -> None:
+    async def record_copy(self, region_id: str, name: str, sha256: str, read_at: float) -> None:
         """A verified copy of ``name`` (read from its source at ``read_at``) on a region."""
         try:
             self.registry.set_artifact(region_id, name, sha256, read_at, time.monotonic())
         except UnknownRegion:
             log.warning("region %s was removed; its copy of %s is not recorded", region_id, name)
             return
-        self.save()
+        await self.save()
 
-    def remove(self, region_id: str, name: str) -> bool:
+    async def remove(self, region_id: str, name: str) -> bool:
+        """Forget a copy; raises the store's write error (nothing changed) when not stored."""
+        held = self.registry.record(region_id).artifacts.get(name)
         removed = self.registry.remove_artifact(region_id, name, time.monotonic())
         if removed:
-            self.save()
+            try:
+                await self.save(strict=True)
+            except Exception:
+                assert held is not None
+                self.registry.load_artifacts({region_id: {name: held}}, {}, time.monotonic())
+                raise
         return removed
+
+    def apply_remote(self, entries: Mapping[str, object], deleted: list[str]) -> None:
+        """Copies and catalog entries another instance recorded (router/state_docs.py keys)."""
+        holdings: dict[str, dict[str, str]] = {}
+        catalog: dict[str, ArtifactInfo] = {}
+        now = time.monotonic()
+        for key, value in entries.items():
+            prefix, rest = split_key(key)
+            if not isinstance(value, dict):
+                continue
+            if prefix == "copy":
+                region_id, _, name = rest.partition("/")
+                try:
+                    rec = self.registry.record(region_id)
+                except UnknownRegion:
+                    continue
+                if value.get("endpoint") == rec.config.endpoint.url and value.get("sha256"):
+                    holdings.setdefault(region_id, {})[name] = str(value["sha256"])
+            elif prefix == "catalog":
+                catalog[rest] = ArtifactInfo(
+                    name=rest,
+                    sha256=value.get("sha256"),
+                    source=value.get("source"),
+                    read_at=float(value.get("read_at") or 0.0),
+                )
+        if holdings or catalog:
+            self.registry.load_artifacts(holdings, catalog, now)
+        for key in deleted:
+            prefix, rest = split_key(key)
+            if prefix == "copy":
+                region_id, _, name = rest.partition("/")
+                try:
+                    self.registry.remove_artifact(region_id, name, now)
+                except UnknownRegion:
+                    continue
 
     def to_json(self) -> list[dict[str, Any]]:
         """Per artifact name: the latest digest, its source, and which region holds what."""
@@ -109,7 +152,7 @@ class ArtifactInventory:
             )
         return out
 
-    def save(self) -> None:
+    async def save(self, *, strict: bool = False) -> None:
         regions: dict[str, Any] = {}
         for rec in self.registry.records():
             if rec.artifacts:
@@ -122,6 +165,8 @@ class ArtifactInventory:
             for name, info in self.registry.artifacts().items()
         }
         try:
-            self.store.save("artifacts", {"regions": regions, "catalog": catalog})
+            await self.store.write("artifacts", {"regions": regions, "catalog": catalog})
         except Exception as exc:  # the store's write error: routing already uses the copy
+            if strict:
+                raise
             log.error("artifact inventory not saved: %s", exc)

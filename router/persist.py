@@ -16,7 +16,7 @@ from router.errors import UnknownRegion
 from router.operations import OperationBook
 from router.registry import Registry, Transition
 from router.snapshot import RegionState
-from router.store import FileStateStore
+from router.store import StateStore
 
 log = logging.getLogger("router.control")
 
@@ -29,7 +29,7 @@ class ControlState:
     def __init__(
         self,
         registry: Registry,
-        store: FileStateStore,
+        store: StateStore,
         ops: OperationBook,
         record_transition: Callable[[Transition], None],
     ) -> None:
@@ -159,8 +159,8 @@ class ControlState:
             if t is not None:
                 self.record_transition(t)
 
-    def save_history(self) -> None:
-        self.store.save(
+    async def save_history(self) -> None:
+        await self.store.write(
             "history",
             [
                 {
@@ -174,7 +174,8 @@ class ControlState:
             ],
         )
 
-    def save_regions(self) -> None:
+    async def save_regions(self, *, create: str | None = None) -> None:
+        """Persist registrations and overrides; ``create``: an entry that must be new."""
         runtime_regions = []
         overrides: dict[str, dict[str, Any]] = {}
         bases: dict[str, dict[str, Any]] = {}
@@ -189,13 +190,14 @@ class ControlState:
                     # The file's value when the override was made: a restart drops the
                     # override when the file has changed that field meanwhile.
                     bases[region_id] = {k: to_plain(getattr(rec.base, k)) for k in rec.overrides}
-        self.store.save(
+        await self.store.write(
             "regions",
             {"runtime": runtime_regions, "overrides": overrides, "override_bases": bases},
+            create=create,
         )
 
-    def save_ops(self) -> None:
-        self.store.save("operations", self.ops.to_json())
+    async def save_ops(self, *, create: str | None = None) -> None:
+        await self.store.write("operations", self.ops.to_json(), create=create)
 
 
 def region_config_json(rc: RegionConfig) -> dict[str, Any]:

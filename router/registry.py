@@ -22,6 +22,9 @@ from router.snapshot import ArtifactInfo, RegionState, RegionView, RoutePlan, Sn
 from router.tiers import plan_tiers
 
 HISTORY_LIMIT = 1000
+# Weight share kept by a region this instance's own probes find down while the cluster's
+# quorum finds it up: still in rotation, but others are preferred from this vantage point.
+LOCAL_DOUBT_FACTOR = 0.1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,7 +47,8 @@ class RegionRecord:
     failover_target: str | None = None  # where pinned sessions go while failed over
     state: RegionState = RegionState.UNKNOWN
     probed: bool = False  # at least one probe verdict
-    probe_up: bool = False  # active-check verdict after thresholds
+    probe_up: bool = False  # active-check verdict after thresholds (this instance's probes)
+    quorum_up: bool | None = None  # several instances: the quorum's verdict, which wins
     ejected_until: float | None = None  # monotonic
     eject_sticky: bool = False  # guarded-failback ejection: a passing probe does not end it
     times_ejected: int = 0  # ejection multiplier; drops by 1 per base_ejection_time back in
@@ -85,6 +89,9 @@ class Registry:
             return self._records[region_id]
         except KeyError:
             raise UnknownRegion(region_id) from None
+
+    def find(self, region_id: str) -> RegionRecord | None:
+        return self._records.get(region_id)
 
     def records(self) -> Iterable[RegionRecord]:
         return self._records.values()
@@ -210,7 +217,7 @@ class Registry:
     ) -> Transition | None:
         """Record the thresholded active-check verdict (health.py applies thresholds)."""
         rec = self.record(region_id)
-        was_up = rec.probe_up and rec.probed
+        was_up = _effective_up(rec)
         rec.probed = True
         rec.probe_up = up
         if up:
@@ -220,6 +227,25 @@ class Registry:
                 back = True
             # HAProxy's rule: slow start only for a region seen failed, never at start-up.
             if back and self._config.failover.slow_start_s > 0:
+                rec.ramp_started_at = now
+                rec.ramp = 0.0
+            rec.ever_up = True
+        return self._refresh(rec, now, wall, reason)
+
+    def set_quorum_verdict(
+        self, region_id: str, up: bool | None, now: float, wall: float, reason: str
+    ) -> Transition | None:
+        """The verdict of the quorum of live instances (None: this instance's own decides).
+
+        A region comes back from a quorum's "down" like from its own probes: slow start.
+        """
+        rec = self.record(region_id)
+        if up == rec.quorum_up:
+            return None
+        was_up = _effective_up(rec)
+        rec.quorum_up = up
+        if _effective_up(rec) and not was_up:
+            if rec.ever_up and self._config.failover.slow_start_s > 0:
                 rec.ramp_started_at = now
                 rec.ramp = 0.0
             rec.ever_up = True
@@ -261,6 +287,7 @@ class Registry:
         if manual is None and rec.manual is not None:
             rec.probed = False  # eligible again only after the next passing check
             rec.probe_up = False
+            rec.quorum_up = None  # the cluster's verdict is taken afresh as well
         rec.manual = manual
         rec.failover_target = target if manual else None
         rec.drain_until = now + drain_s if manual and drain_s > 0 else None
@@ -324,9 +351,9 @@ class Registry:
         if rec.manual is not None:
             draining = rec.manual == "draining" or rec.drain_until is not None
             state = RegionState.DRAINING if draining else RegionState.FAILED_OVER
-        elif not rec.probed:
+        elif not rec.probed and rec.quorum_up is None:
             state = RegionState.UNKNOWN
-        elif not rec.probe_up:
+        elif not _effective_up(rec):
             state = RegionState.UNHEALTHY
         elif rec.ejected_until is not None:
             state = RegionState.EJECTED
@@ -354,6 +381,8 @@ class Registry:
         for i, rec in enumerate(self._records.values()):
             rc = rec.config
             ramp = max(0.1, rec.ramp) if rec.ramp_started_at is not None else 1.0
+            if rec.quorum_up and rec.probed and not rec.probe_up:
+                ramp *= LOCAL_DOUBT_FACTOR
             views.append(
                 RegionView(
                     index=i,
@@ -400,6 +429,13 @@ class Registry:
             next_eligible_at=min(wake) if wake else None,
             artifacts=catalog,
         )
+
+
+def _effective_up(rec: RegionRecord) -> bool:
+    """Up by the quorum's verdict when there is one, else by this instance's probes."""
+    if rec.quorum_up is not None:
+        return rec.quorum_up
+    return rec.probed and rec.probe_up
 
 
 def _plan(

@@ -8,6 +8,11 @@ backoff from ``replication.backoff_base``), verifies each copy and records it in
 artifact inventory, which routing reads. Unfinished jobs resume after a restart without
 re-copying verified targets. Control-plane code kept in ``router/`` so a supervisor
 process can run it without the admin app; the rules are in docs/replication.md.
+
+With several instances (``state.backend: redis``) a ``coordinator``
+(router/replication_lease.py) decides which instance runs each job: the one holding its
+lease. The others keep the job's JSON up to date from the store (``apply_remote``) and
+take the job over (``adopt``) when the lease runs out.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -39,7 +45,8 @@ from router.replication_jobs import (
     TargetState,
 )
 from router.snapshot import RegionView
-from router.store import FileStateStore
+from router.state_docs import split_key
+from router.store import StateStore
 from router.transfer import SpoolError, TransferError, hash_file, head
 from router.validate import FieldError, ValidationError
 
@@ -49,11 +56,19 @@ KEEP_FINISHED = 200  # finished jobs kept in the store and the API
 RESULTS = ("succeeded", "failed", "cancelled")
 
 
+class JobCoordinator(Protocol):
+    """Who runs which job, when several instances share the jobs."""
+
+    async def acquire(self, job_id: str) -> bool: ...
+
+    async def release(self, job_id: str) -> None: ...
+
+
 class ReplicationEngine:
     def __init__(
         self,
         registry: Registry,
-        store: FileStateStore,
+        store: StateStore,
         inventory: ArtifactInventory,
         metrics: CollectorRegistry,
         *,
@@ -65,6 +80,8 @@ class ReplicationEngine:
         self.inventory = inventory
         self.wall = wall
         self.jobs: dict[str, Job] = {}  # in creation order
+        self.instance_id = instance_id
+        self.coordinator: JobCoordinator | None = None  # several instances: leases
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._ssl: dict[str, ssl.SSLContext] = {}
@@ -107,12 +124,8 @@ class ReplicationEngine:
             except (KeyError, ValueError, TypeError) as exc:
                 log.error("skipping an unreadable replication job in the store: %r", exc)
                 continue
-            if job.active:
-                for t in job.targets:
-                    if t.state in (TargetState.COPYING, TargetState.VERIFYING):
-                        t.state = TargetState.PENDING
-                        t.attempts = max(0, t.attempts - 1)
-                        t.bytes = 0
+            if job.active and self.coordinator is None:
+                job.reset_interrupted()  # shared jobs: whoever takes the lease does this
             self.jobs[job.id] = job
         keep = {f"{j.id}.spool" for j in self.jobs.values() if j.active}
         if self.spool_dir.is_dir():
@@ -130,12 +143,14 @@ class ReplicationEngine:
                 total=None, sock_connect=timeouts.connect_s, sock_read=max(30.0, timeouts.idle_s)
             ),
         )
-        for job in self.jobs.values():
-            if job.active:
-                self._schedule(job)
+        if self.coordinator is None:  # else the coordinator adopts the jobs it can lease
+            for job in self.jobs.values():
+                if job.active:
+                    self._schedule(job)
 
     async def stop(self) -> None:
         """Stop every job where it stands; unfinished ones resume at the next start."""
+        running = list(self._tasks)
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -143,7 +158,50 @@ class ReplicationEngine:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        self._save()
+        await self._save()
+        if self.coordinator is not None:
+            for job_id in running:  # another instance may take them over at once
+                await self.coordinator.release(job_id)
+
+    # -- several instances -------------------------------------------------------------
+
+    def running(self, job_id: str) -> bool:
+        return job_id in self._tasks
+
+    def adopt(self, job: Job) -> None:
+        """Run a job whose lease this instance just took (its previous runner stopped)."""
+        if job.id in self._tasks or not job.active or self._session is None:
+            return
+        job.reset_interrupted()
+        log.info("replication %s: taking over (was run by %s)", job.id, job.runner)
+        self._schedule(job)
+
+    def abandon(self, job_id: str) -> None:
+        """Stop running a job without ending it: another instance holds its lease now."""
+        task = self._tasks.pop(job_id, None)
+        if task is not None:
+            task.cancel()
+
+    def apply_remote(self, entries: Mapping[str, object], deleted: list[str]) -> None:
+        """Jobs as another instance wrote them; a job running here keeps its own progress."""
+        for key, value in entries.items():
+            prefix, job_id = split_key(key)
+            if prefix != "job" or not isinstance(value, dict):
+                continue
+            try:
+                job = Job.from_json(value)
+            except (KeyError, ValueError, TypeError) as exc:
+                log.error("replication: unreadable job %s from the store: %r", job_id, exc)
+                continue
+            if job_id in self._tasks:
+                if job.active:
+                    continue  # our run is the truth; theirs is an older write
+                self.abandon(job_id)  # cancelled (or ended) elsewhere
+            self.jobs[job_id] = job
+        for key in deleted:
+            prefix, job_id = split_key(key)
+            if prefix == "job" and job_id not in self._tasks:
+                self.jobs.pop(job_id, None)
 
     # -- operations --------------------------------------------------------------------
 
@@ -187,7 +245,7 @@ class ReplicationEngine:
             self._check_overlap(job.path, job.source, [t.region for t in job.targets])
         self.jobs[job.id] = job
         try:
-            self._save(strict=True)
+            await self._save(strict=True)
         except Exception:
             del self.jobs[job.id]  # not on disk: not accepted
             raise
@@ -201,7 +259,9 @@ class ReplicationEngine:
             job.source,
             ", ".join(t.region for t in job.targets),
         )
-        if self._session is not None:
+        if self._session is not None and (
+            self.coordinator is None or await self.coordinator.acquire(job.id)
+        ):
             self._schedule(job)
         return job
 
@@ -227,7 +287,7 @@ class ReplicationEngine:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         if job.active:  # the task may have finished on its own meanwhile
-            self._finish(job, JobState.CANCELLED, "cancelled by request")
+            await self._finish(job, JobState.CANCELLED, "cancelled by request")
         return job
 
     def source_of(self, name: str) -> str | None:
@@ -301,14 +361,20 @@ class ReplicationEngine:
     def _schedule(self, job: Job) -> None:
         task = asyncio.get_running_loop().create_task(self._run(job), name=f"replication-{job.id}")
         self._tasks[job.id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
+
+        def done(_: object) -> None:
+            if self._tasks.get(job.id) is task:  # not a later run of the same job
+                del self._tasks[job.id]
+
+        task.add_done_callback(done)
 
     async def _run(self, job: Job) -> None:
         try:
+            job.runner = self.instance_id
             if job.state is JobState.PENDING:
                 job.state = JobState.RUNNING
                 job.started_at = self.wall()
-                self._save()
+            await self._save()
             copier = Copier(
                 self._client(),
                 self.config,
@@ -320,23 +386,23 @@ class ReplicationEngine:
             spool = await self._spool(job, copier)
             await self._copy_all(job, spool, copier)
         except JobFailed as exc:
-            self._finish(job, JobState.FAILED, str(exc))
+            await self._finish(job, JobState.FAILED, str(exc))
             return
         # CancelledError passes: stop() keeps the job for the next start; cancel() ends it.
         except Exception as exc:  # a bug must not leave the job running forever
             log.exception("replication %s: internal error", job.id)
-            self._finish(job, JobState.FAILED, f"internal error: {exc!r}")
+            await self._finish(job, JobState.FAILED, f"internal error: {exc!r}")
             return
         failed = [t for t in job.targets if t.state is TargetState.FAILED]
         if failed:
             detail = "; ".join(f"{t.region}: {t.last_error}" for t in failed)
-            self._finish(
+            await self._finish(
                 job, JobState.FAILED, f"{len(failed)} of {len(job.targets)} failed: {detail}"
             )
         else:
-            self._finish(job, JobState.SUCCEEDED, None)
+            await self._finish(job, JobState.SUCCEEDED, None)
 
-    def _finish(self, job: Job, state: JobState, error: str | None) -> None:
+    async def _finish(self, job: Job, state: JobState, error: str | None) -> None:
         now = self.wall()
         job.state, job.error, job.finished_at = state, error, now
         for t in job.targets:
@@ -345,7 +411,9 @@ class ReplicationEngine:
                 t.last_error = "job cancelled" if state is JobState.CANCELLED else error
         self._remove_spool(job)
         self.jobs_total.labels(job.kind, state.value).inc()
-        self._save()
+        await self._save()
+        if self.coordinator is not None:
+            await self.coordinator.release(job.id)
         (log.info if state is JobState.SUCCEEDED else log.warning)(
             "replication %s %s%s", job.id, state.value, f": {error}" if error else ""
         )
@@ -370,10 +438,10 @@ class ReplicationEngine:
         job.sha256, job.size_bytes = read.sha256, read.size
         if first:
             job.read_at, job.validators = self.wall(), read.validators
-            self.inventory.record_source(job.name, job.source, job.read_at)
+            await self.inventory.record_source(job.name, job.source, job.read_at)
         part = self.spool_dir / f"{job.id}.part"
         part.replace(spool)
-        self._save()
+        await self._save()
         return spool
 
     async def _copy_all(self, job: Job, spool: Path, copier: Copier) -> None:
@@ -395,7 +463,7 @@ class ReplicationEngine:
                 break
             t.attempts += 1
             t.state, t.bytes = TargetState.COPYING, 0
-            self._save()
+            await self._save()
 
             def progress(n: int) -> None:
                 t.bytes += n
@@ -403,7 +471,7 @@ class ReplicationEngine:
             try:
                 report = await copier.put(job, region, spool, progress)
                 t.state = TargetState.VERIFYING
-                self._save()
+                await self._save()
                 verified_by = await copier.verify(job, region, report)
             except SpoolError as exc:
                 raise JobFailed(str(exc)) from None
@@ -413,16 +481,16 @@ class ReplicationEngine:
                 if not exc.retryable or t.attempts >= attempts:
                     break
                 t.state = TargetState.PENDING
-                self._save()
+                await self._save()
                 await asyncio.sleep(copier.backoff(t.attempts))
                 continue
             t.state, t.digest, t.verified_by = TargetState.VERIFIED, job.sha256, verified_by
             t.finished_at = self.wall()
-            self.inventory.record_copy(t.region, job.name, job.sha256, job.read_at or 0.0)
-            self._save()
+            await self.inventory.record_copy(t.region, job.name, job.sha256, job.read_at or 0.0)
+            await self._save()
             return
         t.state, t.finished_at = TargetState.FAILED, self.wall()
-        self._save()
+        await self._save()
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -456,10 +524,12 @@ class ReplicationEngine:
         for job_id in finished[: max(0, len(finished) - KEEP_FINISHED)]:
             del self.jobs[job_id]
 
-    def _save(self, *, strict: bool = False) -> None:
+    async def _save(self, *, strict: bool = False) -> None:
         """Persist every job; a failed write stops nothing that runs (unless ``strict``)."""
         try:
-            self.store.save("replications", {"jobs": [j.to_json() for j in self.jobs.values()]})
+            await self.store.write(
+                "replications", {"jobs": [j.to_json() for j in self.jobs.values()]}
+            )
         except Exception as exc:  # the store's write error (or OSError): logged, retried next save
             if strict:
                 raise

@@ -158,6 +158,15 @@ class Job:
     fetched_bytes: int = 0  # bytes of the source read so far (progress of the spool)
     # ETag / Last-Modified / Content-Length the source sent with the first read
     validators: dict[str, str] = field(default_factory=dict)
+    runner: str | None = None  # the instance that runs (or last ran) the job
+
+    def reset_interrupted(self) -> None:
+        """Targets caught mid-copy start that copy again (the interrupted try is not counted)."""
+        for t in self.targets:
+            if t.state in (TargetState.COPYING, TargetState.VERIFYING):
+                t.state = TargetState.PENDING
+                t.attempts = max(0, t.attempts - 1)
+                t.bytes = 0
 
     @staticmethod
     def new_id() -> str:
@@ -195,6 +204,7 @@ class Job:
             "read_at": self.read_at,
             "fetched_bytes": self.fetched_bytes,
             "validators": dict(self.validators),
+            "runner": self.runner,
             "progress": {
                 "source_bytes": self.fetched_bytes,
                 "copied_bytes": sum(t.bytes for t in self.targets),
@@ -224,4 +234,5 @@ class Job:
             read_at=data.get("read_at"),
             fetched_bytes=int(data.get("fetched_bytes") or 0),
             validators={str(k): str(v) for k, v in (data.get("validators") or {}).items()},
+            runner=data.get("runner"),
         )

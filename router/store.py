@@ -6,6 +6,10 @@ a temp file, is fsynced, renamed over the old one, and the directory is fsynced,
 leaves either the old or the new document. A file that cannot be parsed is moved aside
 with a timestamp (``regions.json.corrupt-20250101T120000Z``) and reported; a file from a
 newer format version stops the start-up.
+
+``StateStore`` is the interface the control plane writes through; ``FileStateStore`` is the
+one-host backend, ``router.state_redis.RedisStateStore`` the shared one (several hosts).
+Both hold the same documents; the Redis one also tells every instance about each change.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
+
+from router.errors import RegionConflict
 
 log = logging.getLogger("router.store")
 
@@ -34,6 +40,16 @@ class StoreWriteError(Exception):
     """A state file could not be written (disk full, permissions): nothing was changed."""
 
 
+class StoreConflict(RegionConflict):
+    """A write that must create an entry found it already there (written by another host)."""
+
+    def __init__(self, kind: str, key: str, current: Any) -> None:
+        super().__init__(f"{kind} {key!r} already exists")
+        self.kind = kind
+        self.key = key
+        self.current = current
+
+
 @dataclass(slots=True)
 class StoreProblem:
     at: float
@@ -42,14 +58,71 @@ class StoreProblem:
     moved_to: str | None = None
 
 
+class StateStore(Protocol):
+    """Where the control plane keeps its documents (kinds in ``KINDS``).
+
+    ``load`` is synchronous: documents are read at ``open`` (the file backend reads the
+    file when asked). ``write`` persists a whole document; ``create`` names an entry that
+    must not exist yet (a new region, a region's failover operation): when another host
+    wrote it first, ``StoreConflict``. A failed write raises ``StoreWriteError`` and
+    changes nothing.
+    """
+
+    backend: str
+    state_dir: Path
+    problems: list[StoreProblem]
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def open(self) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def load(self, kind: str) -> Any: ...
+
+    async def write(self, kind: str, data: Any, *, create: str | None = None) -> None: ...
+
+    def remove_leftovers(self) -> list[str]: ...
+
+    def set_aside(self, kind: str, reason: str) -> str | None: ...
+
+    def problem(self, kind: str, message: str, moved: str | None = None) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
 @dataclass(slots=True)
 class FileStateStore:
     state_dir: Path
     problems: list[StoreProblem] = field(default_factory=list)
     writes: int = 0
+    backend: str = "file"
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    async def open(self) -> None:
+        """Nothing to connect: files are read when loaded."""
+
+    async def start(self) -> None:
+        """No background work."""
+
+    async def close(self) -> None:
+        """Nothing to close: every write is complete when it returns."""
+
+    async def write(self, kind: str, data: Any, *, create: str | None = None) -> None:
+        """``save``; ``create`` needs no check here (one process: the caller checked)."""
+        self.save(kind, data)
+
+    def status(self) -> dict[str, Any]:
+        return {"backend": "file", "state_dir": str(self.state_dir), "writes": self.writes}
 
     def path(self, kind: str) -> Path:
         return self.state_dir / f"{kind}.json"
