@@ -89,6 +89,7 @@ class Control:
         )
         self.last_reload: ReloadResult | None = None
         self._history_dirty = False
+        self._ops_dirty = False  # an expiry applied here, not yet stored
         self._history_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._removals: dict[str, asyncio.Task[RemovalResult]] = {}
@@ -491,12 +492,21 @@ class Control:
 
     async def _housekeeping_step(self, next_sample: float) -> float:
         for op in self.ops.expired(self.wall()):
+            reason = f"operation {op.id} expired"
             try:
-                await self.recover(op.region, reason=f"operation {op.id} expired")
+                await self.recover(op.region, reason=reason)
             except StoreWriteError as exc:
-                log.error("operation %s expired but could not be ended: %s", op.id, exc)
+                # The operator set this end: honour it on time here, store it when possible.
+                log.warning("operation %s expired; ended here, to be stored: %s", op.id, exc)
+                async with self.lock:
+                    self._end_unstored(op.region, reason)
             except (UnknownRegion, RegionConflict):
-                self.ops.end(op.region, self.wall(), f"operation {op.id} expired")
+                self.ops.end(op.region, self.wall(), reason)
+        if self._ops_dirty:
+            async with self.lock:
+                with contextlib.suppress(StoreWriteError):
+                    await self.state.save_ops()
+                    self._ops_dirty = False
         now = time.monotonic()
         if now >= next_sample:
             next_sample = now + 1.0
@@ -513,6 +523,15 @@ class Control:
             else:
                 self._history_error = None
         return next_sample
+
+    def _end_unstored(self, region_id: str, reason: str) -> None:
+        self._ops_dirty = True
+        if self.ops.end(region_id, self.wall(), reason) is None:
+            return
+        t = self.registry.set_manual(region_id, None, time.monotonic(), self.wall(), reason)
+        if t is not None:
+            self.runtime.record_transition(t)
+        self.runtime.health.check_now(region_id)
 
     def _on_transition(self, t: Transition) -> None:
         self._history_dirty = True
