@@ -18,7 +18,12 @@ import httptools
 
 from router.errors import BadRequest, BodyTooLarge, HeadersTooLarge, ProxyError
 from router.exchange import Exchange
-from router.headers import HOP_BY_HOP, IDEMPOTENT_METHODS, connection_tokens, error_response
+from router.headers import (
+    IDEMPOTENT_METHODS,
+    connection_tokens,
+    error_response,
+    named_headers,
+)
 from router.paths import normalize_path, split_target
 from router.snapshot import Snapshot
 from router.upstream import UpstreamConnection
@@ -67,7 +72,7 @@ class ClientConnection(asyncio.Protocol):
         self.host: bytes | None = None
         self.content_length = -1
         self.chunked = False
-        self.conn_tokens: set[bytes] | None = None
+        self.conn_tokens: frozenset[bytes] | None = None
         self.upgrade_value: bytes | None = None
         self.xff: bytes | None = None
         self.request_id: bytes | None = None
@@ -291,7 +296,7 @@ class ClientConnection(asyncio.Protocol):
 
         lines = self.lines
         if self.conn_tokens:
-            named = self.conn_tokens - HOP_BY_HOP
+            named = named_headers(self.conn_tokens)
             if named:
                 lines = [ln for ln in lines if ln.split(b":", 1)[0].lower() not in named]
         xff = self.peer if self.xff is None else self.xff + b", " + self.peer

@@ -14,7 +14,7 @@ from time import monotonic
 from typing import TYPE_CHECKING
 
 from router.errors import BodyTooLarge, ProxyError
-from router.headers import CRLF, connection_tokens, error_response
+from router.headers import CRLF, connection_tokens, error_response, named_headers
 from router.retries import (
     attempt_failed,
     honour_retry_after,
@@ -326,7 +326,7 @@ class Exchange:
         lines = [b"HTTP/1.1 %d %b\r\n" % (status, self.resp_reason)]
         content_length: bytes | None = None
         upstream_chunked = False
-        named: set[bytes] | None = None
+        tokens: frozenset[bytes] | None = None
         for name, value in self.resp_headers:
             lname = name.lower()
             if lname in drop:
@@ -335,10 +335,11 @@ class Exchange:
                 elif lname == b"transfer-encoding":
                     upstream_chunked = True
                 elif lname == b"connection":
-                    tokens = connection_tokens(value)
-                    named = tokens if named is None else named | tokens
+                    more = connection_tokens(value)
+                    tokens = more if tokens is None else tokens | more
                 continue
             lines.append(b"%b: %b\r\n" % (name, value))
+        named = named_headers(tokens)
         if named:
             lines = [lines[0]] + [
                 ln for ln in lines[1:] if ln.split(b":", 1)[0].lower() not in named

@@ -43,8 +43,22 @@ KNOWN_METHODS = frozenset(
 CRLF = b"\r\n"
 
 
-def connection_tokens(value: bytes) -> set[bytes]:
-    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+_PLAIN_CONNECTION = {
+    v: frozenset({v.lower()}) for v in (b"keep-alive", b"Keep-Alive", b"close", b"Close")
+}
+
+
+def connection_tokens(value: bytes) -> frozenset[bytes]:
+    """The lower-case tokens of a Connection header (the common values without parsing)."""
+    plain = _PLAIN_CONNECTION.get(value)
+    if plain is not None:
+        return plain
+    return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+
+
+def named_headers(tokens: frozenset[bytes] | None) -> frozenset[bytes]:
+    """Headers a Connection header names beyond the hop-by-hop ones removed anyway."""
+    return tokens - HOP_BY_HOP if tokens else frozenset()
 
 
 def error_response(
