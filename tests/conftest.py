@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+import uvloop
 
 from router.cli import RouterService
 from router.config import Config, config_from_mapping
@@ -50,3 +51,8 @@ async def start_router(tmp_path: Any) -> AsyncIterator[StartRouter]:
     yield start
     for service in reversed(started):
         await service.stop(grace_s=1.0)
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Run in-process tests on uvloop, the loop the router runs on in production."""
+    return {"uvloop": uvloop.new_event_loop}
