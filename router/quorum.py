@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from router.coordination import Coordination
 from router.errors import UnknownRegion
 from router.metrics import GaugeCollector
 from router.runtime import Runtime
@@ -71,6 +72,7 @@ class HealthQuorum:
         self.runtime = runtime
         self.registry = runtime.registry
         self.store = store
+        self.coordination = Coordination(store)
         self.instance_id = store.instance_id
         self.peers: dict[str, Peer] = {}
         self._announce = asyncio.Event()
@@ -242,9 +244,9 @@ class HealthQuorum:
     async def beat(self, *, announce: bool) -> None:
         """Publish our verdicts (TTL: 3 intervals) and read every live instance's."""
         ttl_ms = max(1, int(self.ttl_s * 1000))
-        await self.store.put_health({"regions": self.local()}, ttl_ms, announce=announce)
+        await self.coordination.put_health({"regions": self.local()}, ttl_ms, announce=announce)
         now = time.monotonic()
-        seen = await self.store.fetch_health()
+        seen = await self.coordination.fetch_health()
         for instance, (doc, ttl_s) in seen.items():
             if instance == self.instance_id:
                 continue

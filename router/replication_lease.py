@@ -16,6 +16,7 @@ import logging
 import time
 from typing import Any
 
+from router.coordination import Coordination
 from router.replication import ReplicationEngine
 from router.state_redis import RedisStateStore
 from router.store import StoreWriteError
@@ -31,6 +32,7 @@ class JobLeases:
     def __init__(self, engine: ReplicationEngine, store: RedisStateStore) -> None:
         self.engine = engine
         self.store = store
+        self.coordination = Coordination(store)
         self.held: dict[str, float] = {}  # job id -> monotonic time of the last renewal
         self._task: asyncio.Task[None] | None = None
         engine.coordinator = self
@@ -47,7 +49,7 @@ class JobLeases:
 
     async def acquire(self, job_id: str) -> bool:
         try:
-            got = await self.store.acquire_lease(f"job:{job_id}", self._ttl_ms())
+            got = await self.coordination.acquire_lease(f"job:{job_id}", self._ttl_ms())
         except StoreWriteError:
             return False
         if got:
@@ -58,7 +60,7 @@ class JobLeases:
         if self.held.pop(job_id, None) is None:
             return
         with contextlib.suppress(StoreWriteError):  # else it runs out on its own
-            await self.store.release_lease(f"job:{job_id}")
+            await self.coordination.release_lease(f"job:{job_id}")
 
     def status(self) -> dict[str, Any]:
         return {"lease_s": self.lease_s, "held": sorted(self.held)}
@@ -89,7 +91,7 @@ class JobLeases:
                 await self.release(job_id)
                 continue
             try:
-                kept = await self.store.renew_lease(f"job:{job_id}", self._ttl_ms())
+                kept = await self.coordination.renew_lease(f"job:{job_id}", self._ttl_ms())
             except StoreWriteError:
                 if now - renewed_at > self.lease_s:
                     log.warning(

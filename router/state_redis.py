@@ -5,8 +5,8 @@ that changed, in one Lua script that also checks ``create`` (an entry that must 
 yet: the same 409 on two hosts as on one), bumps a sequence number and publishes the change
 on ``<prefix>:events``. Every instance subscribes and hands other instances' changes to
 ``on_change``; a gap in the sequence (a missed message) triggers a full resynchronisation.
-History is a capped list. Health verdicts (with a TTL) and replication leases live here too,
-for router/quorum.py and router/replication_lease.py.
+History is a capped list. Health verdicts and replication leases use the same connection
+(router/coordination.py).
 
 When Redis cannot be reached the store says so (``connected`` False): writes fail at once
 with ``StoreWriteError`` (503 ``store_unavailable``), reads keep the last known documents,
@@ -49,7 +49,6 @@ SOCKET_TIMEOUT_S = 2.0
 OPEN_TIMEOUT_S = 3.0
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
 LISTEN_POLL_S = 0.5
-INSTANCE_FORGET_S = 3600.0  # instances silent this long leave the members set
 
 # Changes an instance receives: kind, entries set (key -> value), entry keys deleted.
 ChangeSink = Callable[[str, dict[str, Any], list[str]], Awaitable[None]]
@@ -83,24 +82,6 @@ for i = 1, #ARGV, 2 do
   added = added + redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 return added
-"""
-
-_RENEW = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
 """
 
 
@@ -141,8 +122,6 @@ class RedisStateStore:
         )
         self._write_script = self._client.register_script(_WRITE)
         self._fill_script = self._client.register_script(_FILL)
-        self._renew_script = self._client.register_script(_RENEW)
-        self._release_script = self._client.register_script(_RELEASE)
         self._pubsub: PubSub | None = None
         self._known: dict[str, dict[str, Any]] = {kind: {} for kind in ENTRY_KINDS}
         self._history: list[Any] = []
@@ -312,94 +291,29 @@ class RedisStateStore:
             "propagation_ms": {"p50": pct(0.5), "p99": pct(0.99), "samples": len(prop)},
         }
 
-    # -- health verdicts and leases (router/quorum.py, router/replication_lease.py) ------
-
-    async def put_health(self, doc: dict[str, Any], ttl_ms: int, *, announce: bool) -> None:
-        """This instance's verdicts, alive for ``ttl_ms``; ``announce`` tells the others now."""
-        self._check_up()
-        payload = orjson.dumps(doc)
-        now = time.time()
-        try:
-            async with self._pipeline(transaction=False) as pipe:
-                pipe.set(f"{self._prefix}:health:{self.instance_id}", payload, px=ttl_ms)
-                pipe.zadd(self._instances_key, {self.instance_id: now})
-                if announce:
-                    pipe.publish(
-                        self._health_channel,
-                        orjson.dumps({"instance": self.instance_id, "ttl_ms": ttl_ms, **doc}),
-                    )
-                pipe.zremrangebyscore(self._instances_key, 0, now - INSTANCE_FORGET_S)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise self._write_failed("health", exc) from None
-
-    async def fetch_health(self) -> dict[str, tuple[dict[str, Any], float]]:
-        """Every instance with a live heartbeat: its verdicts and seconds left to live."""
-        self._check_up()
-        try:
-            members = [_text(m) for m in await self._client.zrange(self._instances_key, 0, -1)]
-            if not members:
-                return {}
-            async with self._pipeline(transaction=False) as pipe:
-                for m in members:
-                    key = f"{self._prefix}:health:{m}"
-                    pipe.get(key)
-                    pipe.pttl(key)
-                replies = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise self._write_failed("health", exc) from None
-        out: dict[str, tuple[dict[str, Any], float]] = {}
-        for i, m in enumerate(members):
-            raw, ttl_ms = replies[2 * i], replies[2 * i + 1]
-            if raw is None or ttl_ms is None or ttl_ms <= 0:
-                continue
-            with contextlib.suppress(orjson.JSONDecodeError):
-                out[m] = (orjson.loads(raw), ttl_ms / 1000.0)
-        return out
-
-    def _lease_key(self, name: str) -> str:
-        return f"{self._prefix}:lease:{name}"
-
-    async def acquire_lease(self, name: str, ttl_ms: int) -> bool:
-        self._check_up()
-        try:
-            got = await self._client.set(
-                self._lease_key(name), self.instance_id, nx=True, px=ttl_ms
-            )
-        except (RedisError, OSError) as exc:
-            raise self._write_failed("lease", exc) from None
-        return bool(got)
-
-    async def renew_lease(self, name: str, ttl_ms: int) -> bool:
-        """Extend our lease (or take it again if it lapsed unclaimed); False: another has it."""
-        self._check_up()
-        try:
-            kept = await self._renew_script(
-                keys=[self._lease_key(name)], args=[self.instance_id, ttl_ms]
-            )
-        except (RedisError, OSError) as exc:
-            raise self._write_failed("lease", exc) from None
-        return bool(kept)
-
-    async def release_lease(self, name: str) -> None:
-        self._check_up()
-        try:
-            await self._release_script(keys=[self._lease_key(name)], args=[self.instance_id])
-        except (RedisError, OSError) as exc:
-            raise self._write_failed("lease", exc) from None
-
-    async def lease_holder(self, name: str) -> str | None:
-        self._check_up()
-        try:
-            holder = await self._client.get(self._lease_key(name))
-        except (RedisError, OSError) as exc:
-            raise self._write_failed("lease", exc) from None
-        return _text(holder) if holder is not None else None
-
     # -- connection --------------------------------------------------------------------
 
     def _url(self) -> str:
         return redacted_url(self.config.url)
+
+    @property
+    def client(self) -> aioredis.Redis:
+        return self._client
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    def check_up(self) -> None:
+        """Raise StoreWriteError at once while Redis is known to be unreachable."""
+        self._check_up()
+
+    def failed(self, op: str, exc: BaseException) -> StoreWriteError:
+        """Count a failed call, mark the store down, and the error to raise."""
+        return self._write_failed(op, exc)
+
+    def pipeline(self, *, transaction: bool) -> Any:
+        return self._pipeline(transaction=transaction)
 
     def _check_up(self) -> None:
         if not self._connected:

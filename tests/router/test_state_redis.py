@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from router.config import StateConfig
+from router.coordination import Coordination
 from router.state_docs import region_key
 from router.state_redis import RedisStateStore
 from router.store import StoreConflict, StoreWriteError
@@ -105,7 +106,7 @@ async def test_a_change_reaches_the_other_instance_and_creates_race_atomically(
 async def test_leases_are_exclusive_and_renewal_tells_who_holds(
     stores: tuple[RedisStateStore, RedisStateStore, Changes, Changes],
 ) -> None:
-    a, b, _, _ = stores
+    a, b = (Coordination(s) for s in stores[:2])
     assert await a.acquire_lease("job:x", 5000)
     assert not await b.acquire_lease("job:x", 5000)
     assert await a.renew_lease("job:x", 5000)
