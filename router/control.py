@@ -20,14 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from router import control_reload
 from router.alerts import AlertEngine
-from router.config import Config, ConfigError, FieldError, RegionConfig, parse_config
+from router.config import Config, RegionConfig
 from router.errors import NotFound, RegionConflict, UnknownRegion
 from router.inventory import ArtifactInventory
 from router.operations import FailoverOperation, OperationBook
 from router.persist import ControlState
 from router.registry import RegionRecord, Transition
-from router.reload import ReloadResult, diff_configs, file_digest, read_config_text
+from router.reload import ReloadResult, file_digest
 from router.replication import ReplicationEngine
 from router.runtime import Runtime
 from router.snapshot import RegionView
@@ -93,7 +94,7 @@ class Control:
         self._history_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._removals: dict[str, asyncio.Task[RemovalResult]] = {}
-        self._watch_digest: str | None = None
+        self.watch_digest: str | None = None
         self._reload_lock = asyncio.Lock()
         self._pending: set[asyncio.Task[ReloadResult]] = set()
         runtime.transition_hooks.append(self._on_transition)
@@ -125,8 +126,10 @@ class Control:
         self.window.sample(self.runtime.merged_stats(), time.monotonic())
         self._tasks.append(loop.create_task(self._housekeeping(), name="control-housekeeping"))
         if self.config_path:
-            self._watch_digest = file_digest(self.config_path)
-            self._tasks.append(loop.create_task(self._watch(), name="config-watch"))
+            self.watch_digest = file_digest(self.config_path)
+            self._tasks.append(
+                loop.create_task(control_reload.watch_config(self), name="config-watch")
+            )
         await self.alerts.start()
         await self.replication.start()
         await self.store.start()
@@ -361,11 +364,11 @@ class Control:
             self.ops.rollback(saved)
             raise
 
-    # -- reload ------------------------------------------------------------------------
+    # -- reload (router/control_reload.py) ---------------------------------------------
 
     async def reload(self, source: str) -> ReloadResult:
         async with self._reload_lock:
-            return await self._reload(source)
+            return await control_reload.reload_from_file(self, source)
 
     def request_reload(self, source: str) -> None:
         """Reload soon (from a signal handler): the task is kept until it is done."""
@@ -373,111 +376,10 @@ class Control:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _reload(self, source: str) -> ReloadResult:
-        old = self.registry.config
-        if not self.config_path:
-            result = ReloadResult(
-                ok=False,
-                source=source,
-                at=self.wall(),
-                errors=[FieldError("config", "this router was started without a config file")],
-                config_hash=old.config_hash,
-            )
-        else:
-            try:
-                text, digest = read_config_text(self.config_path)
-                self._watch_digest = digest  # this content has been seen, good or bad
-                new = parse_config(text)
-            except ConfigError as exc:
-                result = ReloadResult(
-                    ok=False,
-                    source=source,
-                    at=self.wall(),
-                    errors=list(exc.errors),
-                    config_hash=old.config_hash,
-                )
-            else:
-                result = await self.apply_config(new, source)
-        self.last_reload = result
-        self.runtime.config_reloads.labels("success" if result.ok else "error").inc()
-        if result.ok:
-            log.info(
-                "config reloaded (%s): %s", source, result.diff.to_json() if result.diff else {}
-            )
-        else:
-            log.error(
-                "config reload (%s) rejected; the old config keeps serving: %s",
-                source,
-                "; ".join(str(e) for e in result.errors),
-            )
-        return result
-
     async def apply_config(self, new: Config, source: str) -> ReloadResult:
         """Swap in a validated config atomically; regions with unchanged endpoints keep state."""
         async with self.lock:
-            return await self._apply_config(new, source)
-
-    async def _apply_config(self, new: Config, source: str) -> ReloadResult:
-        old = self.registry.config
-        diff = diff_configs(old, new)
-        wall, now = self.wall(), time.monotonic()
-        before = {
-            rec.config.id: (rec.config.endpoint, set(rec.overrides))
-            for rec in self.registry.records()
-        }
-        self.registry.apply_config(new, now)
-        by_id = self.registry.snapshot().by_id
-        ops_changed = False
-        for region_id in list(self.ops.active):
-            view = by_id.get(region_id)
-            if view is None:
-                why = "region removed from the config file"
-            elif view.endpoint != before[region_id][0]:
-                why = "region endpoint changed in the config file"
-            else:
-                continue
-            self.ops.end(region_id, wall, why)
-            ops_changed = True
-            diff.notes.append(f"{region_id}: failover operation ended ({why})")
-        for rec in self.registry.records():
-            prev = before.get(rec.config.id)
-            if prev is not None and rec.config.endpoint == prev[0]:
-                for name in sorted(prev[1] - set(rec.overrides)):
-                    diff.notes.append(
-                        f"{rec.config.id}: runtime override of {name} dropped "
-                        "(the config file changed it)"
-                    )
-        self.runtime.health.sync()
-        try:
-            if ops_changed:
-                await self.state.save_ops()
-            await self.state.save_regions()
-        except StoreWriteError as exc:
-            log.error("config applied, but the state files were not updated: %s", exc)
-            diff.notes.append(f"state not saved: {exc}")
-        return ReloadResult(ok=True, source=source, at=wall, diff=diff, config_hash=new.config_hash)
-
-    async def _watch(self) -> None:
-        """Reload when the file's content changes and then stays put for ``debounce``."""
-        assert self.config_path is not None
-        path = self.config_path
-        while True:
-            settings = self.registry.config.reload
-            await asyncio.sleep(max(0.05, min(settings.debounce_s, 1.0)))
-            if not settings.watch:
-                continue
-            digest = file_digest(path)
-            if digest is None or digest == self._watch_digest:
-                continue
-            while True:  # debounce: editors write files in several steps
-                await asyncio.sleep(settings.debounce_s)
-                again = file_digest(path)
-                if again == digest:
-                    break
-                digest = again
-            if digest is None or digest == self._watch_digest:
-                continue
-            await self.reload("watch")
+            return await control_reload.apply_config(self, new, source)
 
     # -- housekeeping and persistence --------------------------------------------------
 
