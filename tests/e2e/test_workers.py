@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -227,3 +228,36 @@ async def test_killed_worker_is_replaced_under_load(
         # Only requests in flight on the killed worker can fail: at most one per client task.
         assert failures <= 8, (failures, ok, kinds[:10])
         assert ok > 100
+
+
+async def test_exits_2_when_workers_cannot_listen(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)  # a listener without SO_REUSEPORT: nobody else may bind the port
+    port = taken.getsockname()[1]
+    config = {
+        "listen": {"proxy": f"127.0.0.1:{port}", "admin": f"127.0.0.1:{free_port()}"},
+        "state_dir": str(tmp_path / "state"),
+        "reload": {"watch": False},
+        "regions": [],
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "router",
+            "run",
+            "-c",
+            str(path),
+            "--workers",
+            "2",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        taken.close()
+    assert proc.returncode == 2, err.decode()
+    assert b"cannot listen" in err or b"did not become ready" in err, err.decode()
