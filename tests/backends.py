@@ -533,6 +533,19 @@ class RouterProcess:
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def proxy(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def children(self) -> list[int]:
+        """PIDs of the process's children (the workers, with ``--workers``)."""
+        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        return [int(pid) for pid in path.read_text().split()]
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -565,10 +578,11 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
 
 @contextlib.asynccontextmanager
 async def router_process(
-    tmp_path: Path, config: dict[str, Any], *, ready: bool = True
+    tmp_path: Path, config: dict[str, Any], *, ready: bool = True, workers: int = 0
 ) -> AsyncIterator[RouterProcess]:
     """Run the real CLI on ``config`` (a mapping as in config.yaml; ``listen`` is filled in
-    with free ports unless given). Stopped with SIGTERM (then SIGKILL) on exit."""
+    with free ports unless given), with ``--workers N`` when ``workers`` is set. Stopped
+    with SIGTERM (then SIGKILL) on exit."""
     config = dict(config)
     if "listen" not in config:
         proxy, admin = free_ports(2)
@@ -586,6 +600,7 @@ async def router_process(
             "run",
             "-c",
             str(cfg_path),
+            *(["--workers", str(workers)] if workers else []),
             cwd=tmp_path,
             env=cli_env(),
             stdout=log,

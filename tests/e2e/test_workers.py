@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -18,34 +19,10 @@ import pytest
 import yaml
 from pytest_aiohttp import AiohttpServer
 
-from tests.backends import free_port, start_region
+from tests.backends import RouterProcess, free_port, start_region
+from tests.backends import router_process as run_router
 
 pytestmark = pytest.mark.timeout(90)
-
-
-class RouterProcess:
-    def __init__(self, proc: asyncio.subprocess.Process, proxy: int, admin: int) -> None:
-        self.proc, self.proxy_port, self.admin_port = proc, proxy, admin
-
-    @property
-    def proxy(self) -> str:
-        return f"http://127.0.0.1:{self.proxy_port}"
-
-    @property
-    def admin(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
-
-    async def status(self, session: aiohttp.ClientSession) -> Any:
-        async with session.get(f"{self.admin}/admin/status") as resp:
-            return orjson.loads(await resp.read())
-
-    def worker_pids(self) -> list[int]:
-        out = []
-        for entry in (
-            Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        ):
-            out.append(int(entry))
-        return out
 
 
 StartProcess = Callable[..., Awaitable[RouterProcess]]
@@ -53,59 +30,23 @@ StartProcess = Callable[..., Awaitable[RouterProcess]]
 
 @pytest.fixture
 async def router_process(tmp_path: Path) -> AsyncIterator[StartProcess]:
-    procs: list[asyncio.subprocess.Process] = []
+    """``await router_process(regions)``: the real CLI with ``--workers 2``."""
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def start(regions: list[dict[str, Any]], workers: int = 2, **extra: Any) -> RouterProcess:
-        proxy, admin = free_port(), free_port()
-        config = {
-            "listen": {"proxy": f"127.0.0.1:{proxy}", "admin": f"127.0.0.1:{admin}"},
-            "access_log": False,
-            "reload": {"watch": False},
-            "strategy": "round_robin",
-            "state_dir": str(tmp_path / "state"),
-            "health_check": {"path": "/health", "interval": "300ms", "timeout": "200ms"},
-            "regions": regions,
-            **extra,
-        }
-        path = tmp_path / "config.yaml"
-        path.write_text(yaml.safe_dump(config))
-        log = (tmp_path / "router.log").open("wb")  # read it when a test fails
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "router",
-            "run",
-            "-c",
-            str(path),
-            "--workers",
-            str(workers),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=log,
-        )
-        log.close()  # the child has its own descriptor
-        procs.append(proc)
-        rp = RouterProcess(proc, proxy, admin)
-        deadline = time.monotonic() + 20
-        async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline:
-                try:
-                    async with s.get(f"{rp.admin}/readyz") as resp:
-                        if resp.status == 200:
-                            return rp
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise AssertionError("router with workers did not become ready")
+        async def start(regions: list[dict[str, Any]], workers: int = 2) -> RouterProcess:
+            config = {
+                "strategy": "round_robin",
+                "health_check": {"path": "/health", "interval": "300ms", "timeout": "200ms"},
+                "regions": regions,
+            }
+            return await stack.enter_async_context(run_router(tmp_path, config, workers=workers))
 
-    yield start
-    for proc in procs:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        yield start
+
+
+async def admin_status(rp: RouterProcess, session: aiohttp.ClientSession) -> Any:
+    async with session.get(f"{rp.admin}/admin/status") as resp:
+        return orjson.loads(await resp.read())
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str | None]:
@@ -130,7 +71,7 @@ async def test_failover_applies_to_every_worker_and_metrics_sum(
         results = await asyncio.gather(*(_get(s, f"{rp.proxy}/after/{i}") for i in range(200)))
         assert all(code == 200 and region == "b" for code, region in results)
         assert len(a.seen) == seen_before  # not one new request reached the failed-over region
-        status = await rp.status(s)
+        status = await admin_status(rp, s)
         per_worker = [w["requests"] for w in status["workers"]]
         assert len(per_worker) == 2
         # /metrics counts every worker's traffic within a second.
@@ -148,7 +89,7 @@ async def test_failover_applies_to_every_worker_and_metrics_sum(
                 break
             await asyncio.sleep(0.1)
         assert total == 240
-        status = await rp.status(s)
+        status = await admin_status(rp, s)
         assert all(w["requests"] > 0 for w in status["workers"]), status["workers"]
         prop = status["snapshot_propagation_ms"]
         assert prop["samples"] >= 2 and prop["p99"] is not None and prop["p99"] <= 100
@@ -169,11 +110,11 @@ async def test_runtime_region_serves_from_every_worker(
             if code == 200 and region == "c":
                 break
             await asyncio.sleep(0.05)
-        before = {w["index"]: w["requests"] for w in (await rp.status(s))["workers"]}
+        before = {w["index"]: w["requests"] for w in (await admin_status(rp, s))["workers"]}
         results = await asyncio.gather(*(_get(s, f"{rp.proxy}/x/{i}") for i in range(120)))
         assert all(code == 200 and region == "c" for code, region in results)
         await asyncio.sleep(0.6)  # one report interval (0.25 s) twice over
-        after = {w["index"]: w["requests"] for w in (await rp.status(s))["workers"]}
+        after = {w["index"]: w["requests"] for w in (await admin_status(rp, s))["workers"]}
         assert all(after[i] > before[i] for i in after), (before, after)
 
 
@@ -182,7 +123,7 @@ async def test_killed_worker_is_replaced_under_load(
 ) -> None:
     a = await start_region(aiohttp_server, "a")
     rp = await router_process([{"id": "a", "endpoint": a.url}])
-    victim = rp.worker_pids()[0]
+    victim = rp.children()[0]
     failures = 0
     ok = 0
     kinds: list[str] = []
@@ -210,8 +151,8 @@ async def test_killed_worker_is_replaced_under_load(
             os.kill(victim, signal.SIGKILL)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                pids = rp.worker_pids()
-                workers = (await rp.status(s))["workers"]
+                pids = rp.children()
+                workers = (await admin_status(rp, s))["workers"]
                 if victim not in pids and len(pids) == 2 and all(w["ready"] for w in workers):
                     replaced = True
                     break
@@ -223,7 +164,7 @@ async def test_killed_worker_is_replaced_under_load(
             stop.set()
             await asyncio.gather(*tasks)
         assert replaced
-        status = await rp.status(s)
+        status = await admin_status(rp, s)
         assert sum(w["restarts"] for w in status["workers"]) == 1
         # Only requests in flight on the killed worker can fail: at most one per client task.
         assert failures <= 8, (failures, ok, kinds[:10])
