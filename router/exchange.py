@@ -461,9 +461,18 @@ class Exchange:
         return self.body_done and self.body_bytes == 0
 
     def retry_now(self) -> None:
-        """A scheduled retry's time has come (the loop calls this)."""
-        if not self.done:
-            self.start()
+        """A scheduled retry's time has come (the loop calls this).
+
+        It chooses from the routing state of now, not of when the request arrived: a
+        region ejected or failed over in between must not get the retry.
+        """
+        if self.done:
+            return
+        current = self.core.holder.current
+        if current is not self.snapshot:
+            self.plan = current_plan(self.snapshot, current, self.plan)
+            self.snapshot = current
+        self.start()
 
     def release_upstream(self, *, reuse: bool, keep_open: bool = False) -> None:
         if self.counted:
@@ -539,3 +548,16 @@ class Exchange:
 
 def raise_body_too_large(limit: int) -> None:
     raise BodyTooLarge(f"request body exceeds {limit} bytes")
+
+
+def current_plan(old: Snapshot, new: Snapshot, plan: RoutePlan) -> RoutePlan:
+    """``plan`` (from ``old``) as it stands in ``new``; the old one if its route is gone."""
+    if plan.route is None:
+        return new.default_plan
+    for i, route in enumerate(old.config.routes):
+        if route is plan.route:
+            routes = new.config.routes
+            if i < len(routes) and routes[i] == route:
+                return new.route_plans[i]
+            break
+    return plan

@@ -11,6 +11,8 @@ a retry skipped for its body size or the budget is counted, never silent.
 
 from __future__ import annotations
 
+import time
+from email.utils import parsedate_to_datetime
 from time import monotonic
 from typing import TYPE_CHECKING
 
@@ -109,9 +111,26 @@ def schedule_retry(ex: Exchange, reason: str, *, budgeted: bool = True) -> None:
 
 def honour_retry_after(ex: Exchange, load: RegionLoad, now: float) -> None:
     for name, value in ex.resp_headers:
-        if name.lower() == b"retry-after" and value.strip().isdigit():
-            load.not_before = now + min(int(value), 3600)
+        if name.lower() == b"retry-after":
+            seconds = retry_after_seconds(value)
+            if seconds is not None:
+                load.not_before = now + min(seconds, 3600.0)
             return
+
+
+def retry_after_seconds(value: bytes, wall: float | None = None) -> float | None:
+    """Seconds from a Retry-After value: delta-seconds or an HTTP-date (RFC 9110 10.2.3)."""
+    text = value.strip().decode("latin-1")
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    now = time.time() if wall is None else wall
+    return max(0.0, when.timestamp() - now)
 
 
 def no_region_error(snapshot: Snapshot, now: float) -> NoEligibleRegion:
