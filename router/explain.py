@@ -66,6 +66,30 @@ def explain(
     route_index, plan = match_plan(snapshot, hostname, path)
     side = Selector(loads, random.Random(0))
     candidates = [_candidate(r, plan, loads, side, now) for r in plan.regions]
+    route = plan.route
+    if route is not None and route.requires_artifact is not None:
+        # Regions the route names that its artifact requirement left out of the plan.
+        named = route.regions or tuple(r.id for r in snapshot.regions)
+        kept = {r.id for r in plan.regions}
+        for region_id in named:
+            r = snapshot.by_id.get(region_id)
+            if r is not None and r.id not in kept:
+                held = r.artifacts.get(route.requires_artifact)
+                candidates.append(
+                    {
+                        "id": r.id,
+                        "state": r.state.value,
+                        "eligible": False,
+                        "excluded_because": (
+                            f"holds {route.requires_artifact}@{held[:12]}, not the version "
+                            "the route requires"
+                            if held
+                            else f"no verified copy of {route.requires_artifact}"
+                        ),
+                        "weight": r.weight,
+                        "priority": r.priority,
+                    }
+                )
     usable = [c for c in candidates if c["eligible"]]
     winner = side.choose(snapshot, plan, info, now)
     reason = _reason(plan, winner, usable, info)

@@ -70,6 +70,11 @@ async def test_requires_artifact_routes_only_to_verified_copies(
     assert await spread(service, "/ml/score") == {"no_eligible_region": 12}
     assert await spread(service, "/src/score", 4) == {"src": 4}  # fallback: the source
     assert r1.requests == 0
+    # /admin/route says why: the route's regions lack a verified copy.
+    _, why = await admin_call(service, "GET", "/admin/route?path=/ml/score")
+    excluded = {c["id"]: c["excluded_because"] for c in why["candidates"]}
+    assert excluded == {"r1": "no verified copy of fraud", "r2": "no verified copy of fraud"}
+    assert why["winner"] is None
 
     # Verified: r1 takes the route's traffic; r2 (no copy) still none.
     r1.put_gate.set()
