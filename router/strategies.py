@@ -9,6 +9,7 @@ and walks affinity, tiers, exclusions (regions already tried, Retry-After) and c
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -132,6 +133,9 @@ class Selector:
     def __init__(self, loads: LoadTable, rng: random.Random | None = None) -> None:
         self.loads = loads
         self.rng = rng or random.Random()
+        # This process's share of each region's max_inflight: 1/N in each of N workers,
+        # so the region sees at most its limit in total.
+        self.capacity_share = 1.0
         # smooth-WRR state per route; kept across snapshots (region ids are stable)
         self._wrr: dict[int, dict[str, float]] = {}
 
@@ -195,7 +199,7 @@ class Selector:
             load = loads.get(r.id)
             if load.not_before > now:
                 continue  # the region asked for a pause (Retry-After)
-            if r.max_inflight and load.inflight >= r.max_inflight:
+            if r.max_inflight and load.inflight >= self.capacity(r):
                 full.append(r)  # at capacity: spill to the next-best region
                 continue
             out.append(r)
@@ -301,4 +305,8 @@ class Selector:
         load = self.loads.get(r.id)
         if load.not_before > now:
             return False
-        return not (r.max_inflight and load.inflight >= r.max_inflight)
+        return not (r.max_inflight and load.inflight >= self.capacity(r))
+
+    def capacity(self, r: RegionView) -> int:
+        """In-flight requests this process may send to ``r`` (with ``max_inflight`` set)."""
+        return max(1, math.ceil(r.max_inflight * self.capacity_share))

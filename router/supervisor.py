@@ -123,6 +123,8 @@ class Supervisor:
             str(child.fileno()),
             "--id",
             str(w.index),
+            "--workers",
+            str(self.count),
             pass_fds=(child.fileno(),),
             stdin=asyncio.subprocess.DEVNULL,
         )

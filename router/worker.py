@@ -52,7 +52,9 @@ class OutcomeRecorder:
         return runs
 
 
-async def run_worker(host: str, port: int, channel_fd: int, worker_id: int) -> int:
+async def run_worker(
+    host: str, port: int, channel_fd: int, worker_id: int, workers: int = 1
+) -> int:
     loop = asyncio.get_running_loop()
     first: asyncio.Future[Snapshot] = loop.create_future()
     stop = asyncio.Event()
@@ -90,6 +92,7 @@ async def run_worker(host: str, port: int, channel_fd: int, worker_id: int) -> i
         observer=outcomes,
         access_log=AccessLogger() if config.access_log else None,
     )
+    core.selector.capacity_share = 1.0 / max(1, workers)
     server = ProxyServer(core)
     try:
         await server.start(host, port, reuse_port=True)
@@ -142,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", required=True, help="host:port (SO_REUSEPORT)")
     parser.add_argument("--channel-fd", type=int, required=True)
     parser.add_argument("--id", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="how many workers share the port")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -151,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     host, _, port = args.listen.rpartition(":")
-    return uvloop.run(run_worker(host.strip("[]"), int(port), args.channel_fd, args.id))
+    return uvloop.run(
+        run_worker(host.strip("[]"), int(port), args.channel_fd, args.id, args.workers)
+    )
 
 
 if __name__ == "__main__":

@@ -367,6 +367,19 @@ def test_a_full_region_spills_to_the_next_best() -> None:
     assert set(picks(Selector(loads, random.Random(0)), snap, 10)) == {"b"}
 
 
+def test_each_of_n_workers_takes_its_share_of_max_inflight() -> None:
+    loads = LoadTable()
+    loads.get("a").observe(0.001, 0.0)
+    loads.get("b").observe(0.100, 0.0)
+    loads.get("a").inflight = 2  # half of 4: full for one worker of two
+    snap = snapshot([view("a", max_inflight=4), view("b")])
+    one_of_two = Selector(loads, random.Random(0))
+    one_of_two.capacity_share = 0.5
+    assert set(picks(one_of_two, snap, 10)) == {"b"}
+    alone = Selector(loads, random.Random(0))
+    assert "a" in picks(alone, snap, 10)
+
+
 def test_when_every_region_is_full_the_least_utilised_takes_it() -> None:
     loads = LoadTable()
     loads.get("a").inflight = 4
