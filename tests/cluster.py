@@ -95,16 +95,19 @@ class Cluster:
         self.instances: list[Instance] = []
         self.session: aiohttp.ClientSession | None = None
 
-    async def start(self, n: int, regions: list[dict[str, Any]], **extra: Any) -> list[Instance]:
+    async def start(
+        self, n: int, regions: list[dict[str, Any]], *, workers: int = 0, **extra: Any
+    ) -> list[Instance]:
+        """``workers``: each instance runs with ``--workers N`` (0: one process)."""
         self.session = aiohttp.ClientSession()
         started = await asyncio.gather(
-            *(self._start_one(f"inst-{i + 1}", regions, extra) for i in range(n))
+            *(self._start_one(f"inst-{i + 1}", regions, extra, workers) for i in range(n))
         )
         self.instances.extend(started)
         return list(started)
 
     async def _start_one(
-        self, instance_id: str, regions: list[dict[str, Any]], extra: dict[str, Any]
+        self, instance_id: str, regions: list[dict[str, Any]], extra: dict[str, Any], workers: int
     ) -> Instance:
         proxy, admin = free_port(), free_port()
         home = self.tmp_path / instance_id
@@ -133,6 +136,7 @@ class Cluster:
                 "run",
                 "-c",
                 str(path),
+                *(["--workers", str(workers)] if workers else []),
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=log,
             )

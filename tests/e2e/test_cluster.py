@@ -147,6 +147,34 @@ async def test_a_failover_applies_and_expires_on_every_instance(
         assert "expired" in doc["operation"]["ended_reason"]
 
 
+async def test_instances_with_worker_processes_apply_a_remote_failover(
+    aiohttp_server: AiohttpServer, cluster: Cluster
+) -> None:
+    a, b = await start_site(aiohttp_server, "a"), await start_site(aiohttp_server, "b")
+    one, two = await cluster.start(2, [a.config(), b.config()], workers=2)
+
+    async def all_healthy() -> bool:
+        return await cluster.region_states("b") == ["healthy"] * 2
+
+    await eventually(all_healthy, 5.0, "b healthy everywhere")
+    status, body, _ = await cluster.call(one, "POST", "/admin/regions/b/failover", {})
+    assert status == 200, body
+
+    async def out_on_two() -> bool:
+        return await cluster.region_states("b") == ["failed_over"] * 2
+
+    await eventually(out_on_two, 1.0, "b failed over on both instances")
+
+    async def workers_avoid_b() -> bool:  # instance two's supervisor pushes to its workers
+        return all([await cluster.proxied(two) == (200, "a") for _ in range(10)])
+
+    await eventually(workers_avoid_b, 1.0, "instance two's workers route around b")
+    before = b.hits
+    for _ in range(20):
+        assert await cluster.proxied(two) == (200, "a")
+    assert b.hits == before
+
+
 async def test_health_quorum_one_vantage_point_cannot_take_a_region_out(
     aiohttp_server: AiohttpServer, cluster: Cluster
 ) -> None:
