@@ -25,7 +25,7 @@ from admin.bodies import check, read_body
 from admin.errors import classify
 from admin.explain import best_region_data, explain_request, snapshot_for_strategy
 from admin.keys import CONTROL
-from admin.regions import failover_status_data
+from admin.regions import failover_status_shared
 from admin.status import STATUS_EXTRAS, status_data
 from admin.views import operation_json, region_json
 from router.config import STRATEGIES, parse_region
@@ -194,7 +194,7 @@ async def best_region(request: web.Request, params: dict[str, Any]) -> Any:
 
 
 async def failover_status(request: web.Request, params: dict[str, Any]) -> Any:
-    return failover_status_data(request.app[CONTROL])
+    return await failover_status_shared(request.app[CONTROL])
 
 
 async def dashboard_data(request: web.Request) -> Any:

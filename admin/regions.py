@@ -177,6 +177,18 @@ def failover_status_data(control: Control) -> dict[str, Any]:
     }
 
 
+async def failover_status_shared(control: Control) -> dict[str, Any]:
+    """Like ``failover_status_data``; with a shared store, every instance's history."""
+    data = failover_status_data(control)
+    shared = await control.store.shared_history()
+    if shared is None:
+        data["history_scope"] = "instance"
+    else:
+        data["history"] = list(reversed(shared))
+        data["history_scope"] = "cluster"
+    return data
+
+
 @routes.get("/admin/failover")
 async def failover_status(request: web.Request) -> web.StreamResponse:
-    return json_response(failover_status_data(request.app[CONTROL]))
+    return json_response(await failover_status_shared(request.app[CONTROL]))

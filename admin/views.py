@@ -78,13 +78,16 @@ def region_json(control: Control, r: RegionView, *, detail: bool = True) -> dict
 
 
 def transition_json(t: Transition) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "at": t.at,
         "region": t.region,
         "from": t.from_state.value,
         "to": t.to_state.value,
         "reason": t.reason,
     }
+    if t.instance:
+        out["instance"] = t.instance  # seen by another instance (shared history)
+    return out
 
 
 def operation_json(op: FailoverOperation) -> dict[str, Any]:

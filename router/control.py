@@ -77,7 +77,9 @@ class Control:
             self.store = FileStateStore(Path(config.state_dir))
         self.lock = asyncio.Lock()  # one change at a time: local writes and other instances'
         self.ops = OperationBook()
-        self.state = ControlState(self.registry, self.store, self.ops, runtime.record_transition)
+        self.state = ControlState(
+            self.registry, self.store, self.ops, runtime.record_transition, runtime.instance_id
+        )
         self.window = TrafficWindow()
         self.inventory = ArtifactInventory(self.registry, self.store, wall=wall)
         self.replication = ReplicationEngine(

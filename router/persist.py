@@ -32,11 +32,13 @@ class ControlState:
         store: StateStore,
         ops: OperationBook,
         record_transition: Callable[[Transition], None],
+        instance_id: str = "",
     ) -> None:
         self.registry = registry
         self.store = store
         self.ops = ops
         self.record_transition = record_transition
+        self.instance_id = instance_id  # written with this instance's transitions
 
     def __repr__(self) -> str:
         return f"<ControlState {self.store!r}>"
@@ -68,9 +70,10 @@ class ControlState:
                         from_state=RegionState(item["from"]),
                         to_state=RegionState(item["to"]),
                         reason=str(item["reason"]),
+                        instance=str(item.get("instance", "")),
                     )
                 )
-            except (KeyError, ValueError, TypeError):
+            except (KeyError, ValueError, TypeError, AttributeError):
                 bad += 1
         if bad:
             self.store.set_aside("history", f"history.json: skipped {bad} malformed entries")
@@ -169,6 +172,7 @@ class ControlState:
                     "from": t.from_state.value,
                     "to": t.to_state.value,
                     "reason": t.reason,
+                    "instance": t.instance or self.instance_id,
                 }
                 for t in self.registry.history
             ],

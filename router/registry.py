@@ -34,6 +34,7 @@ class Transition:
     from_state: RegionState
     to_state: RegionState
     reason: str
+    instance: str = ""  # the instance that saw it ("": this one); set when shared
 
 
 @dataclass(slots=True, kw_only=True)

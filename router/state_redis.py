@@ -246,6 +246,26 @@ class RedisStateStore:
             known.pop(k, None)
         self.writes += 1
 
+    async def shared_history(self) -> list[Any] | None:
+        """The cluster's transition history from Redis; None when Redis cannot answer."""
+        if not self._connected:
+            return None
+        try:
+            raw = await asyncio.wait_for(self._lrange_history(), 1.0)
+        except (RedisError, OSError, TimeoutError):
+            return None
+        out = []
+        for item in raw:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                out.append(orjson.loads(item))
+        return out
+
+    async def _lrange_history(self) -> list[bytes]:
+        async with self._pipeline(transaction=False) as pipe:
+            pipe.lrange(self._history_key, 0, -1)
+            (raw,) = await pipe.execute()
+        return list(raw)
+
     async def _append_history(self, items: Any) -> None:
         fresh = [(encode(t), t) for t in items or []]
         new = [raw for raw, _ in fresh if raw not in self._history_seen]

@@ -93,6 +93,10 @@ class StateStore(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
+    async def shared_history(self) -> list[Any] | None:
+        """Every instance's transitions as stored (oldest first); None: only this one's."""
+        ...
+
 
 @dataclass(slots=True)
 class FileStateStore:
@@ -120,6 +124,9 @@ class FileStateStore:
     async def write(self, kind: str, data: Any, *, create: str | None = None) -> None:
         """``save``; ``create`` needs no check here (one process: the caller checked)."""
         self.save(kind, data)
+
+    async def shared_history(self) -> list[Any] | None:
+        return None  # one instance: the registry's own history is the whole history
 
     def status(self) -> dict[str, Any]:
         return {"backend": "file", "state_dir": str(self.state_dir), "writes": self.writes}

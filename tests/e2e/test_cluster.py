@@ -124,6 +124,13 @@ async def test_a_failover_applies_and_expires_on_every_instance(
         return await cluster.region_states("b") == ["failed_over"] * 3
 
     await eventually(failed_over_everywhere, 1.0, "b failed over on every instance")
+
+    async def history_is_shared() -> bool:  # instance one lists what two and three saw
+        history = (await cluster.get(one, "/admin/failover"))["history"]
+        seen = {h["instance"] for h in history if h["region"] == "b" and h["to"] == "failed_over"}
+        return seen == {"inst-1", "inst-2", "inst-3"}
+
+    await eventually(history_is_shared, 2.0, "every instance's transition in the history")
     for inst in (one, three):
         active = (await cluster.get(inst, "/admin/failover"))["active_operations"]
         assert [op["id"] for op in active] == [op_id]
