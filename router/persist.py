@@ -70,7 +70,8 @@ class ControlState:
                         from_state=RegionState(item["from"]),
                         to_state=RegionState(item["to"]),
                         reason=str(item["reason"]),
-                        instance=str(item.get("instance", "")),
+                        # "" for this instance's own: they look as they did before the restart
+                        instance=_other(str(item.get("instance", "")), self.instance_id),
                     )
                 )
             except (KeyError, ValueError, TypeError, AttributeError):
@@ -219,3 +220,7 @@ def region_config_json(rc: RegionConfig) -> dict[str, Any]:
     if rc.ca_file is not None:
         out["ca_file"] = rc.ca_file
     return out
+
+
+def _other(instance: str, own: str) -> str:
+    return "" if instance == own else instance
