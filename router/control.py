@@ -232,8 +232,7 @@ class Control:
         deadline = started + grace_s
         load = self.runtime.core.loads.get(region_id)
         try:
-            # In-flight counts are plain hot-path counters: poll rather than signal per request.
-            while load.inflight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+            while load.inflight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110  # hot-path counters: poll, no per-request signal
                 await asyncio.sleep(REMOVAL_POLL_S)
             drained = load.inflight == 0
             async with self.lock:

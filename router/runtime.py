@@ -91,8 +91,7 @@ class Runtime:
             on_transition=self.record_transition,
             on_result=self._count_probe,
         )
-        # late-bound: a supervisor replaces traffic_sources after construction
-        self.metrics.register(TrafficCollector(lambda: self.traffic_sources()))  # noqa: PLW0108
+        self.metrics.register(TrafficCollector(self._traffic))
         self.metrics.register(
             GaugeCollector(
                 "router_region_up",
@@ -159,6 +158,10 @@ class Runtime:
         core = getattr(self, "core", None)  # None while __init__ subscribes
         if core is not None and core.config is not snapshot.config:
             core.apply_config(snapshot.config)
+
+    def _traffic(self) -> Iterable[TrafficStats]:
+        # Looked up per scrape: a supervisor replaces traffic_sources after construction.
+        return self.traffic_sources()
 
     def merged_stats(self) -> TrafficStats:
         total = TrafficStats()
