@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 from pytest_aiohttp import AiohttpServer
 
 from tests.backends import Region, free_ports, router_process, run_cli, start_region, write_config
@@ -95,3 +96,85 @@ async def test_run_exits_2_when_the_proxy_port_is_taken(tmp_path: Path) -> None:
         }
         async with router_process(tmp_path, config, ready=False) as router:
             assert await router.wait_exit(30) == 2, router.log()
+
+
+async def test_access_log_is_one_json_line_per_request(
+    aiohttp_server: AiohttpServer, tmp_path: Path
+) -> None:
+    region = await start_region(aiohttp_server)
+    async with (
+        router_process(tmp_path, _config(region, access_log=True)) as router,
+        aiohttp.ClientSession() as session,
+    ):
+        base = f"http://127.0.0.1:{router.proxy_port}"
+        async with session.get(f"{base}/a?x=1", headers={"X-Request-ID": "rid-1"}) as resp:
+            assert resp.status == 200
+        async with session.post(f"{base}/b", data=b"hello") as resp:
+            assert resp.status == 200
+        router.process.send_signal(signal.SIGTERM)  # flushes the buffered log
+        assert await router.wait_exit(10) == 0, router.log()
+    lines = [orjson.loads(ln) for ln in router.log().splitlines() if ln.startswith("{")]
+    by_target = {line["target"]: line for line in lines}
+    first, second = by_target["/a?x=1"], by_target["/b"]
+    assert first["request_id"] == "rid-1" and first["method"] == "GET"
+    assert first["status"] == 200 and first["region"] == "r1" and first["attempts"] == 1
+    assert first["client"] == "127.0.0.1" and first["duration_ms"] >= 0
+    assert second["method"] == "POST" and second["status"] == 200
+    assert len(lines) == 2  # health probes are not proxied requests
+
+
+async def test_workers_reload_once_on_sighup_and_drain_on_sigterm(
+    aiohttp_server: AiohttpServer, tmp_path: Path
+) -> None:
+    a = await start_region(aiohttp_server, "a")
+    b = await start_region(aiohttp_server, "b")
+    config: dict[str, Any] = {
+        "strategy": "round_robin",
+        "health_check": {"path": "/health", "interval": "200ms", "timeout": "150ms"},
+        "regions": [a.config(), b.config()],
+        "state_dir": str(tmp_path / "state"),
+        "reload": {"watch": False},
+        "access_log": False,
+    }
+    async with (
+        router_process(tmp_path, config, workers=2) as router,
+        aiohttp.ClientSession() as session,
+    ):
+        base = f"http://127.0.0.1:{router.proxy_port}"
+
+        async def regions_seen(n: int) -> set[str]:
+            seen = set()
+            for i in range(n):
+                async with session.get(f"{base}/x/{i}", headers={"Connection": "close"}) as r:
+                    assert r.status == 200
+                    seen.add(r.headers["X-Router-Region"])
+            return seen
+
+        assert await regions_seen(20) == {"a", "b"}
+        config["regions"] = [a.config(weight=0), b.config()]
+        write_config(tmp_path / "config.yaml", {**config, "listen": _listen(router)})
+        router.process.send_signal(signal.SIGHUP)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while await regions_seen(10) != {"b"}:
+            assert loop.time() < deadline, "reload did not reach the workers"
+        assert await regions_seen(40) == {"b"}  # every worker routes by the new config
+        assert router.log().count("config reloaded") == 1
+        # SIGTERM: every worker finishes its request in flight, then the supervisor exits 0.
+        b.arrived.clear()  # set by every request: wait for the slow one's arrival
+        slow = asyncio.create_task(session.get(f"{base}/delay/1"))
+        async with asyncio.timeout(10):
+            await b.arrived.wait()
+        router.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            resp = await slow
+        async with resp:
+            assert resp.status == 200
+        assert await router.wait_exit(15) == 0, router.log()
+
+
+def _listen(router: Any) -> dict[str, str]:
+    return {
+        "proxy": f"127.0.0.1:{router.proxy_port}",
+        "admin": f"127.0.0.1:{router.admin_port}",
+    }
