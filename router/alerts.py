@@ -270,12 +270,19 @@ class AlertBook:
         self.firing: dict[str, Alert] = {}
         self.resolved: deque[Alert] = deque(maxlen=keep_resolved)
         self.static_labels = dict(static_labels)
+        self.pending: dict[str, float] = {}  # key -> when its condition started to hold
 
     def __repr__(self) -> str:
         return f"<AlertBook firing={len(self.firing)} resolved={len(self.resolved)}>"
 
-    def update(self, conditions: Iterable[Condition], now: float) -> list[Alert]:
-        """Apply one evaluation; return the alerts that started firing or resolved."""
+    def update(
+        self, conditions: Iterable[Condition], now: float, for_s: float = 0.0
+    ) -> list[Alert]:
+        """Apply one evaluation; return the alerts that started firing or resolved.
+
+        A condition fires once it has held for ``for_s`` (pending until then); one that
+        stops holding while pending never fires.
+        """
         changed: list[Alert] = []
         seen: set[str] = set()
         for c in conditions:
@@ -284,6 +291,10 @@ class AlertBook:
             if alert is not None:  # still firing: keep its start, refresh the text
                 alert.summary, alert.description, alert.value = c.summary, c.description, c.value
                 continue
+            since = self.pending.setdefault(c.key, now)
+            if now - since < for_s:
+                continue  # pending
+            del self.pending[c.key]
             labels = {"alertname": c.name, **self.static_labels, **dict(c.labels)}
             labels["severity"] = c.severity
             alert = Alert(
@@ -299,6 +310,8 @@ class AlertBook:
             self.firing[c.key] = alert
             changed.append(alert)
             log.warning("alert firing: %s %s", c.name, c.summary)
+        for key in [k for k in self.pending if k not in seen]:
+            del self.pending[key]
         for key in [k for k in self.firing if k not in seen]:
             alert = self.firing.pop(key)
             alert.ends_at = now
@@ -447,7 +460,8 @@ class AlertEngine:
     def evaluate_now(self) -> list[Alert]:
         """One evaluation: update the book, queue webhook notifications; returns changes."""
         now = self.wall()
-        changed = self.book.update(evaluate(self.facts(now), self.config), now)
+        cfg = self.config
+        changed = self.book.update(evaluate(self.facts(now), cfg), now, cfg.for_s)
         self.evaluations += 1
         if changed and self.config.webhook:
             for group in sorted({a.name for a in changed}):
@@ -492,12 +506,14 @@ class AlertEngine:
         cfg = self.config
         return {
             "firing": self.firing_json(),
+            "pending": sorted(self.book.pending),
             "resolved": [a.to_json() for a in reversed(self.book.resolved)],
             "rules": {
                 "error_rate": cfg.error_rate,
                 "latency_p95_s": cfg.latency_p95_s,
                 "window_s": cfg.window_s,
                 "evaluate_interval_s": cfg.evaluate_interval_s,
+                "for_s": cfg.for_s,
                 "min_requests": MIN_REQUESTS,
                 "names": list(ALERT_NAMES),
             },

@@ -200,6 +200,8 @@ class AlertsConfig:
     window_s: float = 60.0
     evaluate_interval_s: float = 5.0
     webhook: str | None = None
+    # a condition must hold this long before its alert fires (Prometheus' `for`): 0 = at once
+    for_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -257,6 +257,7 @@ def _alerts(f: Fields) -> AlertsConfig:
             window_s=f.duration("window", d.window_s),
             evaluate_interval_s=f.duration("evaluate_interval", d.evaluate_interval_s),
             webhook=f.optional("webhook", parse_http_url),
+            for_s=f.duration("for", d.for_s, positive=False),
         )
 
 

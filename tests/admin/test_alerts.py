@@ -459,6 +459,19 @@ def test_book_keeps_start_time_and_bounds_resolved_history() -> None:
     assert set(book.counts().values()) == {0}
 
 
+def test_for_holds_an_alert_pending_until_its_condition_lasted() -> None:
+    book = AlertBook(static_labels={"instance": "i1"})
+    blip = _cond("A", region="x")
+    assert book.update([blip], now=10.0, for_s=5.0) == []  # pending
+    assert book.pending == {blip.key: 10.0}
+    assert book.update([], now=12.0, for_s=5.0) == []  # a blip: never fires
+    assert book.pending == {} and book.firing == {}
+    assert book.update([blip], now=20.0, for_s=5.0) == []
+    assert book.update([blip], now=24.9, for_s=5.0) == []
+    (fired,) = book.update([blip], now=25.0, for_s=5.0)
+    assert fired.firing and fired.starts_at == 25.0 and book.pending == {}
+
+
 def test_webhook_payload_is_alertmanager_shaped() -> None:
     book = AlertBook(static_labels={"instance": "i1"})
     book.update([_cond("A", region="x"), _cond("A", region="y")], now=1_700_000_000.0)
