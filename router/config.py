@@ -284,12 +284,13 @@ def config_hash(config: Config) -> str:
 
 
 def redacted_url(url: str) -> str:
+    """The URL with any password replaced (also for multi-host sentinel URLs)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    netloc = f"{parts.username or ''}:{REDACTED}@{parts.hostname or ''}"
-    netloc += f":{parts.port}" if parts.port is not None else ""
-    return urlunsplit(parts._replace(netloc=netloc))
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{hosts}"))
 
 
 def redacted_dict(config: Config) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from router.config_values import (
     parse_status_ranges,
     parse_token,
 )
+from router.redis_url import SENTINEL_SCHEME, parse_sentinel_url
 from router.units import is_number, show
 from router.validate import (
     FieldError,
@@ -225,8 +226,17 @@ def _state(f: Fields) -> StateConfig:
     d = StateConfig()
     with f:
         url = f.text("url", d.url, nonempty=True)
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            f.error("url", f"expected a redis://, rediss:// or unix:// URL, got {show(url)}")
+        if url.startswith(SENTINEL_SCHEME):
+            try:
+                parse_sentinel_url(url)
+            except ValueError as exc:
+                f.error("url", str(exc))
+        elif not url.startswith(("redis://", "rediss://", "unix://")):
+            f.error(
+                "url",
+                "expected a redis://, rediss://, unix:// or redis+sentinel:// URL, "
+                f"got {show(url)}",
+            )
         return StateConfig(
             backend=f.choice("backend", d.backend, BACKEND_CHOICES),
             url=url,

@@ -76,6 +76,7 @@ class HealthQuorum:
         self.instance_id = store.instance_id
         self.peers: dict[str, Peer] = {}
         self._announce = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         runtime.health.on_verdict = self.on_local_verdict
         store.on_health = self.on_peer
@@ -218,16 +219,21 @@ class HealthQuorum:
     # -- heartbeat ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._run(), name="health-quorum")
 
     async def stop(self) -> None:
         if self._task is not None:
+            # A flag as well as cancel(): redis-py can turn a cancellation that lands in
+            # its own timeout into a TimeoutError, which the loop would take as an error.
+            self._stopping = True
+            self._announce.set()
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             announce = self._announce.is_set()
             self._announce.clear()
             try:

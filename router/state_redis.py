@@ -34,11 +34,13 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from router.config import StateConfig, redacted_url
 from router.metrics import GaugeCollector
+from router.redis_url import SENTINEL_SCHEME, parse_sentinel_url
 from router.state_docs import ENTRY_KINDS, encode, join, split
 from router.store import StoreConflict, StoreProblem, StoreWriteError
 
@@ -113,13 +115,7 @@ class RedisStateStore:
         self._health_channel = f"{p}:health"
         self._instances_key = f"{p}:instances"
         self._prefix = p
-        self._client = aioredis.Redis.from_url(
-            config.url,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_TIMEOUT_S / 2,
-            retry=Retry(NoBackoff(), 0),
-            client_name=f"region-router:{instance_id}"[:100].replace(" ", "_"),
-        )
+        self._client, self._sentinels = _client(config.url, f"region-router:{instance_id}")
         self._write_script = self._client.register_script(_WRITE)
         self._fill_script = self._client.register_script(_FILL)
         self._pubsub: PubSub | None = None
@@ -130,6 +126,7 @@ class RedisStateStore:
         self._epoch: str | None = None
         self._connected = False
         self._broken = asyncio.Event()
+        self._closing = False
         self._resync = False
         self._task: asyncio.Task[None] | None = None
         self.down_since: float | None = time.time()
@@ -190,15 +187,22 @@ class RedisStateStore:
             )
 
     async def start(self) -> None:
+        self._closing = False
         self._task = asyncio.get_running_loop().create_task(self._run(), name="state-store")
 
     async def close(self) -> None:
         if self._task is not None:
+            # A flag as well as cancel(): redis-py can turn a cancellation that lands in
+            # its own timeout into a TimeoutError, which the loop would retry.
+            self._closing = True
+            self._broken.set()
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         await self._close_pubsub()
         await self._client.aclose()
+        for sentinel_client in self._sentinels:  # the clients that ask the sentinels
+            await sentinel_client.aclose()
 
     # -- documents ---------------------------------------------------------------------
 
@@ -366,7 +370,7 @@ class RedisStateStore:
 
     async def _run(self) -> None:
         backoff = BACKOFF_MIN_S
-        while True:
+        while not self._closing:
             if not self._connected:
                 try:
                     await asyncio.wait_for(self._connect(initial=False), OPEN_TIMEOUT_S)
@@ -539,3 +543,28 @@ class RedisStateStore:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _client(url: str, name: str) -> tuple[aioredis.Redis, list[aioredis.Redis]]:
+    """One server, or (``redis+sentinel://``) whichever server the sentinels call master.
+
+    Also returns the clients that talk to the sentinels themselves, to close with it.
+    """
+    options: dict[str, Any] = {
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": SOCKET_TIMEOUT_S / 2,
+        "retry": Retry(NoBackoff(), 0),
+        "client_name": name[:100].replace(" ", "_"),
+    }
+    if not url.startswith(SENTINEL_SCHEME):
+        return aioredis.Redis.from_url(url, **options), []
+    target = parse_sentinel_url(url)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        list(target.sentinels),
+        sentinel_kwargs={"socket_timeout": SOCKET_TIMEOUT_S},
+        socket_timeout=SOCKET_TIMEOUT_S,
+    )
+    client: aioredis.Redis = sentinel.master_for(
+        target.service, db=target.db, password=target.password, **options
+    )
+    return client, list(sentinel.sentinels)

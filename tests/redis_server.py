@@ -36,10 +36,12 @@ def require_redis() -> str:
 
 
 class RedisServer:
-    def __init__(self, binary: str, directory: Path) -> None:
+    def __init__(self, binary: str, directory: Path, extra_args: tuple[str, ...] = ()) -> None:
+        """``extra_args``: e.g. ``("--replicaof", "127.0.0.1", "6379")`` for a replica."""
         self.binary = binary
         self.directory = directory
         self.port = free_port()
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,6 +65,7 @@ class RedisServer:
                 str(self.directory),
                 "--logfile",
                 str(self.directory / "redis.log"),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
