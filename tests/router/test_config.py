@@ -478,3 +478,14 @@ def test_docs_full_example_is_valid() -> None:
     assert config.regions[1].weight == 100
     assert config.regions[1].endpoint.base_path == "/v1"
     assert config.state.url == "redis://127.0.0.1:6379/0"
+
+
+def test_state_url_may_name_redis_sentinels() -> None:
+    ok = parse_config(
+        "state: {backend: redis, url: 'redis+sentinel://:pw@s1:26379,s2/mymaster/1'}", env={}
+    )
+    assert ok.state.url.startswith("redis+sentinel://")
+    assert redacted_dict(ok)["state"]["url"] == "redis+sentinel://:***@s1:26379,s2/mymaster/1"
+    assert errors_of("state: {backend: redis, url: 'redis+sentinel://s1:26379'}") == [
+        "state.url: name the Sentinel service: redis+sentinel://host:26379/<service>"
+    ]
