@@ -624,3 +624,14 @@ async def router_process(
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+async def region_behind_router(
+    aiohttp_server: AiohttpServer, start_router: Any, **sections: object
+) -> tuple[Region, int]:
+    """One recording region behind an in-process router; returns it and the proxy port."""
+    from tests.conftest import make_config  # conftest imports nothing from here
+
+    region = await start_region(aiohttp_server)
+    service = await start_router(make_config([region.config()], **sections))
+    return region, int(service.proxy_port)

@@ -15,7 +15,6 @@ from pytest_aiohttp import AiohttpServer
 
 from tests.backends import (
     RawResponse,
-    Region,
     closed_by_peer,
     free_port,
     probe_never_answers,
@@ -24,6 +23,7 @@ from tests.backends import (
     raw_exchange,
     read_head,
     read_response,
+    region_behind_router,
     start_raw_region,
     start_region,
 )
@@ -37,14 +37,6 @@ def assert_router_error(resp: RawResponse, status: int, code: str) -> None:
     error = orjson.loads(resp.body)["error"]
     assert error["code"] == code
     assert error["message"]
-
-
-async def _setup(
-    aiohttp_server: AiohttpServer, start_router: StartRouter, **sections: object
-) -> tuple[Region, int]:
-    region = await start_region(aiohttp_server)
-    service = await start_router(make_config([region.config()], **sections))
-    return region, service.proxy_port
 
 
 MALFORMED = {
@@ -89,7 +81,7 @@ def malformed(request: pytest.FixtureRequest) -> Iterator[bytes]:
 async def test_malformed_requests_get_400_and_never_reach_the_region(
     aiohttp_server: AiohttpServer, start_router: StartRouter, malformed: bytes
 ) -> None:
-    region, port = await _setup(aiohttp_server, start_router)
+    region, port = await region_behind_router(aiohttp_server, start_router)
     async with raw_connection(port) as (reader, writer):
         writer.write(malformed)
         resp = await read_response(reader)
@@ -105,7 +97,7 @@ async def test_absolute_form_naming_another_host_is_never_followed(
     async def elsewhere(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\npwned!")
 
-    region, port = await _setup(aiohttp_server, start_router)
+    region, port = await region_behind_router(aiohttp_server, start_router)
     async with start_raw_region(elsewhere) as other:
         target = f"http://127.0.0.1:{other.port}/steal"
         for host in ("a", f"127.0.0.1:{region.port}"):
@@ -126,7 +118,9 @@ async def test_absolute_form_naming_another_host_is_never_followed(
 async def test_body_limits_answer_413(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    region, port = await _setup(aiohttp_server, start_router, limits={"max_body": "64KiB"})
+    region, port = await region_behind_router(
+        aiohttp_server, start_router, limits={"max_body": "64KiB"}
+    )
     resp = await raw_exchange(
         port, b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 65537\r\n\r\n"
     )
@@ -157,7 +151,9 @@ async def test_body_limits_answer_413(
 async def test_oversized_heads_answer_431(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    region, port = await _setup(aiohttp_server, start_router, limits={"max_header_bytes": "4KiB"})
+    region, port = await region_behind_router(
+        aiohttp_server, start_router, limits={"max_header_bytes": "4KiB"}
+    )
     many = b"".join(b"X-H%d: %b\r\n" % (i, b"v" * 50) for i in range(100))
     resp = await raw_exchange(port, b"GET / HTTP/1.1\r\nHost: a\r\n" + many + b"\r\n")
     assert_router_error(resp, 431, "headers_too_large")
@@ -310,7 +306,7 @@ async def test_connect_timeout_is_502(start_router: StartRouter, blackhole: int)
 async def test_response_headers_timeout_is_504_and_cancels_upstream(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    region, port = await _setup(
+    region, port = await region_behind_router(
         aiohttp_server,
         start_router,
         timeouts={"response_headers": "300ms"},
@@ -325,7 +321,7 @@ async def test_response_headers_timeout_is_504_and_cancels_upstream(
 async def test_idle_client_connections_are_closed(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    _, port = await _setup(aiohttp_server, start_router, timeouts={"idle": "300ms"})
+    _, port = await region_behind_router(aiohttp_server, start_router, timeouts={"idle": "300ms"})
     async with raw_connection(port) as (reader, writer):
         writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         assert (await read_response(reader)).status == 200
@@ -341,7 +337,7 @@ async def test_slow_upload_is_not_a_response_headers_timeout(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
     """The response-headers clock starts once the request body has been sent."""
-    _, port = await _setup(
+    _, port = await region_behind_router(
         aiohttp_server,
         start_router,
         timeouts={"response_headers": "300ms", "idle": "5s"},
@@ -360,7 +356,9 @@ async def test_slow_upload_is_not_a_response_headers_timeout(
 async def test_client_that_stops_reading_is_cut_off_after_idle(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    region, port = await _setup(aiohttp_server, start_router, timeouts={"idle": "300ms"})
+    region, port = await region_behind_router(
+        aiohttp_server, start_router, timeouts={"idle": "300ms"}
+    )
     size = 256 * 1024 * 1024
     async with raw_connection(port) as (reader, writer):
         writer.write(b"GET /bytes/%d HTTP/1.1\r\nHost: a\r\n\r\n" % size)
@@ -397,7 +395,7 @@ async def test_region_that_stalls_mid_body_is_cut_off_after_idle(
 async def test_pipelined_bad_request_is_answered_in_turn(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    region, port = await _setup(aiohttp_server, start_router)
+    region, port = await region_behind_router(aiohttp_server, start_router)
     async with raw_connection(port) as (reader, writer):
         writer.write(
             b"GET /delay/0.2 HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -415,7 +413,7 @@ async def test_pipelined_bad_request_is_answered_in_turn(
 async def test_client_disconnect_cancels_the_upstream_request(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    region, port = await _setup(aiohttp_server, start_router)
+    region, port = await region_behind_router(aiohttp_server, start_router)
     async with raw_connection(port) as (_, writer):
         writer.write(b"GET /delay/30 HTTP/1.1\r\nHost: a\r\n\r\n")
         async with asyncio.timeout(5):

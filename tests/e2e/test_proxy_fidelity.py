@@ -10,7 +10,6 @@ import pytest
 from pytest_aiohttp import AiohttpServer
 
 from tests.backends import (
-    Region,
     apattern,
     closed_by_peer,
     pattern_sha256,
@@ -18,24 +17,16 @@ from tests.backends import (
     raw_exchange,
     read_head,
     read_response,
+    region_behind_router,
     start_raw_region,
-    start_region,
 )
 from tests.conftest import StartRouter, make_config
-
-
-async def _setup(
-    aiohttp_server: AiohttpServer, start_router: StartRouter, **sections: object
-) -> tuple[Region, int]:
-    region = await start_region(aiohttp_server)
-    service = await start_router(make_config([region.config()], **sections))
-    return region, service.proxy_port
 
 
 async def test_every_method_reaches_the_region(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    region, port = await _setup(aiohttp_server, start_router)
+    region, port = await region_behind_router(aiohttp_server, start_router)
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROPFIND", "PURGE"]
     async with raw_connection(port) as (reader, writer):
         for method in methods:
@@ -71,7 +62,7 @@ async def test_custom_methods_are_forwarded(start_router: StartRouter) -> None:
 async def test_head_has_length_but_no_body_and_connection_stays_usable(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    region, port = await _setup(aiohttp_server, start_router)
+    region, port = await region_behind_router(aiohttp_server, start_router)
     async with raw_connection(port) as (reader, writer):
         for _ in range(3):
             writer.write(b"HEAD /bytes/1000 HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -102,7 +93,7 @@ async def test_head_has_length_but_no_body_and_connection_stays_usable(
 async def test_raw_target_is_forwarded_byte_for_byte(
     aiohttp_server: AiohttpServer, start_router: StartRouter, target: str
 ) -> None:
-    region, port = await _setup(aiohttp_server, start_router)
+    region, port = await region_behind_router(aiohttp_server, start_router)
     resp = await raw_exchange(port, f"GET {target} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
     assert resp.status == 200
     assert resp.json()["raw_path"] == target
@@ -112,7 +103,7 @@ async def test_raw_target_is_forwarded_byte_for_byte(
 async def test_bodies_upload_unchanged(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    region, port = await _setup(aiohttp_server, start_router)
+    region, port = await region_behind_router(aiohttp_server, start_router)
     size = 3 * 1024 * 1024 + 17
     url = f"http://127.0.0.1:{port}/upload"
     async with aiohttp.ClientSession() as session:
@@ -139,7 +130,7 @@ async def test_bodies_upload_unchanged(
 async def test_chunked_extensions_and_trailers_are_reframed(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    _, port = await _setup(aiohttp_server, start_router)
+    _, port = await region_behind_router(aiohttp_server, start_router)
     body = b"3;ext=1\r\nabc\r\n4\r\ndefg\r\n0\r\nX-Trailer: t\r\n\r\n"
     async with raw_connection(port) as (reader, writer):
         writer.write(b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
@@ -152,7 +143,7 @@ async def test_chunked_extensions_and_trailers_are_reframed(
 async def test_expect_100_continue_is_answered_by_the_router(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    region, port = await _setup(aiohttp_server, start_router)
+    region, port = await region_behind_router(aiohttp_server, start_router)
     async with raw_connection(port) as (reader, writer):
         writer.write(
             b"PUT /up HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
@@ -169,7 +160,7 @@ async def test_expect_100_continue_is_answered_by_the_router(
 async def test_request_headers_forwarding(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    region, port = await _setup(aiohttp_server, start_router)
+    region, port = await region_behind_router(aiohttp_server, start_router)
     head = (
         b"GET /h HTTP/1.1\r\n"
         b"Host: front.example:8443\r\n"
@@ -219,7 +210,7 @@ async def test_request_headers_forwarding(
 async def test_te_trailers_passes_and_request_id_is_created(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    region, port = await _setup(aiohttp_server, start_router)
+    region, port = await region_behind_router(aiohttp_server, start_router)
     resp = await raw_exchange(port, b"GET /t HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n")
     seen = region.seen[0]
     assert seen.header("TE") == "trailers"
@@ -232,7 +223,7 @@ async def test_te_trailers_passes_and_request_id_is_created(
 async def test_preserve_host_keeps_the_clients_host(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    region, port = await _setup(aiohttp_server, start_router, preserve_host=True)
+    region, port = await region_behind_router(aiohttp_server, start_router, preserve_host=True)
     await raw_exchange(port, b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
     assert region.seen[0].header_all("Host") == ["api.example.com"]
 
@@ -240,7 +231,7 @@ async def test_preserve_host_keeps_the_clients_host(
 async def test_response_hop_by_hop_headers_are_removed(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    _, port = await _setup(aiohttp_server, start_router)
+    _, port = await region_behind_router(aiohttp_server, start_router)
     resp = await raw_exchange(port, b"GET /hop HTTP/1.1\r\nHost: a\r\n\r\n")
     assert resp.status == 200
     assert resp.body == b"hop"
@@ -256,7 +247,7 @@ async def test_response_hop_by_hop_headers_are_removed(
 async def test_response_headers_can_be_turned_off(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    _, port = await _setup(
+    _, port = await region_behind_router(
         aiohttp_server, start_router, response_headers={"region": False, "request_id": False}
     )
     resp = await raw_exchange(port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -270,7 +261,7 @@ async def test_gzip_body_passes_undecoded(
 ) -> None:
     from tests.backends import GZIP_BODY
 
-    _, port = await _setup(aiohttp_server, start_router)
+    _, port = await region_behind_router(aiohttp_server, start_router)
     resp = await raw_exchange(
         port, b"GET /gzip HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\n\r\n"
     )
@@ -282,7 +273,7 @@ async def test_gzip_body_passes_undecoded(
 async def test_no_body_statuses_keep_the_connection_usable(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    region, port = await _setup(aiohttp_server, start_router)
+    region, port = await region_behind_router(aiohttp_server, start_router)
     async with raw_connection(port) as (reader, writer):
         for code in (204, 304, 204):
             writer.write(f"GET /status/{code} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
@@ -297,7 +288,7 @@ async def test_no_body_statuses_keep_the_connection_usable(
 async def test_client_connection_management(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    _, port = await _setup(aiohttp_server, start_router)
+    _, port = await region_behind_router(aiohttp_server, start_router)
     # HTTP/1.0 with keep-alive: answered with a length, and the connection stays open
     async with raw_connection(port) as (reader, writer):
         for i in range(2):
@@ -322,7 +313,7 @@ async def test_client_connection_management(
 async def test_h2c_upgrade_is_ignored_and_served_as_http11(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    region, port = await _setup(aiohttp_server, start_router)
+    region, port = await region_behind_router(aiohttp_server, start_router)
     resp = await raw_exchange(
         port,
         b"GET /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"

@@ -10,30 +10,21 @@ from aiohttp import WSMsgType
 from pytest_aiohttp import AiohttpServer
 
 from tests.backends import (
-    Region,
     closed_by_peer,
     pattern_sha256,
     raw_connection,
     read_head,
     read_response,
+    region_behind_router,
     start_raw_region,
-    start_region,
 )
 from tests.conftest import StartRouter, make_config
-
-
-async def _setup(
-    aiohttp_server: AiohttpServer, start_router: StartRouter, **sections: object
-) -> tuple[Region, int]:
-    region = await start_region(aiohttp_server)
-    service = await start_router(make_config([region.config()], **sections))
-    return region, service.proxy_port
 
 
 async def test_content_length_and_chunked_downloads(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    _, port = await _setup(aiohttp_server, start_router)
+    _, port = await region_behind_router(aiohttp_server, start_router)
     size = 5 * 1024 * 1024 + 3
     async with raw_connection(port) as (reader, writer):
         writer.write(b"GET /bytes/%d HTTP/1.1\r\nHost: a\r\n\r\n" % size)
@@ -106,7 +97,7 @@ async def test_truncated_upstream_body_cuts_the_client_off(start_router: StartRo
 async def test_sse_events_arrive_one_at_a_time(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    region, port = await _setup(aiohttp_server, start_router)
+    region, port = await region_behind_router(aiohttp_server, start_router)
     async with (
         aiohttp.ClientSession() as session,
         session.get(f"http://127.0.0.1:{port}/sse/3") as resp,
@@ -125,7 +116,7 @@ async def test_sse_events_arrive_one_at_a_time(
 async def test_websocket_frames_and_close_codes_pass_both_ways(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    region, port = await _setup(aiohttp_server, start_router)
+    region, port = await region_behind_router(aiohttp_server, start_router)
     url = f"http://127.0.0.1:{port}/ws"
     async with aiohttp.ClientSession() as session:
         # client closes: the region sees the client's code and reason
@@ -151,7 +142,7 @@ async def test_websocket_frames_and_close_codes_pass_both_ways(
 async def test_websocket_refused_by_region_is_relayed(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    _, port = await _setup(aiohttp_server, start_router)
+    _, port = await region_behind_router(aiohttp_server, start_router)
     async with raw_connection(port) as (reader, writer):
         writer.write(
             b"GET /not-a-ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
@@ -166,7 +157,7 @@ async def test_websocket_refused_by_region_is_relayed(
 async def test_keep_alive_reuses_upstream_connections(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    region, port = await _setup(aiohttp_server, start_router)
+    region, port = await region_behind_router(aiohttp_server, start_router)
     connector = aiohttp.TCPConnector(limit=4)
     async with aiohttp.ClientSession(connector=connector) as session:
         for i in range(40):
@@ -186,7 +177,7 @@ async def test_keep_alive_reuses_upstream_connections(
 async def test_pipelined_requests_are_answered_in_order(
     aiohttp_server: AiohttpServer, start_router: StartRouter
 ) -> None:
-    region, port = await _setup(aiohttp_server, start_router)
+    region, port = await region_behind_router(aiohttp_server, start_router)
     requests = (
         b"GET /delay/0.3 HTTP/1.1\r\nHost: a\r\n\r\n"
         b"POST /second HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
