@@ -78,6 +78,13 @@ class Endpoint:
     host: str
     port: int
     base_path: str  # "" or "/prefix" (no trailing slash), prepended to the request path
+    # Derived once here, used by every request: the upstream Host header and base path.
+    host_header_bytes: bytes = field(init=False, repr=False, compare=False)
+    base_path_bytes: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "host_header_bytes", self.host_header.encode("idna"))
+        object.__setattr__(self, "base_path_bytes", self.base_path.encode())
 
     @property
     def host_header(self) -> str:

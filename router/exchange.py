@@ -65,7 +65,6 @@ class Exchange:
         "request_id",
         "request_line",
         "resp_chunked",
-        "resp_close_delimited",
         "resp_headers",
         "resp_reason",
         "resp_started",
@@ -140,7 +139,6 @@ class Exchange:
         self.resp_headers: list[tuple[bytes, bytes]] = []
         self.resp_started = False
         self.resp_chunked = False
-        self.resp_close_delimited = False  # the client's body ends when we close
         self.resp_until_close = False  # the upstream's body ends when it closes
         self.head_only_done = False
         self.discard_response = False
@@ -216,9 +214,12 @@ class Exchange:
         if client.writing_paused and conn.transport is not None:
             conn.transport.pause_reading()  # the client is not taking response bytes yet
         client.cork_upstream(conn)
-        host = self.upstream_host or self.region.endpoint.host_header.encode()
-        base = self.region.endpoint.base_path
-        line = self.request_line if not base else self._with_base(base)
+        endpoint = self.region.endpoint
+        host = self.upstream_host or endpoint.host_header_bytes
+        line = self.request_line
+        if endpoint.base_path_bytes:  # "GET /x HTTP/1.1" -> "GET /prefix/x HTTP/1.1"
+            cut = len(self.method) + 1
+            line = line[:cut] + endpoint.base_path_bytes + line[cut:]
         parts = [line, b"Host: ", host, CRLF, self.head_common]
         if self.pending:
             if self.chunked_request:
@@ -237,10 +238,6 @@ class Exchange:
             self.core.awaiting.add(self)
         # else the response-headers clock starts when the body is complete: an upload may
         # take longer than timeouts.response_headers (idle covers one that stalls)
-
-    def _with_base(self, base: str) -> bytes:
-        method, rest = self.request_line.split(b" ", 1)
-        return method + b" " + base.encode() + rest
 
     # -- request body (from the client connection) -------------------------------------
 
@@ -357,10 +354,9 @@ class Exchange:
                 self.resp_chunked = True
                 lines.append(b"Transfer-Encoding: chunked\r\n")
             else:
-                self.resp_close_delimited = True
                 self.close_client = True
         if core.region_header:
-            lines.append(b"X-Router-Region: %b\r\n" % self.region.id.encode())
+            lines.append(self.region.region_header_line)
         if core.request_id_header:
             lines.append(b"X-Request-ID: %b\r\n" % self.request_id)
         if self.set_cookie is not None:

@@ -50,6 +50,12 @@ class RegionView:
     probe_latency_s: float | None = None
     artifacts: Mapping[str, str] = field(default_factory=dict)  # name -> sha256
     failover_target: str | None = None  # an operator's target for sessions pinned here
+    # the X-Router-Region response header line, built once per snapshot, not per response
+    region_header_line: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        line = b"X-Router-Region: %b\r\n" % self.id.encode()
+        object.__setattr__(self, "region_header_line", line)
 
     @property
     def eligible(self) -> bool:

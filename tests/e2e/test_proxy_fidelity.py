@@ -19,6 +19,7 @@ from tests.backends import (
     read_response,
     region_behind_router,
     start_raw_region,
+    start_region,
 )
 from tests.conftest import StartRouter, make_config
 
@@ -98,6 +99,22 @@ async def test_raw_target_is_forwarded_byte_for_byte(
     assert resp.status == 200
     assert resp.json()["raw_path"] == target
     assert region.seen[0].raw_path == target
+
+
+async def test_an_endpoint_path_prefixes_the_raw_target(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    region = await start_region(aiohttp_server)
+    endpoint = f"{region.url}/base/v1"
+    service = await start_router(make_config([{"id": "r1", "endpoint": endpoint}]))
+    for target in ("/a%2Fb?x=1&x=2", "/"):
+        resp = await raw_exchange(
+            service.proxy_port, f"POST {target} HTTP/1.1\r\nHost: a\r\n\r\n".encode()
+        )
+        assert resp.status == 200
+        assert region.seen[-1].raw_path == "/base/v1" + target
+        assert region.seen[-1].method == "POST"
+        assert region.seen[-1].header("Host") == f"127.0.0.1:{region.port}"
 
 
 async def test_bodies_upload_unchanged(
