@@ -1,7 +1,7 @@
 """The local control channel between the supervisor and one worker: framed messages.
 
 Frame: 4-byte big-endian length, 1 byte kind, payload (pickled with router.wire).
-Supervisor -> worker: SNAPSHOT, SHARED (latency samples from all workers).
+Supervisor -> worker: SNAPSHOT.
 Worker -> supervisor: READY, ACK (snapshot version applied), REPORT (counters, loads,
 passive outcomes).
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from router import wire
 
-SNAPSHOT, SHARED, READY, ACK, REPORT = b"S", b"L", b"R", b"A", b"P"
+SNAPSHOT, READY, ACK, REPORT = b"S", b"R", b"A", b"P"
 _HEADER = struct.Struct(">IB")
 MAX_FRAME = 64 * 1024 * 1024
 
