@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -21,11 +20,10 @@ from typing import Any
 
 import aiohttp
 import orjson
-import yaml
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from tests.backends import free_port
+from tests.backends import RouterProcess, router_process
 from tests.redis_server import RedisServer
 
 
@@ -69,18 +67,19 @@ async def start_site(aiohttp_server: AiohttpServer, name: str) -> Site:
 @dataclass(eq=False)
 class Instance:
     id: str
-    proc: asyncio.subprocess.Process
-    proxy_port: int
-    admin_port: int
-    log: Path
+    router: RouterProcess  # the real CLI, started by tests.backends.router_process
+
+    @property
+    def proc(self) -> asyncio.subprocess.Process:
+        return self.router.process
 
     @property
     def proxy(self) -> str:
-        return f"http://127.0.0.1:{self.proxy_port}"
+        return self.router.proxy
 
     @property
     def admin(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
+        return self.router.admin
 
     def kill(self) -> None:
         if self.proc.returncode is None:
@@ -94,6 +93,7 @@ class Cluster:
         self.key_prefix = f"test:{uuid.uuid4().hex[:8]}"
         self.instances: list[Instance] = []
         self.session: aiohttp.ClientSession | None = None
+        self._processes = contextlib.AsyncExitStack()
 
     async def start(
         self, n: int, regions: list[dict[str, Any]], *, workers: int = 0, **extra: Any
@@ -109,15 +109,10 @@ class Cluster:
     async def _start_one(
         self, instance_id: str, regions: list[dict[str, Any]], extra: dict[str, Any], workers: int
     ) -> Instance:
-        proxy, admin = free_port(), free_port()
         home = self.tmp_path / instance_id
         home.mkdir(parents=True, exist_ok=True)
         config = {
-            "listen": {"proxy": f"127.0.0.1:{proxy}", "admin": f"127.0.0.1:{admin}"},
-            "access_log": False,
-            "reload": {"watch": False},
             "strategy": "round_robin",
-            "state_dir": str(home / "state"),
             "state": {"backend": "redis", "url": self.redis.url, "key_prefix": self.key_prefix},
             "instance_id": instance_id,
             "health_check": {"path": "/health", "interval": "300ms", "timeout": "200ms"},
@@ -125,33 +120,10 @@ class Cluster:
             "regions": regions,
             **extra,
         }
-        path = home / "config.yaml"
-        path.write_text(yaml.safe_dump(config))
-        log_path = home / "router.log"
-        with log_path.open("wb") as log:  # read it when a test fails
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "router",
-                "run",
-                "-c",
-                str(path),
-                *(["--workers", str(workers)] if workers else []),
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=log,
-            )
-        inst = Instance(instance_id, proc, proxy, admin, log_path)
-        deadline = time.monotonic() + 20
-        async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline:
-                if proc.returncode is not None:
-                    raise AssertionError(f"{instance_id} exited: {log_path.read_text()[-2000:]}")
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with s.get(f"{inst.admin}/readyz") as resp:
-                        if resp.status == 200:
-                            return inst
-                await asyncio.sleep(0.05)
-        raise AssertionError(f"{instance_id} did not become ready: {log_path.read_text()[-2000:]}")
+        router = await self._processes.enter_async_context(
+            router_process(home, config, workers=workers)
+        )
+        return Instance(instance_id, router)
 
     async def call(
         self, inst: Instance, method: str, path: str, body: Any = None
@@ -184,15 +156,7 @@ class Cluster:
             return resp.status, resp.headers.get("X-Router-Region")
 
     async def stop(self) -> None:
-        for inst in self.instances:
-            if inst.proc.returncode is None:
-                inst.proc.send_signal(signal.SIGTERM)
-        for inst in self.instances:
-            try:
-                await asyncio.wait_for(inst.proc.wait(), 20)
-            except TimeoutError:
-                inst.kill()
-                await inst.proc.wait()
+        await self._processes.aclose()  # SIGTERM each (SIGKILL after 10 s), by PID
         if self.session is not None:
             await self.session.close()
 
