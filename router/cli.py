@@ -215,6 +215,14 @@ async def serve(
     loop = asyncio.get_running_loop()
     service = RouterService(config, config_path=config_path, workers=workers)
     listen = config.listen
+    stop = asyncio.Event()
+    reload_asked = asyncio.Event()
+    if install_signals:
+        # Installed before start-up (which waits for workers): a signal that arrives
+        # meanwhile must not kill the process with the default action.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
     try:
         await service.start()
     except StateFormatError as exc:
@@ -227,11 +235,10 @@ async def serve(
     except WorkerStartError as exc:
         log.error("%s", exc)
         return EXIT_START
-    stop = asyncio.Event()
     if install_signals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, service.control.request_reload, "signal")
+        if reload_asked.is_set():  # SIGHUP during start-up: reload now that we can
+            service.control.request_reload("signal")
     log.info(
         "region-router %s: proxy on %s, admin on %s, %d regions, strategy %s",
         __version__,

@@ -65,6 +65,7 @@ class Supervisor:
         self.host = ""
         self.retired = TrafficStats()  # counters of workers that exited
         self.stopping = False
+        self.started = False  # start() returned: every worker was ready once
         self._monitors: list[asyncio.Task[None]] = []
         self._sent_at: dict[int, float] = {}
         self.propagation_s: deque[float] = deque(maxlen=1000)
@@ -101,6 +102,7 @@ class Supervisor:
             raise WorkerStartError(
                 f"workers did not become ready within {START_TIMEOUT_S:.0f}s"
             ) from None
+        self.started = True
 
     @property
     def port(self) -> int:
@@ -278,7 +280,8 @@ class Supervisor:
         return [self.retired, *(w.stats for w in self.workers)]
 
     def ready(self) -> bool:
-        return any(
+        """Started (every worker came up once) and at least one worker serving now."""
+        return self.started and any(
             w.ready.is_set() and w.process and w.process.returncode is None for w in self.workers
         )
 
