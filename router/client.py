@@ -63,6 +63,10 @@ class ClientConnection(asyncio.Protocol):
         self.head_fed = 0
         self.method_override: bytes | None = None
         self.deferred_error: ProxyError | None = None  # a refusal waiting its turn
+        # The framing of a body llhttp skipped (an Upgrade request that is no tunnel), and
+        # whether the next head is that framing only (see _after_upgrade).
+        self.skipped_body: bytes | None = None
+        self.framing_head = False
         self._reset_head()
 
     def _reset_head(self) -> None:
@@ -100,9 +104,9 @@ class ClientConnection(asyncio.Protocol):
             return
         self.feeding = _FEEDING
         try:
-            self.parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self._parse_stopped(exc, data)
+            rest: bytes | None = data
+            while rest is not None:
+                rest = self._feed(rest)
         finally:
             completed = self.feeding == _COMPLETED
             self.feeding = _IDLE
@@ -119,27 +123,51 @@ class ClientConnection(asyncio.Protocol):
                     HeadersTooLarge(f"request head exceeds {self.core.max_header_bytes} bytes")
                 )
 
-    def _parse_stopped(self, exc: Exception, data: bytes) -> None:
-        """The parser stopped inside ``data``: an upgrade, a custom method, or an error."""
-        if isinstance(exc, httptools.HttpParserUpgrade):
-            ex = self.parsing
-            rest = data[exc.args[0] :]
-            if ex is not None and ex.upgrade:
-                if rest:
-                    ex.tunnel_data(rest)
-            elif rest:
-                self._reject(BadRequest("unexpected data after an upgrade request"))
-        elif isinstance(exc, httptools.HttpParserInvalidMethodError):
-            self._custom_method(data)
-        elif isinstance(exc, httptools.HttpParserCallbackError):
+    def _feed(self, data: bytes) -> bytes | None:
+        """Parse ``data``; returns what a new parser must read next when the parser stopped.
+
+        The caller feeds that outside this ``except``: parsing again inside it would chain
+        the handled exception onto a callback's error and hide the ``ProxyError`` cause.
+        """
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            return self._after_upgrade(data[exc.args[0] :])
+        except httptools.HttpParserInvalidMethodError:
+            return self._custom_method(data)
+        except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if not isinstance(cause, ProxyError):
-                raise exc
+                raise
             self._reject(cause)
-        else:
+        except httptools.HttpParserError as exc:
             self._reject(BadRequest(f"malformed request: {exc}"))
+        return None
 
-    def _custom_method(self, data: bytes) -> None:
+    def _after_upgrade(self, rest: bytes) -> bytes | None:
+        """llhttp stopped after the head of a request that asked to upgrade.
+
+        Only a WebSocket handshake becomes a tunnel: the bytes after it are the tunnel's.
+        Any other Upgrade request is an ordinary one (the Upgrade header is not forwarded),
+        but llhttp skipped its body: a new parser reads on, first through a head that
+        carries only the body's framing, so the body is parsed (chunked included) exactly
+        as it would have been, then the requests pipelined after it.
+        """
+        ex = self.parsing
+        if ex is not None and ex.upgrade:
+            if rest:
+                ex.tunnel_data(rest)
+            return None
+        if self.closed:
+            return None
+        self.parser = httptools.HttpRequestParser(self)
+        framing, self.skipped_body = self.skipped_body, None
+        if framing is None:
+            return rest or None
+        self.framing_head = True
+        return framing + rest
+
+    def _custom_method(self, data: bytes) -> bytes | None:
         """llhttp knows a fixed set of methods; forward any other RFC 9110 token too.
 
         Only when this read starts the request (the usual case): the method is swapped for
@@ -155,15 +183,11 @@ class ClientConnection(asyncio.Protocol):
             or _TOKEN.fullmatch(token) is None
         ):
             self._reject(BadRequest("malformed request: invalid method"))
-            return
+            return None
         self.method_override = token
         self.parser = httptools.HttpRequestParser(self)
-        patched = b"GET " + rest
         self.feeding = _FEEDING
-        try:
-            self.parser.feed_data(patched)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self._parse_stopped(exc, patched)
+        return b"GET " + rest
 
     def eof_received(self) -> bool | None:
         # The client closed (or half-closed) its side: like nginx, take it as gone and
@@ -263,13 +287,20 @@ class ClientConnection(asyncio.Protocol):
         parser = self.parser
         self.in_head = False
         self.head_fed = 0
+        if self.framing_head:  # the body framing of an Upgrade request (_after_upgrade)
+            self.framing_head = False
+            return
         method = parser.get_method()
         if self.method_override is not None:
             method, self.method_override = self.method_override, None
         version = parser.get_http_version()
         self.http11 = version == "1.1"
-        if not self.http11 and version != "1.0":
-            raise BadRequest(f"unsupported HTTP version {version}")
+        if not self.http11:
+            if version != "1.0":
+                raise BadRequest(f"unsupported HTTP version {version}")
+            if self.chunked:
+                # RFC 9112 6.1: the connection must close after it; refused, as nginx does.
+                raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
         if method == b"CONNECT":
             raise BadRequest("CONNECT is not supported: this is a reverse proxy")
         target, authority = split_target(self.url)
@@ -290,8 +321,23 @@ class ClientConnection(asyncio.Protocol):
         if self.content_length > core.max_body_bytes:
             raise BodyTooLarge(f"request body exceeds {core.max_body_bytes} bytes")
         upgrade = False
-        if self.upgrade_value is not None and parser.should_upgrade():
-            upgrade = self.upgrade_value.strip().lower() == b"websocket"
+        if parser.should_upgrade():
+            # Only a WebSocket handshake (GET, no body) becomes a tunnel. llhttp skips the
+            # body of any request asking to upgrade: for the others, note its framing so
+            # the body is parsed and forwarded (see _after_upgrade).
+            upgrade = (
+                method == b"GET"
+                and self.http11
+                and not has_body
+                and self.upgrade_value is not None
+                and self.upgrade_value.strip().lower() == b"websocket"
+            )
+            if has_body and not upgrade:
+                self.skipped_body = (
+                    b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    if self.chunked
+                    else b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % self.content_length
+                )
         request_id = self.request_id or core.next_request_id()
 
         lines = self.lines
@@ -322,7 +368,7 @@ class ClientConnection(asyncio.Protocol):
             upstream_host=host if core.preserve_host else None,
             chunked_request=self.chunked,
             has_body=has_body,
-            keep_alive=parser.should_keep_alive() and not (self.upgrade_value and not upgrade),
+            keep_alive=parser.should_keep_alive(),
             upgrade=upgrade,
             idempotent=method in IDEMPOTENT_METHODS or self.idempotency_key,
             request_id=request_id,
@@ -347,6 +393,8 @@ class ClientConnection(asyncio.Protocol):
             ex.feed_body(body)
 
     def on_message_complete(self) -> None:
+        if self.skipped_body is not None:
+            return  # llhttp skipped this body; the framing parser ends the message
         self.in_head = True
         self.feeding = _COMPLETED
         ex = self.parsing
