@@ -19,10 +19,12 @@ import httptools
 from router.errors import BadRequest, BodyTooLarge, HeadersTooLarge, ProxyError
 from router.exchange import Exchange
 from router.headers import (
+    FRAMING_LOOKALIKES,
     IDEMPOTENT_METHODS,
     connection_tokens,
     error_response,
     named_headers,
+    valid_host,
 )
 from router.paths import normalize_path, split_target
 from router.snapshot import Snapshot
@@ -254,6 +256,8 @@ class ClientConnection(asyncio.Protocol):
                 self.geo_value = value
             self.lines.append(b"%b: %b\r\n" % (name, value))
             return
+        if not self.in_head:
+            return  # a trailer of a chunked body: never read as a request header (dropped)
         if lname == b"host":
             if self.host is not None:
                 raise BadRequest("more than one Host header")
@@ -280,6 +284,8 @@ class ClientConnection(asyncio.Protocol):
             self.expect = value.lower()
         elif lname == b"te" and value.strip().lower() == b"trailers":
             self.lines.append(b"TE: trailers\r\n")
+        elif lname in FRAMING_LOOKALIKES:
+            raise BadRequest(f"header {name.decode('latin-1')!r} could be read as a framing header")
         # everything else in REQUEST_SPECIAL is hop-by-hop or rewritten: dropped
 
     def on_headers_complete(self) -> None:
@@ -309,6 +315,8 @@ class ClientConnection(asyncio.Protocol):
             if self.http11:
                 raise BadRequest("missing Host header")
             host = authority or b""
+        elif not valid_host(host):
+            raise BadRequest("invalid Host header")
         if authority is not None and authority != host.lower():
             raise BadRequest("absolute-form target names another host; this is not a forward proxy")
         snapshot: Snapshot = core.holder.current

@@ -21,16 +21,34 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+# Names a region may read as a framing header (CGI-style servers map "_" to "-"): a request
+# carrying one is refused, since the region could frame its body differently from us.
+FRAMING_LOOKALIKES = frozenset({b"content_length", b"transfer_encoding"})
+
 # Request headers the proxy consumes or rewrites itself (everything else passes verbatim).
-REQUEST_SPECIAL = HOP_BY_HOP | {
-    b"host",
-    b"content-length",
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
-    b"x-forwarded-host",
-    b"x-request-id",
-    b"expect",
-}
+REQUEST_SPECIAL = (
+    HOP_BY_HOP
+    | FRAMING_LOOKALIKES
+    | {
+        b"host",
+        b"content-length",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-request-id",
+        b"expect",
+    }
+)
+
+# What a Host value may hold (RFC 3986 reg-name, IPv4, IP-literal, port) less the comma,
+# which would make one Host read as a list. Deleting these leaves nothing of a valid Host.
+HOST_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+;=:[]"
+
+
+def valid_host(host: bytes) -> bool:
+    """A non-empty Host of allowed characters only (nginx refuses the rest with 400 too)."""
+    return bool(host) and not host.translate(None, HOST_CHARS)
+
 
 RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length"}
 
