@@ -11,7 +11,7 @@ from admin import compat, explain, monitoring, regions, replication, status
 from admin.errors import Handler, error_middleware, json_error
 from admin.keys import CONTROL, RUNTIME
 from admin.status import STATUS_EXTRAS
-from router.control import Control
+from router.control.core import Control
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", monitoring.DASHBOARD_PATH})
 

@@ -8,8 +8,8 @@ import orjson
 from aiohttp import web
 
 from admin.keys import CONTROL
-from router.config import AdminConfig
-from router.validate import FieldError, ValidationError
+from router.config.loader import AdminConfig
+from router.config.validate import FieldError, ValidationError
 
 
 async def read_body(request: web.Request) -> bytes:

@@ -28,9 +28,16 @@ from admin.keys import CONTROL
 from admin.regions import failover_status_shared
 from admin.status import STATUS_EXTRAS, status_data
 from admin.views import operation_json, region_json
-from router.config import STRATEGIES, parse_region
+from router.config.loader import STRATEGIES, parse_region
+from router.config.validate import (
+    FieldError,
+    Fields,
+    ValidationError,
+    as_choice,
+    as_duration,
+    as_str,
+)
 from router.errors import UnknownRegion
-from router.validate import FieldError, Fields, ValidationError, as_choice, as_duration, as_str
 
 PATH = "/api/multi-region"
 

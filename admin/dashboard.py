@@ -13,7 +13,7 @@ from typing import Any
 
 from admin.views import operation_json, transition_json
 from router import __version__
-from router.control import Control
+from router.control.core import Control
 
 SERIES_S = 300.0  # chart span
 TRAFFIC_WINDOW_S = 60.0  # rps, error rate, percentiles and share over this

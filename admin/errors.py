@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from router.config.validate import ValidationError
 from router.errors import NotFound, RegionConflict
-from router.store import StoreWriteError
-from router.validate import ValidationError
+from router.store.files import StoreWriteError
 
 log = logging.getLogger("admin")
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from admin.bodies import check, json_response, read_json
 from admin.keys import CONTROL
 from admin.views import region_json
-from router.config import (
+from router.config.loader import (
     STRATEGIES,
     Config,
     ConfigError,
@@ -19,13 +19,13 @@ from router.config import (
     config_hash,
     parse_config,
 )
-from router.control import Control
+from router.config.validate import FieldError, Fields, ValidationError, as_choice, as_duration
+from router.control.core import Control
 from router.errors import BadRequest
-from router.explain import SIM_STATES, explain, hypothetical_loads, traffic_split, what_if
-from router.paths import normalize_path
-from router.snapshot import RoutePlan, Snapshot
-from router.strategies import RequestInfo
-from router.validate import FieldError, Fields, ValidationError, as_choice, as_duration
+from router.proxy.paths import normalize_path
+from router.routing.explain import SIM_STATES, explain, hypothetical_loads, traffic_split, what_if
+from router.routing.strategies import RequestInfo
+from router.state.snapshot import RoutePlan, Snapshot
 
 routes = web.RouteTableDef()
 

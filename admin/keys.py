@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from router.control import Control
+from router.control.core import Control
 from router.runtime import Runtime
 
 RUNTIME = web.AppKey("runtime", Runtime)

@@ -15,9 +15,9 @@ from admin.bodies import check, json_response
 from admin.dashboard import dashboard_json
 from admin.keys import CONTROL
 from admin.status import STATUS_EXTRAS
-from router.control import Control
-from router.scrape import aggregate
-from router.validate import FieldError, ValidationError, as_duration
+from router.config.validate import FieldError, ValidationError, as_duration
+from router.control.core import Control
+from router.monitoring.scrape import aggregate
 
 routes = web.RouteTableDef()
 

@@ -9,10 +9,10 @@ from aiohttp import web
 from admin.bodies import check, json_response, read_json
 from admin.keys import CONTROL
 from admin.views import operation_json, region_json, transition_json
-from router.config import parse_region, parse_region_patch
-from router.control import Control
+from router.config.loader import parse_region, parse_region_patch
+from router.config.validate import FieldError, Fields, as_duration, as_str
+from router.control.core import Control
 from router.errors import NotFound, UnknownRegion
-from router.validate import FieldError, Fields, as_duration, as_str
 
 routes = web.RouteTableDef()
 

@@ -17,16 +17,16 @@ from admin.bodies import check, json_response, read_json
 from admin.compat import Reply
 from admin.keys import CONTROL
 from admin.status import STATUS_EXTRAS
-from router.control import Control
+from router.config.validate import FieldError, Fields, ValidationError, as_choice, as_str
+from router.control.core import Control
 from router.errors import NotFound
-from router.replication_jobs import (
+from router.replication.jobs import (
     KINDS,
     NAME_RE,
     JobState,
     parse_artifact_path,
     parse_job_request,
 )
-from router.validate import FieldError, Fields, ValidationError, as_choice, as_str
 
 routes = web.RouteTableDef()
 

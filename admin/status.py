@@ -12,8 +12,8 @@ from admin.bodies import json_response
 from admin.keys import CONTROL
 from admin.views import operation_json, region_json
 from router import __version__
-from router.config import redacted_dict
-from router.control import Control
+from router.config.loader import redacted_dict
+from router.control.core import Control
 
 routes = web.RouteTableDef()
 

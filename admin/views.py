@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from router.config import to_plain
-from router.control import Control
-from router.operations import FailoverOperation
-from router.registry import Transition
-from router.snapshot import RegionView
+from router.config.loader import to_plain
+from router.control.core import Control
+from router.state.operations import FailoverOperation
+from router.state.registry import Transition
+from router.state.snapshot import RegionView
 
 
 def _ms(seconds: float | None) -> float | None:

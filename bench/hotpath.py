@@ -24,12 +24,12 @@ if __package__ in (None, ""):
 
 import uvloop
 
-from router.client import ClientConnection
-from router.config import parse_config
-from router.proxy import ProxyCore
-from router.registry import Registry
-from router.snapshot import SnapshotHolder
-from router.upstream import UpstreamConnection
+from router.config.loader import parse_config
+from router.proxy.client import ClientConnection
+from router.proxy.core import ProxyCore
+from router.proxy.upstream import UpstreamConnection
+from router.state.registry import Registry
+from router.state.snapshot import SnapshotHolder
 
 CONFIG = """
 listen: {proxy: "127.0.0.1:0", admin: "127.0.0.1:0"}

@@ -19,8 +19,8 @@ from admin import cluster as admin_cluster
 from admin.app import create_app
 from admin.status import STATUS_EXTRAS
 from router import __version__
-from router.check import check_command
-from router.config import (
+from router.config.check import check_command
+from router.config.loader import (
     Config,
     ConfigError,
     config_notes,
@@ -29,12 +29,12 @@ from router.config import (
     load_config,
     resolve_config_path,
 )
-from router.control import Control
-from router.health import ProbeFn
+from router.control.core import Control
+from router.health.checker import ProbeFn
+from router.proxy.server import ProxyServer
 from router.runtime import Runtime
-from router.server import ProxyServer
-from router.store import StateFormatError
-from router.supervisor import Supervisor, WorkerStartError, usable_cores
+from router.store.files import StateFormatError
+from router.workers.supervisor import Supervisor, WorkerStartError, usable_cores
 
 log = logging.getLogger("router")
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         return check_command(args.config)
     if args.command == "demo":
-        from router.demo import demo_command
+        from router.demo.run import demo_command
 
         return int(demo_command(args.config, args.duration, interactive=not args.non_interactive))
     return run_command(args.config, args.workers)

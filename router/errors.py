@@ -13,7 +13,7 @@
         ├── UpstreamConnectError 502 (unreachable / reset after retries)
         └── UpstreamTimeout      504
 
-Config and admin-body validation errors live in router/validate.py (``ValidationError``).
+Config and admin-body validation errors live in router/config/validate.py (``ValidationError``).
 """
 
 from __future__ import annotations

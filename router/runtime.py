@@ -15,14 +15,14 @@ from collections.abc import Awaitable, Callable, Iterable
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter
 
-from router.accesslog import AccessLogger
-from router.config import Config
-from router.health import HealthChecker, HttpProber, ProbeFn, ProbeResult
+from router.config.loader import Config
+from router.health.checker import HealthChecker, HttpProber, ProbeFn, ProbeResult
+from router.health.outlier import OutlierDetector
 from router.metrics import GaugeCollector, TrafficCollector, TrafficStats
-from router.outlier import OutlierDetector
-from router.proxy import ProxyCore
-from router.registry import Registry, Transition
-from router.snapshot import (
+from router.proxy.accesslog import AccessLogger
+from router.proxy.core import ProxyCore
+from router.state.registry import Registry, Transition
+from router.state.snapshot import (
     ELIGIBLE_STATES,
     MANUAL_STATES,
     RegionState,

@@ -73,8 +73,8 @@ import yaml
 from aiohttp import WSMsgType, web
 from pytest_aiohttp import AiohttpServer
 
-from router.config_model import HealthCheckConfig, RegionConfig
-from router.health import ProbeResult
+from router.config.model import HealthCheckConfig, RegionConfig
+from router.health.checker import ProbeResult
 
 PATTERN_BLOCK = bytes(range(256)) * 257  # 64 KiB + 256: any offset has a full block
 GZIP_BODY = gzip.compress(b"hello compressed world " * 100, mtime=0)

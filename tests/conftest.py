@@ -10,7 +10,7 @@ import pytest
 import uvloop
 
 from router.cli import RouterService
-from router.config import Config, config_from_mapping
+from router.config.loader import Config, config_from_mapping
 
 
 def make_config(regions: list[dict[str, Any]] | None = None, **sections: Any) -> Config:

@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 from multidict import CIMultiDict
 
-from router.config import Config
+from router.config.loader import Config
 from tests.conftest import make_config
 
 # Health checks for tests that count where requests went: a probe delayed by a busy CI

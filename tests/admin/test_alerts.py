@@ -19,15 +19,15 @@ import yaml
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from router.alerts import (
+from router.cli import RouterService
+from router.config.loader import load_config
+from router.monitoring.alerts import (
     REGION_DOWN,
     AlertBook,
     Condition,
     replication_failures,
     webhook_payload,
 )
-from router.cli import RouterService
-from router.config import load_config
 from tests.conftest import StartRouter, make_config
 
 FAST_HEALTH = {

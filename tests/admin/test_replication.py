@@ -9,7 +9,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpServer
 
-from router.config import Config
+from router.config.loader import Config
 from tests.conftest import StartRouter, make_config
 from tests.stores import Store, admin_call, file_sha256, start_store, wait_job, write_payload
 

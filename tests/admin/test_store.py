@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from router.operations import FailoverOperation, OperationBook
-from router.store import FORMAT_VERSION, FileStateStore, StateFormatError, StoreWriteError
+from router.state.operations import FailoverOperation, OperationBook
+from router.store.files import FORMAT_VERSION, FileStateStore, StateFormatError, StoreWriteError
 
 
 def test_save_then_load_round_trips_and_leaves_no_temp_file(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 from pytest_aiohttp import AiohttpServer
 
-from router.config import load_config
+from router.config.loader import load_config
 from tests.admin.client import Admin, steady_config
 from tests.backends import free_ports, run_cli, start_region, write_config
 from tests.conftest import StartRouter

@@ -16,8 +16,8 @@ import orjson
 from pytest_aiohttp import AiohttpServer
 
 from router.cli import RouterService
-from router.config import Config
-from router.store import FORMAT_VERSION, KINDS
+from router.config.loader import Config
+from router.store.files import FORMAT_VERSION, KINDS
 from tests.admin.client import Admin, steady_config, summary
 from tests.backends import router_process, run_cli, start_region, write_config
 

@@ -142,6 +142,6 @@ def test_demo_takes_free_ports_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> No
 
 
 def test_packaged_demo_config_is_the_repo_config() -> None:
-    """``pip install .`` ships router/demo_config.yaml; it must not drift from config.yaml."""
-    packaged = (REPO / "router" / "demo_config.yaml").read_text(encoding="utf-8")
+    """``pip install .`` ships router/demo/demo_config.yaml; it must not drift from config.yaml."""
+    packaged = (REPO / "router" / "demo" / "demo_config.yaml").read_text(encoding="utf-8")
     assert packaged == (REPO / "config.yaml").read_text(encoding="utf-8")

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from router.cli import RouterService
-from router.snapshot import RegionState
+from router.state.snapshot import RegionState
 from tests.conftest import StartRouter, make_config
 
 H, R, E, U = (

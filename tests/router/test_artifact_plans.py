@@ -5,9 +5,9 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
-from router.artifacts import artifact_candidates
-from router.config import Endpoint, RouteConfig, RouteMatch
-from router.snapshot import ArtifactInfo, RegionState, RegionView
+from router.config.loader import Endpoint, RouteConfig, RouteMatch
+from router.state.artifacts import artifact_candidates
+from router.state.snapshot import ArtifactInfo, RegionState, RegionView
 
 OLD, NEW = "a" * 64, "b" * 64
 

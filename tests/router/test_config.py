@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from router.check import check_command
-from router.config import (
+from router.config.check import check_command
+from router.config.loader import (
     Config,
     ConfigError,
     FieldError,
@@ -21,8 +21,8 @@ from router.config import (
     parse_region_patch,
     redacted_dict,
 )
-from router.units import parse_duration, parse_percent, parse_size
-from router.validate import Fields, ValidationError
+from router.config.units import parse_duration, parse_percent, parse_size
+from router.config.validate import Fields, ValidationError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,7 @@ def test_repo_config_loads() -> None:
 
 
 def test_packaged_demo_config_is_the_repo_config() -> None:
-    packaged = REPO / "router" / "demo_config.yaml"
+    packaged = REPO / "router" / "demo" / "demo_config.yaml"
     assert packaged.read_text() == (REPO / "config.yaml").read_text()
 
 

@@ -14,10 +14,10 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from router.config import HealthCheckConfig, RegionConfig
-from router.health import HealthChecker, HttpProber, ProbeResult
-from router.registry import Registry, Transition
-from router.snapshot import RegionState
+from router.config.loader import HealthCheckConfig, RegionConfig
+from router.health.checker import HealthChecker, HttpProber, ProbeResult
+from router.state.registry import Registry, Transition
+from router.state.snapshot import RegionState
 from tests.conftest import make_config
 
 OK = ProbeResult(True, 0.002)

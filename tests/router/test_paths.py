@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from router.errors import BadRequest
-from router.paths import normalize_path, split_target
+from router.proxy.paths import normalize_path, split_target
 
 
 @pytest.mark.parametrize(

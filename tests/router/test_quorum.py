@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from router.config import config_from_mapping
-from router.quorum import cluster_verdict, describe_quorum, quorum_down
-from router.registry import LOCAL_DOUBT_FACTOR, Registry
-from router.snapshot import RegionState
-from router.state_docs import join, split
+from router.cluster.quorum import cluster_verdict, describe_quorum, quorum_down
+from router.config.loader import config_from_mapping
+from router.state.registry import LOCAL_DOUBT_FACTOR, Registry
+from router.state.snapshot import RegionState
+from router.store.docs import join, split
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from router.outlier import OutlierDetector
-from router.registry import HISTORY_LIMIT, Registry, Transition
+from router.health.outlier import OutlierDetector
 from router.runtime import failover_reason
-from router.snapshot import RegionState
+from router.state.registry import HISTORY_LIMIT, Registry, Transition
+from router.state.snapshot import RegionState
 from tests.conftest import make_config
 
 H, R, E, U = (

@@ -6,9 +6,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from router.exchange import current_plan
-from router.registry import Registry
-from router.retries import retry_after_seconds
+from router.proxy.exchange import current_plan
+from router.proxy.retries import retry_after_seconds
+from router.state.registry import Registry
 from tests.conftest import make_config
 
 WALL = 1_800_000_000.0

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from router.config import StateConfig
-from router.coordination import Coordination
-from router.state_docs import region_key
-from router.state_redis import RedisStateStore
-from router.store import StoreConflict, StoreWriteError
+from router.cluster.coordination import Coordination
+from router.config.loader import StateConfig
+from router.store.docs import region_key
+from router.store.files import StoreConflict, StoreWriteError
+from router.store.redis import RedisStateStore
 from tests.redis_server import RedisServer, require_redis
 
 pytestmark = pytest.mark.timeout(60)

@@ -12,17 +12,17 @@ from typing import Any
 
 import pytest
 
-from router.config import Endpoint
-from router.load import (
+from router.config.loader import Endpoint
+from router.routing.load import (
     DEFAULT_RTT_S,
     FAILURE_PENALTY_MAX_S,
     FAILURE_PENALTY_MIN_S,
     LoadTable,
     RegionLoad,
 )
-from router.snapshot import RegionState, RegionView, RoutePlan, Snapshot
-from router.strategies import RequestInfo, Selector, power_of_two, rendezvous, smooth_wrr
-from router.tiers import plan_tiers
+from router.routing.strategies import RequestInfo, Selector, power_of_two, rendezvous, smooth_wrr
+from router.state.snapshot import RegionState, RegionView, RoutePlan, Snapshot
+from router.state.tiers import plan_tiers
 from tests.conftest import make_config
 
 H = RegionState.HEALTHY

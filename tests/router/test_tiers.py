@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from router.snapshot import RegionState, RegionView
-from router.tiers import plan_tiers
+from router.state.snapshot import RegionState, RegionView
+from router.state.tiers import plan_tiers
 from tests.router.test_strategies import view
 
 H, U, E = RegionState.HEALTHY, RegionState.UNHEALTHY, RegionState.EJECTED

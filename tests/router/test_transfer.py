@@ -9,8 +9,8 @@ from email.utils import formatdate
 import pytest
 from multidict import CIMultiDict
 
-from router.replication_copy import _judge, _racy
-from router.transfer import Report, TransferError, digest_headers, report_from
+from router.replication.copier import _judge, _racy
+from router.replication.transfer import Report, TransferError, digest_headers, report_from
 
 BODY = b"model bytes"
 HEX = hashlib.sha256(BODY).hexdigest()

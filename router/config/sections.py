@@ -1,0 +1,361 @@
+"""Builds the config dataclasses from plain, env-expanded data, one section at a time.
+
+Every check that can be decided from the file alone is made here, and every error is
+collected with its path; ``router.config.loader`` wraps this with YAML, ``${VAR}`` and the hash.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from types import MappingProxyType
+
+from router.config.model import (
+    RETRY_CONDITIONS,
+    AdminConfig,
+    AffinityConfig,
+    AlertsConfig,
+    Config,
+    FailoverConfig,
+    GeoConfig,
+    HealthCheckConfig,
+    LimitsConfig,
+    ListenConfig,
+    OutlierDetectionConfig,
+    ReloadConfig,
+    ReplicationConfig,
+    ResponseHeadersConfig,
+    RetriesConfig,
+    RouteConfig,
+    RouteMatch,
+    StateConfig,
+    TimeoutsConfig,
+)
+from router.config.redis_url import SENTINEL_SCHEME, parse_sentinel_url
+from router.config.regions import region_ref, regions_section
+from router.config.units import is_number, show
+from router.config.validate import (
+    FieldError,
+    Fields,
+    as_choice,
+    as_str,
+    list_items,
+)
+from router.config.values import (
+    BACKEND_CHOICES,
+    STRATEGY_CHOICES,
+    VERSION_CHOICES,
+    parse_artifact_fallback,
+    parse_fraction,
+    parse_hostport,
+    parse_http_url,
+    parse_path,
+    parse_quorum,
+    parse_route_host,
+    parse_status_ranges,
+    parse_token,
+)
+
+_ROUTE = RouteConfig(match=RouteMatch())
+_RETRY_STATUS = re.compile(r"[45]\d\d")
+
+
+# -- sections --------------------------------------------------------------------------------
+
+
+def _listen(f: Fields) -> ListenConfig:
+    d = ListenConfig()
+    with f:
+        proxy = f.get("proxy", parse_hostport, d.proxy)
+        admin = f.get("admin", parse_hostport, d.admin)
+    if f.clean and proxy == admin and proxy.port != 0:
+        f.error("admin", f"same address as listen.proxy ({proxy})")
+    return ListenConfig(proxy=proxy, admin=admin)
+
+
+def _health_check(f: Fields) -> HealthCheckConfig:
+    d = HealthCheckConfig()
+    with f:
+        hc = HealthCheckConfig(
+            path=f.get("path", parse_path, d.path),
+            interval_s=f.duration("interval", d.interval_s),
+            timeout_s=f.duration("timeout", d.timeout_s),
+            healthy_threshold=f.integer("healthy_threshold", d.healthy_threshold, lo=1),
+            unhealthy_threshold=f.integer("unhealthy_threshold", d.unhealthy_threshold, lo=1),
+            expected_status=f.get("expected_status", parse_status_ranges, d.expected_status),
+            jitter_percent=f.percent("jitter", d.jitter_percent),
+            body_contains=f.optional("body_contains", as_str(nonempty=True)),
+        )
+    if f.clean and hc.timeout_s > hc.interval_s:
+        f.error("timeout", f"must not exceed interval ({hc.timeout_s:g}s > {hc.interval_s:g}s)")
+    return hc
+
+
+def _outlier_detection(f: Fields) -> OutlierDetectionConfig:
+    d = OutlierDetectionConfig()
+    with f:
+        od = OutlierDetectionConfig(
+            consecutive_failures=f.integer("consecutive_failures", d.consecutive_failures, lo=1),
+            base_ejection_time_s=f.duration("base_ejection_time", d.base_ejection_time_s),
+            max_ejection_time_s=f.duration("max_ejection_time", d.max_ejection_time_s),
+            max_ejection_percent=f.percent("max_ejection_percent", d.max_ejection_percent),
+        )
+    if f.clean and od.max_ejection_time_s < od.base_ejection_time_s:
+        f.error("max_ejection_time", "must not be shorter than base_ejection_time")
+    return od
+
+
+def _failover(f: Fields) -> FailoverConfig:
+    d = FailoverConfig()
+    with f:
+        return FailoverConfig(
+            overprovisioning_factor=f.number(
+                "overprovisioning_factor", d.overprovisioning_factor, lo=1.0, hi=100.0
+            ),
+            panic_threshold_percent=f.percent("panic_threshold", d.panic_threshold_percent),
+            slow_start_s=f.duration("slow_start", d.slow_start_s, positive=False),
+        )
+
+
+def _retries(f: Fields) -> RetriesConfig:
+    d = RetriesConfig()
+    with f:
+        conditions, statuses = set(d.on_conditions), set(d.on_statuses)
+        if f.has("on"):
+            conditions, statuses = set(), set()
+        for path, item in f.items("on"):
+            if isinstance(item, str) and item in RETRY_CONDITIONS:
+                conditions.add(item)
+            elif (is_number(item) or isinstance(item, str)) and re.fullmatch(
+                r"[45]\d\d", str(item)
+            ):
+                statuses.add(int(str(item)))
+            else:
+                message = f"expected {', '.join(RETRY_CONDITIONS)} or a status 400..599"
+                f.errors.append(FieldError(path, f"{message}, got {show(item)}"))
+        rc = RetriesConfig(
+            max_retries=f.integer("max_retries", d.max_retries, lo=0, hi=10),
+            on_conditions=frozenset(conditions),
+            on_statuses=frozenset(statuses),
+            budget_percent=f.percent("budget_percent", d.budget_percent),
+            min_concurrent=f.integer("min_concurrent", d.min_concurrent, lo=0),
+            buffer_body_max_bytes=f.size("buffer_body_max", d.buffer_body_max_bytes),
+            backoff_base_s=f.duration("backoff_base", d.backoff_base_s, positive=False),
+            backoff_max_s=f.duration("backoff_max", d.backoff_max_s, positive=False),
+        )
+    if f.clean and rc.backoff_max_s < rc.backoff_base_s:
+        f.error("backoff_max", "must not be shorter than backoff_base")
+    return rc
+
+
+def _routes(f: Fields, region_ids: Collection[str]) -> tuple[RouteConfig, ...]:
+    routes: list[RouteConfig] = []
+    for path, item in f.items("routes"):
+        before = len(f.errors)
+        with Fields(item, path, f.errors) as r:
+            with r.section("match") as m:
+                match = RouteMatch(
+                    path_prefix=m.optional("path_prefix", parse_path),
+                    host=m.optional("host", parse_route_host),
+                )
+            if not r.has("match") and r.clean:
+                r.error("match", "required")
+            elif r.clean and match.path_prefix is None and match.host is None:
+                r.error("match", "needs at least one of path_prefix, host")
+            regions: list[str] = []
+            for item_path, value in r.items("regions"):
+                try:
+                    regions.append(region_ref(region_ids)(value))
+                except ValueError as exc:
+                    f.errors.append(FieldError(item_path, str(exc)))
+            if len(set(regions)) != len(regions):
+                r.error("regions", "lists a region twice")
+            route = RouteConfig(
+                match=match,
+                strategy=r.optional("strategy", as_choice(STRATEGY_CHOICES)),
+                regions=tuple(regions),
+                requires_artifact=r.optional("requires_artifact", as_str(nonempty=True)),
+                artifact_version=r.choice(
+                    "artifact_version", _ROUTE.artifact_version, VERSION_CHOICES
+                ),
+                artifact_fallback=r.get(
+                    "artifact_fallback",
+                    parse_artifact_fallback,
+                    _ROUTE.artifact_fallback,
+                ),
+            )
+        if len(f.errors) == before:
+            routes.append(route)
+    return tuple(routes)
+
+
+def _affinity(f: Fields) -> AffinityConfig | None:
+    if f.raw("affinity") is None:
+        return None
+    with f.section("affinity") as a:
+        affinity = AffinityConfig(
+            cookie=a.optional("cookie", parse_token),
+            header=a.optional("header", parse_token),
+            cookie_max_age_s=a.duration("cookie_max_age", 0.0, positive=False),
+        )
+        if a.clean and (affinity.cookie is None) == (affinity.header is None):
+            a.error(None, "set exactly one of cookie or header")
+    return affinity
+
+
+def _geo(f: Fields, region_ids: Collection[str]) -> GeoConfig:
+    d = GeoConfig()
+    with f:
+        proximity: dict[str, tuple[str, ...]] = {}
+        for client_region, path, value in f.entries("proximity"):
+            ids: list[str] = []
+            for item_path, item in list_items(value, path, f.errors):
+                try:
+                    ids.append(region_ref(region_ids)(item))
+                except ValueError as exc:
+                    f.errors.append(FieldError(item_path, str(exc)))
+            proximity[client_region] = tuple(ids)
+        return GeoConfig(
+            header=f.get("header", parse_token, d.header),
+            label=f.text("label", d.label, nonempty=True),
+            proximity=MappingProxyType(proximity),
+        )
+
+
+def _state(f: Fields) -> StateConfig:
+    d = StateConfig()
+    with f:
+        url = f.text("url", d.url, nonempty=True)
+        if url.startswith(SENTINEL_SCHEME):
+            try:
+                parse_sentinel_url(url)
+            except ValueError as exc:
+                f.error("url", str(exc))
+        elif not url.startswith(("redis://", "rediss://", "unix://")):
+            f.error(
+                "url",
+                "expected a redis://, rediss://, unix:// or redis+sentinel:// URL, "
+                f"got {show(url)}",
+            )
+        return StateConfig(
+            backend=f.choice("backend", d.backend, BACKEND_CHOICES),
+            url=url,
+            key_prefix=f.text("key_prefix", d.key_prefix, nonempty=True),
+            quorum_percent=f.get("quorum", parse_quorum, d.quorum_percent),
+        )
+
+
+def _replication(f: Fields) -> ReplicationConfig:
+    d = ReplicationConfig()
+    with f:
+        return ReplicationConfig(
+            concurrency=f.integer("concurrency", d.concurrency, lo=1, hi=1000),
+            attempts=f.integer("attempts", d.attempts, lo=1, hi=100),
+            lease_s=f.duration("lease", d.lease_s),
+            verify=f.flag("verify", d.verify),
+            backoff_base_s=f.duration("backoff_base", d.backoff_base_s, positive=False),
+            model_path=f.get("model_path", parse_path, d.model_path),
+        )
+
+
+def _alerts(f: Fields) -> AlertsConfig:
+    d = AlertsConfig()
+    with f:
+        return AlertsConfig(
+            error_rate=f.get("error_rate", parse_fraction, d.error_rate),
+            latency_p95_s=f.duration("latency_p95", d.latency_p95_s),
+            window_s=f.duration("window", d.window_s),
+            evaluate_interval_s=f.duration("evaluate_interval", d.evaluate_interval_s),
+            webhook=f.optional("webhook", parse_http_url),
+            for_s=f.duration("for", d.for_s, positive=False),
+        )
+
+
+def _admin(f: Fields) -> AdminConfig:
+    d = AdminConfig()
+    with f:
+        return AdminConfig(
+            token=f.text("token", d.token),
+            public_metrics=f.flag("public_metrics", d.public_metrics),
+            max_body_bytes=f.size("max_body", d.max_body_bytes, positive=True),
+        )
+
+
+def _reload(f: Fields) -> ReloadConfig:
+    d = ReloadConfig()
+    with f:
+        return ReloadConfig(
+            watch=f.flag("watch", d.watch),
+            debounce_s=f.duration("debounce", d.debounce_s, positive=False),
+        )
+
+
+def _response_headers(f: Fields) -> ResponseHeadersConfig:
+    d = ResponseHeadersConfig()
+    with f:
+        return ResponseHeadersConfig(
+            region=f.flag("region", d.region), request_id=f.flag("request_id", d.request_id)
+        )
+
+
+def _timeouts(f: Fields) -> TimeoutsConfig:
+    d = TimeoutsConfig()
+    with f:
+        return TimeoutsConfig(
+            connect_s=f.duration("connect", d.connect_s),
+            response_headers_s=f.duration("response_headers", d.response_headers_s),
+            idle_s=f.duration("idle", d.idle_s),
+        )
+
+
+def _limits(f: Fields) -> LimitsConfig:
+    d = LimitsConfig()
+    with f:
+        return LimitsConfig(
+            max_body_bytes=f.size("max_body", d.max_body_bytes, positive=True),
+            max_header_bytes=f.size("max_header_bytes", d.max_header_bytes, positive=True),
+        )
+
+
+def build_config(data: object, errors: list[FieldError]) -> Config:
+    """The whole config from env-expanded data; check ``errors`` before trusting the result.
+
+    Sections are read in the order the contract lists them, so errors come out in that order.
+    """
+    d = Config()
+    with Fields(data, "", errors) as f:
+        listen = _listen(f.section("listen"))
+        admin = _admin(f.section("admin"))
+        reload = _reload(f.section("reload"))
+        preserve_host = f.flag("preserve_host", d.preserve_host)
+        response_headers = _response_headers(f.section("response_headers"))
+        state_dir = f.text("state_dir", d.state_dir, nonempty=True)
+        state = _state(f.section("state"))
+        instance_id = f.text("instance_id", d.instance_id)
+        strategy = f.choice("strategy", d.strategy, STRATEGY_CHOICES)
+        regions, region_ids = regions_section(f)
+        return Config(
+            listen=listen,
+            admin=admin,
+            reload=reload,
+            preserve_host=preserve_host,
+            response_headers=response_headers,
+            state_dir=state_dir,
+            state=state,
+            instance_id=instance_id,
+            strategy=strategy,
+            regions=regions,
+            health_check=_health_check(f.section("health_check")),
+            outlier_detection=_outlier_detection(f.section("outlier_detection")),
+            failover=_failover(f.section("failover")),
+            retries=_retries(f.section("retries")),
+            timeouts=_timeouts(f.section("timeouts")),
+            limits=_limits(f.section("limits")),
+            routes=_routes(f, region_ids),
+            affinity=_affinity(f),
+            geo=_geo(f.section("geo"), region_ids),
+            replication=_replication(f.section("replication")),
+            alerts=_alerts(f.section("alerts")),
+            access_log=f.flag("access_log", d.access_log),
+            shutdown_grace_s=f.duration("shutdown_grace", d.shutdown_grace_s, positive=False),
+        )

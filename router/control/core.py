@@ -1,0 +1,440 @@
+"""Control-plane operations: register, patch, remove, fail over, recover, reload, persist.
+
+The admin API is HTTP glue over this class; with worker processes the supervisor runs it.
+Each write validates, changes the registry, persists, and only then answers; when the
+state cannot be written the change is rolled back (``StoreWriteError``), so an answer of
+"done" always means "done and stored". The store is ``state_dir`` files, or Redis shared
+with other instances (``state.backend: redis``; router/control/remote.py applies their changes
+here, under the same ``lock`` as the writes, so a write and its rollback are never
+interleaved with another instance's change).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from router.config.diff import ReloadResult, file_digest
+from router.config.loader import Config, RegionConfig
+from router.control import reload as control_reload
+from router.control.persist import ControlState
+from router.errors import NotFound, RegionConflict, UnknownRegion
+from router.monitoring.alerts import AlertEngine
+from router.monitoring.window import TrafficWindow
+from router.replication.engine import ReplicationEngine
+from router.replication.inventory import ArtifactInventory
+from router.runtime import Runtime
+from router.state.operations import FailoverOperation, OperationBook
+from router.state.registry import RegionRecord, Transition
+from router.state.snapshot import RegionView
+from router.store.docs import operation_key, region_key
+from router.store.files import FileStateStore, StateStore, StoreConflict, StoreWriteError
+from router.store.redis import RedisStateStore
+
+if TYPE_CHECKING:
+    from router.control.remote import Cluster
+
+log = logging.getLogger("router.control.core")
+
+HOUSEKEEPING_S = 0.25
+REMOVAL_POLL_S = 0.02
+
+__all__ = ["Control", "ReloadResult", "RemovalResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class RemovalResult:
+    region: str
+    drained: bool  # no request was still in flight when the region went
+    waited_s: float
+
+
+class Control:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        config_path: str | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.runtime = runtime
+        self.registry = runtime.registry
+        self.config_path = config_path
+        self.wall = wall
+        config = runtime.registry.config
+        self.store: StateStore
+        if config.state.backend == "redis":
+            self.store = RedisStateStore(
+                config.state, Path(config.state_dir), runtime.instance_id, runtime.metrics
+            )
+        else:
+            self.store = FileStateStore(Path(config.state_dir))
+        self.lock = asyncio.Lock()  # one change at a time: local writes and other instances'
+        self.ops = OperationBook()
+        self.state = ControlState(
+            self.registry, self.store, self.ops, runtime.record_transition, runtime.instance_id
+        )
+        self.window = TrafficWindow()
+        self.inventory = ArtifactInventory(self.registry, self.store, wall=wall)
+        self.replication = ReplicationEngine(
+            self.registry,
+            self.store,
+            self.inventory,
+            runtime.metrics,
+            instance_id=runtime.instance_id,
+            wall=wall,
+        )
+        self.last_reload: ReloadResult | None = None
+        self._history_dirty = False
+        self._ops_dirty = False  # an expiry applied here, not yet stored
+        self._history_error: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._removals: dict[str, asyncio.Task[RemovalResult]] = {}
+        self.watch_digest: str | None = None
+        self._reload_lock = asyncio.Lock()
+        self._pending: set[asyncio.Task[ReloadResult]] = set()
+        runtime.transition_hooks.append(self._on_transition)
+        self.alerts = AlertEngine(self, wall=wall)
+        self.cluster: Cluster | None = None
+        if isinstance(self.store, RedisStateStore):
+            from router.control.remote import Cluster  # cluster imports control
+
+            self.cluster = Cluster(self, self.store)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Control regions={len(self.registry.snapshot().regions)} "
+            f"operations={len(self.ops.active)} removing={len(self._removals)}>"
+        )
+
+    # -- start-up ----------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Load persisted state; raises StateFormatError for files from a newer version."""
+        await self.store.open()
+        self.state.restore(time.monotonic(), self.wall())
+        self.inventory.restore()  # after the regions: copies belong to known regions
+        self.replication.restore()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        # The baseline: traffic from the first second on shows in rates and percentiles.
+        self.window.sample(self.runtime.merged_stats(), time.monotonic())
+        self._tasks.append(loop.create_task(self._housekeeping(), name="control-housekeeping"))
+        if self.config_path:
+            self.watch_digest = file_digest(self.config_path)
+            self._tasks.append(
+                loop.create_task(control_reload.watch_config(self), name="config-watch")
+            )
+        await self.alerts.start()
+        await self.replication.start()
+        await self.store.start()
+        if self.cluster is not None:
+            await self.cluster.start()
+
+    async def stop(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.stop()
+        await self.replication.stop()
+        await self.alerts.stop()
+        tasks = [*self._tasks, *self._removals.values(), *self._pending]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._removals.clear()
+        if self._history_dirty:
+            with contextlib.suppress(StoreWriteError):
+                await self.state.save_history()
+        await self.store.close()
+
+    # -- regions -----------------------------------------------------------------------
+
+    async def register(self, rc: RegionConfig) -> RegionView:
+        async with self.lock:
+            if rc.id in self.registry.snapshot().by_id:
+                raise RegionConflict(f"region {rc.id!r} already exists")
+            self.registry.add_region(rc, time.monotonic())
+            try:
+                await self.state.save_regions(create=region_key(rc.id))
+            except (StoreWriteError, StoreConflict) as exc:
+                self.registry.remove_region(rc.id, time.monotonic())
+                if isinstance(exc, StoreConflict):
+                    raise RegionConflict(
+                        f"region {rc.id!r} already exists (registered on another instance)"
+                    ) from None
+                raise
+        self.runtime.health.sync()  # probed at once; serves after its first passing check
+        return self.registry.snapshot().by_id[rc.id]
+
+    async def patch(self, region_id: str, changes: dict[str, object]) -> RegionView:
+        async with self.lock:
+            rec = self._writable(region_id)
+            old_config, old_overrides = rec.config, dict(rec.overrides)
+            self.registry.update_region(region_id, time.monotonic(), **changes)
+            try:
+                await self.state.save_regions()
+            except StoreWriteError:
+                rec.config, rec.overrides = old_config, old_overrides
+                self.registry.publish(time.monotonic())
+                raise
+        return self.registry.snapshot().by_id[region_id]
+
+    async def delete(self, region_id: str, grace_s: float | None = None) -> RemovalResult:
+        """Drain a runtime region (no new requests; in-flight ones finish), then remove it.
+
+        The removal is persisted first, so a crash while draining does not bring the region
+        back. A second DELETE while one drains waits for the same removal.
+        """
+        pending = self._removals.get(region_id)
+        if pending is None:
+            async with self.lock:
+                rec = self.registry.record(region_id)
+                if rec.source == "config":
+                    raise RegionConflict(
+                        f"region {region_id!r} is defined in the config file: remove it from "
+                        "the file and reload (POST /admin/reload)"
+                    )
+                pending = self._removals.get(region_id)
+                if pending is None:
+                    rec.removing = True
+                    try:
+                        await self.state.save_regions()
+                    except StoreWriteError:
+                        rec.removing = False
+                        raise
+                    pending = self.begin_removal(region_id, grace_s, "removal requested")
+        return await asyncio.shield(pending)
+
+    def begin_removal(
+        self, region_id: str, grace_s: float | None, reason: str
+    ) -> asyncio.Task[RemovalResult]:
+        """Drain the region now and remove it after its in-flight requests (persisted already)."""
+        self.registry.record(region_id).removing = True
+        t = self.registry.set_manual(region_id, "draining", time.monotonic(), self.wall(), reason)
+        if t is not None:
+            self.runtime.record_transition(t)
+        grace = self.registry.config.shutdown_grace_s if grace_s is None else grace_s
+        pending = asyncio.get_running_loop().create_task(
+            self._finish_removal(region_id, grace), name=f"remove:{region_id}"
+        )
+        self._removals[region_id] = pending
+        return pending
+
+    async def _finish_removal(self, region_id: str, grace_s: float) -> RemovalResult:
+        started = time.monotonic()
+        deadline = started + grace_s
+        load = self.runtime.core.loads.get(region_id)
+        try:
+            while load.inflight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110  # hot-path counters: poll, no per-request signal
+                await asyncio.sleep(REMOVAL_POLL_S)
+            drained = load.inflight == 0
+            async with self.lock:
+                if self.ops.end(region_id, self.wall(), "region removed") is not None:
+                    try:
+                        await self.state.save_ops()
+                    except StoreWriteError as exc:
+                        log.error("region %s removed, but %s", region_id, exc)
+                with contextlib.suppress(UnknownRegion):
+                    self.registry.remove_region(region_id, time.monotonic())
+            self.runtime.health.sync()
+            log.info("region %s removed (drained=%s)", region_id, drained)
+            return RemovalResult(region_id, drained, round(time.monotonic() - started, 3))
+        finally:
+            self._removals.pop(region_id, None)
+
+    def _writable(self, region_id: str) -> RegionRecord:
+        rec = self.registry.record(region_id)
+        if rec.removing:
+            raise RegionConflict(f"region {region_id!r} is being removed")
+        return rec
+
+    # -- failover operations -----------------------------------------------------------
+
+    async def failover(
+        self,
+        region_id: str,
+        *,
+        target: str | None = None,
+        drain_s: float = 0.0,
+        reason: str = "",
+        expires_s: float | None = None,
+    ) -> FailoverOperation:
+        async with self.lock:
+            return await self._failover(region_id, target, drain_s, reason, expires_s)
+
+    async def _failover(
+        self,
+        region_id: str,
+        target: str | None,
+        drain_s: float,
+        reason: str,
+        expires_s: float | None,
+    ) -> FailoverOperation:
+        self._writable(region_id)
+        snap = self.registry.snapshot()
+        if target is not None:
+            if target not in snap.by_id:
+                raise UnknownRegion(target)
+            if target == region_id:
+                raise RegionConflict("the failover target must be another region")
+        if region_id in self.ops.active:
+            op = self.ops.active[region_id]
+            raise RegionConflict(f"region {region_id!r} is already failed over (operation {op.id})")
+        wall = self.wall()
+        op = FailoverOperation(
+            id=FailoverOperation.new_id(),
+            region=region_id,
+            target=target,
+            reason=reason or "manual failover",
+            drain_s=drain_s,
+            created_at=wall,
+            expires_at=wall + expires_s if expires_s else None,
+        )
+        try:
+            with self._ops_rollback():
+                self.ops.start(op)
+                await self.state.save_ops(create=operation_key(region_id))
+        except StoreConflict as exc:
+            other = exc.current.get("id") if isinstance(exc.current, dict) else None
+            raise RegionConflict(
+                f"region {region_id!r} is already failed over (operation {other}, started on "
+                "another instance)"
+            ) from None
+        t = self.registry.set_manual(
+            region_id,
+            "failed_over",
+            time.monotonic(),
+            wall,
+            f"manual failover {op.id}: {op.reason}",
+            drain_s=drain_s,
+            target=target,
+        )
+        if t is not None:
+            self.runtime.record_transition(t)
+        return op
+
+    async def recover(
+        self, region_id: str, reason: str = "manual recover"
+    ) -> FailoverOperation | None:
+        """End the region's failover (if any) and put it back after its next passing check.
+
+        Returns the ended operation; None when the region was not held out by hand.
+        """
+        async with self.lock:
+            return await self._recover(region_id, reason)
+
+    async def _recover(self, region_id: str, reason: str) -> FailoverOperation | None:
+        rec = self._writable(region_id)
+        if region_id not in self.ops.active and rec.manual is None:
+            return None
+        wall = self.wall()
+        with self._ops_rollback():
+            op = self.ops.end(region_id, wall, reason)
+            if op is not None:
+                await self.state.save_ops()
+        t = self.registry.set_manual(region_id, None, time.monotonic(), wall, reason)
+        if t is not None:
+            self.runtime.record_transition(t)
+        self.runtime.health.check_now(region_id)
+        return op
+
+    async def undo(self, op_id: str) -> FailoverOperation:
+        async with self.lock:
+            op = self.ops.get(op_id)
+            if op is None:
+                raise NotFound(f"no failover operation with id {op_id!r}")
+            if op.state != "active":
+                raise RegionConflict(f"operation {op_id} already ended ({op.ended_reason})")
+            ended = await self._recover(op.region, reason=f"undo of {op_id}")
+            assert ended is not None
+            return ended
+
+    @contextlib.contextmanager
+    def _ops_rollback(self) -> Iterator[None]:
+        saved = self.ops.checkpoint()
+        try:
+            yield
+        except (StoreWriteError, StoreConflict):
+            self.ops.rollback(saved)
+            raise
+
+    # -- reload (router/control/reload.py) ---------------------------------------------
+
+    async def reload(self, source: str) -> ReloadResult:
+        async with self._reload_lock:
+            return await control_reload.reload_from_file(self, source)
+
+    def request_reload(self, source: str) -> None:
+        """Reload soon (from a signal handler): the task is kept until it is done."""
+        task = asyncio.get_running_loop().create_task(self.reload(source), name="reload")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def apply_config(self, new: Config, source: str) -> ReloadResult:
+        """Swap in a validated config atomically; regions with unchanged endpoints keep state."""
+        async with self.lock:
+            return await control_reload.apply_config(self, new, source)
+
+    # -- housekeeping and persistence --------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        next_sample = 0.0
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            try:
+                next_sample = await self._housekeeping_step(next_sample)
+            except Exception:
+                log.exception("control housekeeping failed; continuing")
+
+    async def _housekeeping_step(self, next_sample: float) -> float:
+        for op in self.ops.expired(self.wall()):
+            reason = f"operation {op.id} expired"
+            try:
+                await self.recover(op.region, reason=reason)
+            except StoreWriteError as exc:
+                # The operator set this end: honour it on time here, store it when possible.
+                log.warning("operation %s expired; ended here, to be stored: %s", op.id, exc)
+                async with self.lock:
+                    self._end_unstored(op.region, reason)
+            except (UnknownRegion, RegionConflict):
+                self.ops.end(op.region, self.wall(), reason)
+        if self._ops_dirty:
+            async with self.lock:
+                with contextlib.suppress(StoreWriteError):
+                    await self.state.save_ops()
+                    self._ops_dirty = False
+        now = time.monotonic()
+        if now >= next_sample:
+            next_sample = now + 1.0
+            self.window.sample(self.runtime.merged_stats(), now)
+        if self._history_dirty:
+            self._history_dirty = False
+            try:
+                await self.state.save_history()
+            except StoreWriteError as exc:
+                self._history_dirty = True
+                if str(exc) != self._history_error:
+                    log.error("history not saved (will retry): %s", exc)
+                self._history_error = str(exc)
+            else:
+                self._history_error = None
+        return next_sample
+
+    def _end_unstored(self, region_id: str, reason: str) -> None:
+        self._ops_dirty = True
+        if self.ops.end(region_id, self.wall(), reason) is None:
+            return
+        t = self.registry.set_manual(region_id, None, time.monotonic(), self.wall(), reason)
+        if t is not None:
+            self.runtime.record_transition(t)
+        self.runtime.health.check_now(region_id)
+
+    def _on_transition(self, t: Transition) -> None:
+        self._history_dirty = True

@@ -1,0 +1,4 @@
+"""Monitoring: alert rules, webhooks, the recent-traffic window, cross-region scrapes.
+
+May import: ``router.runtime`` and everything below it.
+"""

@@ -1,0 +1,140 @@
+"""Retry policy of one exchange: what failed, whether to try again, where and when.
+
+The failure half of ``router.proxy.exchange.Exchange``, kept apart from the per-request fast path:
+nothing here runs unless an attempt failed or a region answered with a retryable status.
+Retries go to a region not tried yet while one is eligible, with full-jitter backoff, within
+the retry budget (retries that re-send what no region saw are outside it). A request that
+never reached a region is always retried (its body is still pending); otherwise only
+idempotent ones (or with ``Idempotency-Key``) whose body fit ``retries.buffer_body_max``;
+a retry skipped for its body size or the budget is counted, never silent.
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import parsedate_to_datetime
+from time import monotonic
+from typing import TYPE_CHECKING
+
+from router.errors import NoEligibleRegion, ProxyError, UpstreamConnectError, UpstreamTimeout
+from router.proxy.upstream import UpstreamConnection
+from router.routing.load import RegionLoad
+from router.state.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from router.proxy.exchange import Exchange
+
+
+def may_retry(ex: Exchange, reason: str, *, unsent: bool = False) -> bool:
+    """``unsent``: no byte reached a region, so ``pending`` still holds the whole body."""
+    core = ex.core
+    if ex.attempts > core.max_retries:
+        return False
+    if not (ex.idempotent or reason in ("connect-failure", "connect-timeout")):
+        return False
+    if not unsent and ex.retry_buffer is None and not ex.body_done_empty():
+        if ex.body_too_large_for_retry:
+            core.stats.retry("skipped_body_too_large")
+        return False
+    if unsent:
+        return True  # re-sending what no region saw adds no load: outside the budget
+    budget = max(core.retry_min_concurrent, core.retry_budget_fraction * core.inflight)
+    if core.retries_active >= budget:
+        core.stats.retry("skipped_budget")
+        return False
+    return True
+
+
+def attempt_failed(
+    ex: Exchange, kind: str, *, sent: bool, stale: bool = False, detail: str = ""
+) -> None:
+    core = ex.core
+    core.awaiting.discard(ex)
+    region = ex.region
+    assert region is not None
+    now = monotonic()
+    ex.release_upstream(reuse=False)
+    if not stale:
+        core.loads.get(region.id).observe_failure(now)
+        core.stats.upstream_error(region.id, kind)
+        core.observer(region.id, False, kind)
+        ex.tried.add(region.id)
+    condition = "connect-failure" if kind.startswith("connect") else kind
+    always = not sent or stale
+    allowed = always or condition in core.retry_conditions
+    if allowed and may_retry(ex, "connect-failure" if always else condition, unsent=not sent):
+        schedule_retry(ex, "stale-connection" if stale else condition, budgeted=sent)
+        return
+    error: ProxyError
+    if kind == "timeout":
+        error = UpstreamTimeout(f"region {region.id} did not answer in time")
+    elif kind == "connect-timeout":
+        # The region could not be reached at all: that is a 502, like a refusal.
+        error = UpstreamConnectError(f"region {region.id}: connect timed out")
+    else:
+        error = UpstreamConnectError(detail or f"region {region.id} failed: {kind}")
+    ex.fail(error)
+
+
+def retry_after_status(ex: Exchange, conn: UpstreamConnection | None) -> None:
+    # The discarded 5xx was read in full; its connection may be reused.
+    ex.discard_response = False
+    reusable = conn is not None and ex.body_done and conn.parser.should_keep_alive()
+    if conn is not None and ex.head_only_done:
+        conn.reset_parser()
+        ex.head_only_done = False
+    ex.release_upstream(reuse=reusable)
+    assert ex.region is not None
+    ex.core.stats.upstream_error(ex.region.id, str(ex.status))
+    ex.tried.add(ex.region.id)
+    schedule_retry(ex, str(ex.status))
+
+
+def schedule_retry(ex: Exchange, reason: str, *, budgeted: bool = True) -> None:
+    """``budgeted``: the retry counts against the budget (it re-sends what a region saw)."""
+    core = ex.core
+    core.stats.retry(reason)
+    ex.status = 0
+    ex.resp_headers = []
+    ex.resp_reason = b""
+    if ex.retry_buffer:
+        ex.pending = list(ex.retry_buffer)
+        ex.pending_bytes = sum(len(c) for c in ex.pending)
+    if budgeted and not ex.retrying:
+        ex.retrying = True
+        core.retries_active += 1
+    n = ex.attempts
+    cap = min(core.retry_backoff_max_s, core.retry_backoff_base_s * (2 ** (n - 1)))
+    delay = core.selector.rng.uniform(0, cap)  # full jitter
+    core.loop.call_later(delay, ex.retry_now)
+
+
+def honour_retry_after(ex: Exchange, load: RegionLoad, now: float) -> None:
+    for name, value in ex.resp_headers:
+        if name.lower() == b"retry-after":
+            seconds = retry_after_seconds(value)
+            if seconds is not None:
+                load.not_before = now + min(seconds, 3600.0)
+            return
+
+
+def retry_after_seconds(value: bytes, wall: float | None = None) -> float | None:
+    """Seconds from a Retry-After value: delta-seconds or an HTTP-date (RFC 9110 10.2.3)."""
+    text = value.strip().decode("latin-1")
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    now = time.time() if wall is None else wall
+    return max(0.0, when.timestamp() - now)
+
+
+def no_region_error(snapshot: Snapshot, now: float) -> NoEligibleRegion:
+    wake = snapshot.next_eligible_at
+    hint = snapshot.config.health_check.interval_s
+    seconds = int(max(1.0, (wake - now) if wake else hint) + 0.999)
+    return NoEligibleRegion("no eligible region for this request", retry_after_s=seconds)

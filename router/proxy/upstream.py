@@ -1,0 +1,241 @@
+"""Upstream side of the data plane: one keep-alive HTTP/1.1 connection, and the per-region pool.
+
+An ``UpstreamConnection`` parses responses with httptools and forwards every event to the
+exchange bound to it; between requests it sits idle in its region's pool (LIFO, so warm
+connections are reused first). Opened in one place (``Pool.connect``), closed in one place
+(``Pool.close``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+from router.config.loader import Endpoint
+
+if TYPE_CHECKING:
+    from router.proxy.exchange import Exchange
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_on_lost",
+        "closed",
+        "corked",
+        "exchange",
+        "idle_since",
+        "key",
+        "parser",
+        "reused",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, key: str, on_lost: Callable[[UpstreamConnection], None]) -> None:
+        self.key = key
+        self._on_lost = on_lost
+        self.transport: asyncio.Transport | None = None
+        self.exchange: Exchange | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.reused = False
+        self.idle_since = 0.0
+        self.tunnel: Any = None  # the client connection once a WebSocket is tunnelled
+        self.corked: list[bytes] | None = None  # writes held until the client read is parsed
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.tunnel_write(data)
+            return
+        ex = self.exchange
+        if ex is None:
+            # Bytes on an idle connection: the upstream is confused; never reuse it.
+            self.close()
+            return
+        client = ex.client
+        client.last_active = monotonic()  # a body in progress is not idle
+        client.cork()  # one write to the client per upstream read, not one per event
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            ex.on_upgrade_data(data[upgrade.args[0] :])
+        except httptools.HttpParserError as exc:
+            ex.on_upstream_protocol_error(f"invalid response from upstream: {exc}")
+        else:
+            if ex.head_only_done:
+                ex.on_response_complete()
+        finally:
+            client.uncork()
+
+    def eof_received(self) -> bool | None:
+        return False  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.tunnel is not None:
+            tunnel, self.tunnel = self.tunnel, None
+            tunnel.tunnel_closed()
+        ex = self.exchange
+        self.exchange = None
+        self._on_lost(self)
+        if ex is not None:
+            ex.on_upstream_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.pause_reading_for("tunnel")
+        elif self.exchange is not None:
+            self.exchange.client.pause_reading_for("upstream")
+
+    def resume_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.resume_reading_for("tunnel")
+        elif self.exchange is not None:
+            self.exchange.client.resume_reading_for("upstream")
+
+    # -- httptools callbacks (forwarded to the exchange) -------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.resp_reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.resp_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.exchange is not None:
+            self.exchange.on_response_head(self.parser.get_status_code())
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.exchange is not None:
+            self.exchange.on_response_complete()
+
+    # -- control -----------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        out = self.corked
+        if out is not None:
+            out.append(data)
+        elif self.usable():
+            self.transport.write(data)  # type: ignore[union-attr]  # usable() checked it
+        # else: the peer already reset it; connection_lost follows and fails the attempt
+
+    def uncork(self) -> None:
+        out, self.corked = self.corked, None
+        if out and self.usable():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]  # usable() checked it
+
+    def usable(self) -> bool:
+        """Open for writing: uvloop closes a reset transport before connection_lost runs."""
+        t = self.transport
+        return not self.closed and t is not None and not t.is_closing()
+
+    def reset_parser(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Pool:
+    """Idle keep-alive connections per endpoint; the pool covers any client concurrency."""
+
+    def __init__(self, *, connect_timeout_s: float, idle_timeout_s: float, max_idle: int = 1024):
+        self.connect_timeout_s = connect_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.max_idle = max_idle
+        self._idle: dict[str, list[UpstreamConnection]] = {}
+        self._all: set[UpstreamConnection] = set()
+        self._ssl: dict[str, ssl.SSLContext] = {}
+
+    def acquire_idle(self, key: str) -> UpstreamConnection | None:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if conn.usable():
+                conn.reused = True
+                return conn
+        return None
+
+    async def connect(self, endpoint: Endpoint, ca_file: str | None) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        key = endpoint.url
+        ctx = self._ssl_context(endpoint, ca_file) if endpoint.scheme == "https" else None
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: UpstreamConnection(key, self._forget),
+                endpoint.host,
+                endpoint.port,
+                ssl=ctx,
+                server_hostname=endpoint.host if ctx is not None else None,
+            ),
+            self.connect_timeout_s,
+        )
+        self._all.add(conn)
+        return conn
+
+    def release(self, conn: UpstreamConnection, now: float) -> None:
+        if conn.closed:
+            return
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= self.max_idle:
+            conn.close()
+            return
+        conn.idle_since = now
+        idle.append(conn)
+
+    def _forget(self, conn: UpstreamConnection) -> None:
+        self._all.discard(conn)
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def sweep(self, now: float) -> None:
+        """Close connections idle past the idle timeout."""
+        limit = now - self.idle_timeout_s
+        for idle in self._idle.values():
+            while idle and idle[0].idle_since < limit:
+                idle.pop(0).close()
+
+    def close(self) -> None:
+        for conn in list(self._all):
+            conn.close()
+        self._idle.clear()
+
+    def counts(self) -> dict[str, int]:
+        return {key: len(conns) for key, conns in self._idle.items()}
+
+    def _ssl_context(self, endpoint: Endpoint, ca_file: str | None) -> ssl.SSLContext:
+        ctx = self._ssl.get(endpoint.url)
+        if ctx is None:
+            ctx = ssl.create_default_context(cafile=ca_file)
+            ctx.set_alpn_protocols(["http/1.1"])
+            self._ssl[endpoint.url] = ctx
+        return ctx
+
+    def __repr__(self) -> str:
+        idle = sum(len(v) for v in self._idle.values())
+        return f"<Pool connections={len(self._all)} idle={idle}>"

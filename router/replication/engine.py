@@ -1,0 +1,536 @@
+"""Replication jobs: read an artifact from one region once, copy it to others, verify each copy.
+
+``ReplicationEngine`` owns the jobs (store kind ``replications``). ``submit`` validates a
+request and starts a task per job: the task reads ``GET source+path`` into a spool file in
+``state_dir/spool`` (sha256 computed on the way), PUTs it to the targets
+(``replication.concurrency`` at a time, ``replication.attempts`` tries each with exponential
+backoff from ``replication.backoff_base``), verifies each copy and records it in the
+artifact inventory, which routing reads. Unfinished jobs resume after a restart without
+re-copying verified targets. Control-plane code kept in ``router/`` so a supervisor
+process can run it without the admin app; the rules are in docs/replication.md.
+
+With several instances (``state.backend: redis``) a ``coordinator``
+(router/cluster/leases.py) decides which instance runs each job: the one holding its
+lease. The others keep the job's JSON up to date from the store (``apply_remote``) and
+take the job over (``adopt``) when the lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import quote
+
+import aiohttp
+from prometheus_client import CollectorRegistry, Counter
+
+from router import __version__
+from router.config.loader import ReplicationConfig
+from router.config.validate import FieldError, ValidationError
+from router.errors import NotFound, RegionConflict
+from router.replication.copier import Copier, JobFailed
+from router.replication.inventory import ArtifactInventory
+from router.replication.jobs import (
+    KINDS,
+    Job,
+    JobRequest,
+    JobState,
+    TargetProgress,
+    TargetState,
+)
+from router.replication.transfer import SpoolError, TransferError, hash_file, head
+from router.state.registry import Registry
+from router.state.snapshot import RegionView
+from router.store.docs import split_key
+from router.store.files import StateStore
+
+log = logging.getLogger("router.replication.engine")
+
+KEEP_FINISHED = 200  # finished jobs kept in the store and the API
+RESULTS = ("succeeded", "failed", "cancelled")
+
+
+class JobCoordinator(Protocol):
+    """Who runs which job, when several instances share the jobs."""
+
+    async def acquire(self, job_id: str) -> bool: ...
+
+    async def release(self, job_id: str) -> None: ...
+
+
+class ReplicationEngine:
+    def __init__(
+        self,
+        registry: Registry,
+        store: StateStore,
+        inventory: ArtifactInventory,
+        metrics: CollectorRegistry,
+        *,
+        instance_id: str = "router",
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.inventory = inventory
+        self.wall = wall
+        self.jobs: dict[str, Job] = {}  # in creation order
+        self.instance_id = instance_id
+        self.coordinator: JobCoordinator | None = None  # several instances: leases
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._ssl: dict[str, ssl.SSLContext] = {}
+        self._headers = {
+            "User-Agent": f"region-router/{__version__}",
+            "X-Router-Instance": instance_id,
+        }
+        self.jobs_total = Counter(
+            "router_replication_jobs",
+            "Replication jobs finished, by kind and result",
+            ["kind", "result"],
+            registry=metrics,
+        )
+        for kind in KINDS:  # every series exists from the start, at 0
+            for result in RESULTS:
+                self.jobs_total.labels(kind, result)
+
+    def __repr__(self) -> str:
+        active = sum(1 for j in self.jobs.values() if j.active)
+        return (
+            f"<ReplicationEngine jobs={len(self.jobs)} active={active} running={len(self._tasks)}>"
+        )
+
+    @property
+    def config(self) -> ReplicationConfig:
+        return self.registry.config.replication
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.store.state_dir / "spool"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Load jobs; unfinished ones resume on ``start`` (interrupted tries don't count)."""
+        data = self.store.load("replications") or {}
+        for item in data.get("jobs", []) if isinstance(data, dict) else []:
+            try:
+                job = Job.from_json(item)
+            except (KeyError, ValueError, TypeError) as exc:
+                log.error("skipping an unreadable replication job in the store: %r", exc)
+                continue
+            if job.active and self.coordinator is None:
+                job.reset_interrupted()  # shared jobs: whoever takes the lease does this
+            self.jobs[job.id] = job
+        keep = {f"{j.id}.spool" for j in self.jobs.values() if j.active}
+        if self.spool_dir.is_dir():
+            for path in self.spool_dir.iterdir():
+                if path.name not in keep:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+
+    async def start(self) -> None:
+        timeouts = self.registry.config.timeouts
+        self._session = aiohttp.ClientSession(
+            auto_decompress=False,
+            read_bufsize=256 * 1024,
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=timeouts.connect_s, sock_read=max(30.0, timeouts.idle_s)
+            ),
+        )
+        if self.coordinator is None:  # else the coordinator adopts the jobs it can lease
+            for job in self.jobs.values():
+                if job.active:
+                    self._schedule(job)
+
+    async def stop(self) -> None:
+        """Stop every job where it stands; unfinished ones resume at the next start."""
+        running = list(self._tasks)
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        await self._save()
+        if self.coordinator is not None:
+            for job_id in running:  # another instance may take them over at once
+                await self.coordinator.release(job_id)
+
+    # -- several instances -------------------------------------------------------------
+
+    def running(self, job_id: str) -> bool:
+        return job_id in self._tasks
+
+    def adopt(self, job: Job) -> None:
+        """Run a job whose lease this instance just took (its previous runner stopped)."""
+        if job.id in self._tasks or not job.active or self._session is None:
+            return
+        job.reset_interrupted()
+        log.info("replication %s: taking over (was run by %s)", job.id, job.runner)
+        self._schedule(job)
+
+    def abandon(self, job_id: str) -> None:
+        """Stop running a job without ending it: another instance holds its lease now."""
+        task = self._tasks.pop(job_id, None)
+        if task is not None:
+            task.cancel()
+
+    def apply_remote(self, entries: Mapping[str, object], deleted: list[str]) -> None:
+        """Jobs as another instance wrote them; a job running here keeps its own progress."""
+        for key, value in entries.items():
+            prefix, job_id = split_key(key)
+            if prefix != "job" or not isinstance(value, dict):
+                continue
+            try:
+                job = Job.from_json(value)
+            except (KeyError, ValueError, TypeError) as exc:
+                log.error("replication: unreadable job %s from the store: %r", job_id, exc)
+                continue
+            if job_id in self._tasks:
+                if job.active:
+                    continue  # our run is the truth; theirs is an older write
+                self.abandon(job_id)  # cancelled (or ended) elsewhere
+            self.jobs[job_id] = job
+        for key in deleted:
+            prefix, job_id = split_key(key)
+            if prefix == "job" and job_id not in self._tasks:
+                self.jobs.pop(job_id, None)
+
+    # -- operations --------------------------------------------------------------------
+
+    def plan(self, request: JobRequest) -> Job:
+        """A new job for ``request``; raises ValidationError (400) or RegionConflict (409)."""
+        snap = self.registry.snapshot()
+        errors: list[FieldError] = []
+        if request.source not in snap.by_id:
+            errors.append(FieldError("source", f"no region with id {request.source!r}"))
+        if request.targets == "all":
+            targets = [r.id for r in snap.regions if r.id != request.source]
+            if not targets:
+                errors.append(FieldError("targets", '"all" names no region besides the source'))
+        else:
+            targets = list(request.targets)
+            for i, region_id in enumerate(targets):
+                if region_id not in snap.by_id:
+                    errors.append(FieldError(f"targets[{i}]", f"no region with id {region_id!r}"))
+                elif region_id == request.source:
+                    errors.append(
+                        FieldError(f"targets[{i}]", "is the source; a region cannot copy to itself")
+                    )
+        if errors:
+            raise ValidationError(errors)
+        self._check_overlap(request.path, request.source, targets)
+        return Job(
+            id=Job.new_id(),
+            kind=request.kind,
+            name=request.name,
+            path=request.path,
+            source=request.source,
+            targets=[TargetProgress(region=r) for r in targets],
+            created_at=self.wall(),
+        )
+
+    async def submit(self, request: JobRequest, *, check_source: bool = True) -> Job:
+        """Validate, check the source has the path (HEAD), persist and start the job."""
+        job = self.plan(request)
+        if check_source and self._session is not None:
+            await self._check_source(job)
+            self._check_overlap(job.path, job.source, [t.region for t in job.targets])
+        self.jobs[job.id] = job
+        try:
+            await self._save(strict=True)
+        except Exception:
+            del self.jobs[job.id]  # not on disk: not accepted
+            raise
+        self._trim()
+        log.info(
+            "replication %s: %s %s %s from %s to %s",
+            job.id,
+            job.kind,
+            job.name,
+            job.path,
+            job.source,
+            ", ".join(t.region for t in job.targets),
+        )
+        if self._session is not None and (
+            self.coordinator is None or await self.coordinator.acquire(job.id)
+        ):
+            self._schedule(job)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no replication job with id {job_id!r}")
+        return job
+
+    def recent(self) -> list[Job]:
+        """Every kept job, newest first."""
+        return list(reversed(self.jobs.values()))
+
+    async def cancel(self, job_id: str) -> Job:
+        """Stop a job: its tasks are cancelled and awaited, its spool removed."""
+        job = self.get(job_id)
+        if job.state is JobState.CANCELLED:
+            return job
+        if not job.active:
+            raise RegionConflict(f"job {job_id} already ended ({job.state.value})")
+        task = self._tasks.get(job_id)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if job.active:  # the task may have finished on its own meanwhile
+            await self._finish(job, JobState.CANCELLED, "cancelled by request")
+        return job
+
+    def source_of(self, name: str) -> str | None:
+        """The region to read ``name`` from: the latest job's source, else any holder."""
+        snap = self.registry.snapshot()
+        info = snap.artifacts.get(name)
+        if info is not None and info.source in snap.by_id:
+            return info.source
+        return next((r.id for r in snap.regions if name in r.artifacts), None)
+
+    def model_request(
+        self,
+        model_id: str,
+        target: str | None,
+        source: str | None = None,
+        *,
+        kind: str = "model",
+        path: str | None = None,
+    ) -> JobRequest:
+        """The compatibility API's ``replicate-model``: path from ``replication.model_path``,
+        source the region named, else the latest job's source or any region holding it."""
+        path = path or self.config.model_path.replace("{modelId}", quote(model_id, safe=""))
+        source = source or self.source_of(model_id)
+        if source is None:
+            raise ValidationError(
+                [FieldError("source", f"no region is known to hold {model_id!r}; name one")]
+            )
+        return JobRequest(
+            kind=kind,
+            name=model_id,
+            path=path,
+            source=source,
+            targets=(target,) if target else "all",
+        )
+
+    # -- checks ------------------------------------------------------------------------
+
+    def _check_overlap(self, path: str, source: str, targets: Iterable[str]) -> None:
+        """Refuse two live jobs writing the same copy, or reading a copy being written."""
+        wanted = set(targets)
+        for other in self.jobs.values():
+            if not other.active or other.path != path:
+                continue
+            theirs = {t.region for t in other.targets}
+            clash = wanted & theirs or ({source} & theirs) or (wanted & {other.source})
+            if clash:
+                raise RegionConflict(
+                    f"job {other.id} is already replicating {path} "
+                    f"({other.source} -> {', '.join(sorted(theirs))}); wait or cancel it"
+                )
+
+    async def _check_source(self, job: Job) -> None:
+        """A HEAD first, so a missing source path is a 400 now rather than a failed job."""
+        region = self.registry.snapshot().by_id[job.source]
+        url = region.endpoint.url + job.path
+        try:
+            status, _ = await asyncio.wait_for(
+                head(self._client(), url, headers=self._headers, ssl=self._ssl_for(region)),
+                timeout=max(5.0, 2 * self.registry.config.timeouts.connect_s),
+            )
+        except (TransferError, TimeoutError) as exc:
+            log.warning("replication: cannot check the source (%s); trying anyway", exc)
+            return
+        if status in (404, 410):
+            raise ValidationError(
+                [FieldError("path", f"source {job.source} has nothing at {job.path} ({status})")]
+            )
+
+    # -- the job task ------------------------------------------------------------------
+
+    def _schedule(self, job: Job) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(job), name=f"replication-{job.id}")
+        self._tasks[job.id] = task
+
+        def done(_: object) -> None:
+            if self._tasks.get(job.id) is task:  # not a later run of the same job
+                del self._tasks[job.id]
+
+        task.add_done_callback(done)
+
+    async def _run(self, job: Job) -> None:
+        try:
+            job.runner = self.instance_id
+            if job.state is JobState.PENDING:
+                job.state = JobState.RUNNING
+                job.started_at = self.wall()
+            await self._save()
+            copier = Copier(
+                self._client(),
+                self.config,
+                self.spool_dir,
+                headers=self._headers,
+                ssl_for=self._ssl_for,
+                wall=self.wall,
+            )
+            spool = await self._spool(job, copier)
+            await self._copy_all(job, spool, copier)
+        except JobFailed as exc:
+            await self._finish(job, JobState.FAILED, str(exc))
+            return
+        # CancelledError passes: stop() keeps the job for the next start; cancel() ends it.
+        except Exception as exc:  # a bug must not leave the job running forever
+            log.exception("replication %s: internal error", job.id)
+            await self._finish(job, JobState.FAILED, f"internal error: {exc!r}")
+            return
+        failed = [t for t in job.targets if t.state is TargetState.FAILED]
+        if failed:
+            detail = "; ".join(f"{t.region}: {t.last_error}" for t in failed)
+            await self._finish(
+                job, JobState.FAILED, f"{len(failed)} of {len(job.targets)} failed: {detail}"
+            )
+        else:
+            await self._finish(job, JobState.SUCCEEDED, None)
+
+    async def _finish(self, job: Job, state: JobState, error: str | None) -> None:
+        now = self.wall()
+        job.state, job.error, job.finished_at = state, error, now
+        for t in job.targets:
+            if not t.done:
+                t.state, t.finished_at = TargetState.FAILED, now
+                t.last_error = "job cancelled" if state is JobState.CANCELLED else error
+        self._remove_spool(job)
+        self.jobs_total.labels(job.kind, state.value).inc()
+        await self._save()
+        if self.coordinator is not None:
+            await self.coordinator.release(job.id)
+        (log.info if state is JobState.SUCCEEDED else log.warning)(
+            "replication %s %s%s", job.id, state.value, f": {error}" if error else ""
+        )
+
+    async def _spool(self, job: Job, copier: Copier) -> Path:
+        """The spool of the job's source bytes: reused when intact, else read (again)."""
+        spool = self.spool_dir / f"{job.id}.spool"
+        if job.sha256 is not None and spool.exists():
+            digest, size = await hash_file(spool)  # never copy a torn spool
+            if digest == job.sha256:
+                job.fetched_bytes = size
+                return spool
+            log.warning("replication %s: spool damaged; reading the source again", job.id)
+        source = self._region(job.source, "source")
+        first = job.sha256 is None
+        read = await copier.read_source(job, source)
+        if not first and read.sha256 != job.sha256:
+            raise JobFailed(
+                f"the source changed since the job started (sha256 was {job.sha256}, now "
+                f"{read.sha256}); nothing more is copied"
+            )
+        job.sha256, job.size_bytes = read.sha256, read.size
+        if first:
+            job.read_at, job.validators = self.wall(), read.validators
+            await self.inventory.record_source(job.name, job.source, job.read_at)
+        part = self.spool_dir / f"{job.id}.part"
+        part.replace(spool)
+        await self._save()
+        return spool
+
+    async def _copy_all(self, job: Job, spool: Path, copier: Copier) -> None:
+        limit = asyncio.Semaphore(self.config.concurrency)
+
+        async def one(t: TargetProgress) -> None:
+            async with limit:
+                await self._copy_target(job, t, spool, copier)
+
+        await asyncio.gather(*(one(t) for t in job.targets if not t.done))
+
+    async def _copy_target(self, job: Job, t: TargetProgress, spool: Path, copier: Copier) -> None:
+        assert job.sha256 is not None and job.size_bytes is not None
+        attempts = self.config.attempts
+        while t.attempts < attempts:
+            region = self.registry.snapshot().by_id.get(t.region)
+            if region is None:
+                t.last_error = "the region was removed"
+                break
+            t.attempts += 1
+            t.state, t.bytes = TargetState.COPYING, 0
+            await self._save()
+
+            def progress(n: int) -> None:
+                t.bytes += n
+
+            try:
+                report = await copier.put(job, region, spool, progress)
+                t.state = TargetState.VERIFYING
+                await self._save()
+                verified_by = await copier.verify(job, region, report)
+            except SpoolError as exc:
+                raise JobFailed(str(exc)) from None
+            except TransferError as exc:
+                t.last_error = str(exc)
+                log.warning("replication %s: %s try %d: %s", job.id, t.region, t.attempts, exc)
+                if not exc.retryable or t.attempts >= attempts:
+                    break
+                t.state = TargetState.PENDING
+                await self._save()
+                await asyncio.sleep(copier.backoff(t.attempts))
+                continue
+            t.state, t.digest, t.verified_by = TargetState.VERIFIED, job.sha256, verified_by
+            t.finished_at = self.wall()
+            await self.inventory.record_copy(t.region, job.name, job.sha256, job.read_at or 0.0)
+            await self._save()
+            return
+        t.state, t.finished_at = TargetState.FAILED, self.wall()
+        await self._save()
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _region(self, region_id: str, role: str) -> RegionView:
+        region = self.registry.snapshot().by_id.get(region_id)
+        if region is None:
+            raise JobFailed(f"the {role} region {region_id!r} no longer exists")
+        return region
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("the replication engine is not started")
+        return self._session
+
+    def _ssl_for(self, region: RegionView) -> ssl.SSLContext | bool:
+        if region.endpoint.scheme != "https" or region.ca_file is None:
+            return True
+        ctx = self._ssl.get(region.ca_file)
+        if ctx is None:
+            ctx = ssl.create_default_context(cafile=region.ca_file)
+            self._ssl[region.ca_file] = ctx
+        return ctx
+
+    def _remove_spool(self, job: Job) -> None:
+        for suffix in (".spool", ".part"):
+            with contextlib.suppress(OSError):
+                (self.spool_dir / f"{job.id}{suffix}").unlink()
+
+    def _trim(self) -> None:
+        finished = [j.id for j in self.jobs.values() if not j.active]
+        for job_id in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+            del self.jobs[job_id]
+
+    async def _save(self, *, strict: bool = False) -> None:
+        """Persist every job; a failed write stops nothing that runs (unless ``strict``)."""
+        try:
+            await self.store.write(
+                "replications", {"jobs": [j.to_json() for j in self.jobs.values()]}
+            )
+        except Exception as exc:  # the store's write error (or OSError): logged, retried next save
+            if strict:
+                raise
+            log.error("replication jobs not saved: %s", exc)

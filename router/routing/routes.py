@@ -1,0 +1,26 @@
+"""Route matching: the first route whose path prefix and host match wins, else the default."""
+
+from __future__ import annotations
+
+from router.state.snapshot import RoutePlan, Snapshot
+
+
+def host_matches(pattern: str, hostname: str) -> bool:
+    pattern = pattern.lower()
+    if pattern.startswith("*."):
+        return hostname.endswith(pattern[1:])
+    return hostname == pattern
+
+
+def match_plan(snapshot: Snapshot, hostname: str, path: str) -> tuple[int | None, RoutePlan]:
+    """(route index or None, plan) for a lower-case host without port and a normalised path."""
+    for i, (route, plan) in enumerate(
+        zip(snapshot.config.routes, snapshot.route_plans, strict=True)
+    ):
+        m = route.match
+        if m.path_prefix is not None and not path.startswith(m.path_prefix):
+            continue
+        if m.host is not None and not host_matches(m.host, hostname):
+            continue
+        return i, plan
+    return None, snapshot.default_plan

@@ -1,0 +1,312 @@
+"""Region selection: pure strategy functions and the per-process Selector that applies them.
+
+The strategy functions take candidates plus the state they need and return a choice; the
+``Selector`` keeps the little mutable state strategies have (smooth-WRR current weights)
+and walks affinity, tiers, exclusions (regions already tried, Retry-After) and capacity
+(``max_inflight``: a full region is skipped, so its traffic spills to the next-best one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+
+from router.config.loader import GeoConfig
+from router.routing.load import LoadTable
+from router.state.snapshot import RegionState, RegionView, RoutePlan, Snapshot, Tier
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """What selection may look at, read once from the request head."""
+
+    client_region: str | None = None  # geo header value (lower-cased)
+    affinity_region: str | None = None  # region id from the affinity cookie
+    affinity_key: str | None = None  # session header value (rendezvous-hashed)
+
+
+def _effective_weight(r: RegionView) -> float:
+    return r.effective_weight
+
+
+def ramp_factor(r: RegionView) -> float:
+    """How far along its slow start a region is: 1.0 when fully in, down to 0.1 at the start."""
+    return r.effective_weight / r.weight if r.weight > 0 else 0.0
+
+
+def smooth_wrr(
+    candidates: Sequence[RegionView],
+    current: MutableMapping[str, float],
+    weight: Callable[[RegionView], float] = _effective_weight,
+) -> RegionView:
+    """nginx's smooth weighted round robin: exact proportions, interleaved.
+
+    Weights 5, 1, 1 give ``a a b a c a a``; equal weights give plain round robin.
+    """
+    total = 0.0
+    best: RegionView | None = None
+    best_value = 0.0
+    for r in candidates:
+        w = weight(r)
+        value = current.get(r.id, 0.0) + w
+        current[r.id] = value
+        total += w
+        if best is None or value > best_value:
+            best, best_value = r, value
+    assert best is not None
+    current[best.id] = best_value - total
+    return best
+
+
+def power_of_two(
+    candidates: Sequence[RegionView],
+    cost: Callable[[RegionView], float],
+    rng: random.Random,
+) -> RegionView:
+    """Pick two distinct candidates at random and keep the cheaper (P2C); ties at random."""
+    n = len(candidates)
+    if n == 1:
+        return candidates[0]
+    if n == 2:
+        a, b = candidates
+    else:
+        i = rng.randrange(n)
+        j = rng.randrange(n - 1)
+        if j >= i:
+            j += 1
+        a, b = candidates[i], candidates[j]
+    ca, cb = cost(a), cost(b)
+    if ca != cb:
+        return a if ca < cb else b
+    return a if rng.random() < 0.5 else b
+
+
+def rendezvous(candidates: Sequence[RegionView], key: str) -> RegionView:
+    """Highest-random-weight hashing: a key stays on its region while that region stays."""
+
+    def score(r: RegionView) -> int:
+        digest = hashlib.blake2b(f"{key}\0{r.id}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big")
+
+    return max(candidates, key=score)
+
+
+def geo_candidates(
+    client_region: str, geo: GeoConfig, candidates: Sequence[RegionView]
+) -> list[RegionView]:
+    """The candidates nearest the client, best first; empty when nothing matches.
+
+    The proximity table (client region -> region ids in order of preference) wins: the
+    first listed candidate is the answer. Otherwise every candidate whose ``geo.label``
+    label (or id) equals the client region, compared case-insensitively.
+    """
+    preference = _lookup(geo.proximity, client_region)
+    if preference:
+        by_id = {r.id: r for r in candidates}
+        for region_id in preference:
+            r = by_id.get(region_id)
+            if r is not None:
+                return [r]
+    label = geo.label
+    return [
+        r
+        for r in candidates
+        if r.id == client_region or r.labels.get(label, "").lower() == client_region
+    ]
+
+
+def _lookup(table: Mapping[str, tuple[str, ...]], key: str) -> tuple[str, ...] | None:
+    found = table.get(key)
+    if found is None and table:
+        for k, v in table.items():
+            if k.lower() == key:
+                return v
+    return found
+
+
+class Selector:
+    """Chooses a region for one attempt of one request (per process; not thread-safe)."""
+
+    def __init__(self, loads: LoadTable, rng: random.Random | None = None) -> None:
+        self.loads = loads
+        self.rng = rng or random.Random()
+        # This process's share of each region's max_inflight: 1/N in each of N workers,
+        # so the region sees at most its limit in total.
+        self.capacity_share = 1.0
+        # smooth-WRR state per route; kept across snapshots (region ids are stable)
+        self._wrr: dict[int, dict[str, float]] = {}
+
+    def __repr__(self) -> str:
+        return f"<Selector routes={len(self._wrr)} {self.loads!r}>"
+
+    def choose(
+        self,
+        snapshot: Snapshot,
+        plan: RoutePlan,
+        info: RequestInfo | None,
+        now: float,
+        exclude: frozenset[str] | set[str] = frozenset(),
+    ) -> RegionView | None:
+        if info is not None:
+            pinned = self._affinity(snapshot, plan, info, now, exclude)
+            if pinned is not None:
+                return pinned
+        tiers = plan.tiers
+        if not tiers:
+            return None
+        full: list[RegionView] = []
+        for tier in self._tier_order(plan, tiers):
+            candidates = self._usable(tier.regions, now, exclude, full)
+            if candidates:
+                return self._pick(snapshot, plan, candidates, info, now)
+        if full:
+            # Every region with room is excluded: capacity is a preference, not a wall, so
+            # the least-utilised full region takes the request rather than nobody.
+            loads = self.loads
+            return min(full, key=lambda r: loads.get(r.id).inflight / r.max_inflight)
+        return None
+
+    def _tier_order(self, plan: RoutePlan, tiers: tuple[Tier, ...]) -> Sequence[Tier]:
+        """The tier this request draws by share first, then the others in priority order."""
+        if plan.strategy == "priority" or len(tiers) == 1:
+            return tiers  # strict active/passive: the first tier with a usable region
+        x = self.rng.random()
+        chosen = len(tiers) - 1
+        for i, t in enumerate(tiers):
+            x -= t.share
+            if x < 0.0 and t.share > 0.0:
+                chosen = i
+                break
+        if chosen == 0:
+            return tiers
+        return (tiers[chosen], *tiers[:chosen], *tiers[chosen + 1 :])
+
+    def _usable(
+        self,
+        regions: Sequence[RegionView],
+        now: float,
+        exclude: frozenset[str] | set[str],
+        full: list[RegionView],
+    ) -> list[RegionView]:
+        loads = self.loads
+        out = []
+        for r in regions:
+            if r.id in exclude or r.weight <= 0:
+                continue
+            load = loads.get(r.id)
+            if load.not_before > now:
+                continue  # the region asked for a pause (Retry-After)
+            if r.max_inflight and load.inflight >= self.capacity(r):
+                full.append(r)  # at capacity: spill to the next-best region
+                continue
+            out.append(r)
+        return out
+
+    def _pick(
+        self,
+        snapshot: Snapshot,
+        plan: RoutePlan,
+        candidates: list[RegionView],
+        info: RequestInfo | None,
+        now: float,
+    ) -> RegionView:
+        if len(candidates) == 1:
+            return candidates[0]
+        strategy = plan.strategy
+        if strategy in ("weighted", "priority"):
+            return smooth_wrr(candidates, self._wrr_state(plan))
+        if strategy == "round_robin":
+            # equal turns, except that a region in slow start gets its ramped share
+            return smooth_wrr(candidates, self._wrr_state(plan), ramp_factor)
+        if strategy == "least_outstanding":
+            return power_of_two(candidates, self.outstanding_cost, self.rng)
+        if strategy == "geo" and info is not None and info.client_region:
+            near = geo_candidates(info.client_region, snapshot.config.geo, candidates)
+            if len(near) == 1:
+                return near[0]
+            if near:
+                candidates = near
+        return power_of_two(candidates, lambda r: self.latency_cost(r, now), self.rng)
+
+    def _wrr_state(self, plan: RoutePlan) -> dict[str, float]:
+        key = id(plan.route)
+        state = self._wrr.get(key)
+        if state is None:
+            state = self._wrr[key] = {}
+        return state
+
+    def latency_cost(self, r: RegionView, now: float) -> float:
+        """Peak-EWMA latency x (in-flight + 1), dearer while the region ramps up."""
+        load = self.loads.get(r.id)
+        cost = load.latency_estimate(r.probe_latency_s, now) * (load.inflight + 1)
+        ramp = ramp_factor(r)
+        if ramp < 1.0:
+            cost /= max(ramp, 0.05)  # slow start: look dearer
+        return cost
+
+    def outstanding_cost(self, r: RegionView) -> float:
+        """(In-flight + 1) / effective weight: Envoy's weighted least-request with bias 1."""
+        return (self.loads.get(r.id).inflight + 1) / max(r.effective_weight, 1e-9)
+
+    def _affinity(
+        self,
+        snapshot: Snapshot,
+        plan: RoutePlan,
+        info: RequestInfo,
+        now: float,
+        exclude: frozenset[str] | set[str],
+    ) -> RegionView | None:
+        """The region a session is pinned to, while it may still take that session."""
+        if info.affinity_region is not None:
+            r = snapshot.by_id.get(info.affinity_region)
+            if r is None or r.id in exclude or r not in plan.regions:
+                return None
+            if r.failover_target is not None and not r.eligible:
+                # An operator failed this region over to a named target: sessions follow.
+                target = snapshot.by_id.get(r.failover_target)
+                if (
+                    target is not None
+                    and target.eligible
+                    and target.weight > 0
+                    and target.id not in exclude
+                    and target in plan.regions  # a target outside the route is not used
+                    and self._has_room(target, now)
+                ):
+                    return target
+            # A draining region keeps the sessions already pinned to it.
+            if (r.eligible or r.state is RegionState.DRAINING) and self._has_room(r, now):
+                return r
+            return None  # reassigned: the proxy sets a new cookie for the region it picks
+        if info.affinity_key is not None:
+            # Hash over the regions taking traffic now (plus draining ones, which keep
+            # their sessions), so a key moves only when its own region goes away.
+            pool = [
+                r
+                for t in plan.tiers
+                if t.share > 0.0
+                for r in t.regions
+                if r.eligible and r.id not in exclude and self._has_room(r, now)
+            ]
+            pool += [
+                r
+                for r in plan.regions
+                if r.state is RegionState.DRAINING
+                and r.id not in exclude
+                and self._has_room(r, now)
+            ]
+            if pool:
+                return rendezvous(pool, info.affinity_key)
+        return None
+
+    def _has_room(self, r: RegionView, now: float) -> bool:
+        load = self.loads.get(r.id)
+        if load.not_before > now:
+            return False
+        return not (r.max_inflight and load.inflight >= self.capacity(r))
+
+    def capacity(self, r: RegionView) -> int:
+        """In-flight requests this process may send to ``r`` (with ``max_inflight`` set)."""
+        return max(1, math.ceil(r.max_inflight * self.capacity_share))

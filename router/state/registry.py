@@ -1,0 +1,465 @@
+"""The one owner of region state: synchronous mutations, immutable snapshots out.
+
+Every mutation is a plain method with no I/O that returns what happened (a ``Transition``
+when a region's state changed); the caller logs, counts and persists it. After each
+mutation the registry rebuilds its snapshot and hands it to its listeners (the proxy's
+``SnapshotHolder`` in one process, a broadcaster to worker processes with several).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Literal
+
+from router.state.artifacts import artifact_candidates
+from router.config.loader import Config, RegionConfig, RouteConfig
+from router.errors import RegionConflict, UnknownRegion
+from router.state.snapshot import ArtifactInfo, RegionState, RegionView, RoutePlan, Snapshot
+from router.state.tiers import plan_tiers
+
+HISTORY_LIMIT = 1000
+# Weight share kept by a region this instance's own probes find down while the cluster's
+# quorum finds it up: still in rotation, but others are preferred from this vantage point.
+LOCAL_DOUBT_FACTOR = 0.1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transition:
+    at: float  # wall-clock seconds (time.time())
+    region: str
+    from_state: RegionState
+    to_state: RegionState
+    reason: str
+    instance: str = ""  # the instance that saw it ("": this one); set when shared
+
+
+@dataclass(slots=True, kw_only=True)
+class RegionRecord:
+    """Mutable per-region state, private to the registry."""
+
+    config: RegionConfig  # effective: the file's (or registration's) values plus overrides
+    source: Literal["config", "runtime"]
+    base: RegionConfig | None = None  # config regions: the file's values, before overrides
+    overrides: dict[str, object] = field(default_factory=dict)
+    failover_target: str | None = None  # where pinned sessions go while failed over
+    state: RegionState = RegionState.UNKNOWN
+    probed: bool = False  # at least one probe verdict
+    probe_up: bool = False  # active-check verdict after thresholds (this instance's probes)
+    quorum_up: bool | None = None  # several instances: the quorum's verdict, which wins
+    ejected_until: float | None = None  # monotonic
+    eject_sticky: bool = False  # guarded-failback ejection: a passing probe does not end it
+    times_ejected: int = 0  # ejection multiplier; drops by 1 per base_ejection_time back in
+    ejections_decay_at: float | None = None  # monotonic; when times_ejected next drops
+    ever_up: bool = False  # has served: only such a region slow-starts when it comes back
+    ramp_started_at: float | None = None  # monotonic; slow start in progress
+    ramp: float = 1.0
+    manual: str | None = None  # "draining" | "failed_over" while an operator holds it out
+    drain_until: float | None = None  # monotonic end of the drain period
+    removing: bool = False
+    probe_latency_s: float | None = None
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+
+class Registry:
+    def __init__(self, config: Config, *, now: float = 0.0) -> None:
+        self._config = config
+        self._records: dict[str, RegionRecord] = {}
+        self._version = itertools.count(1)
+        self._listeners: list[Callable[[Snapshot], None]] = []
+        self.history: deque[Transition] = deque(maxlen=HISTORY_LIMIT)
+        self._artifacts: dict[str, ArtifactInfo] = {}  # replication's catalog, by name
+        for rc in config.regions:
+            self._records[rc.id] = RegionRecord(config=rc, source="config", base=rc)
+        self._snapshot = self._build(now)
+
+    # -- reading -----------------------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def record(self, region_id: str) -> RegionRecord:
+        try:
+            return self._records[region_id]
+        except KeyError:
+            raise UnknownRegion(region_id) from None
+
+    def find(self, region_id: str) -> RegionRecord | None:
+        return self._records.get(region_id)
+
+    def records(self) -> Iterable[RegionRecord]:
+        return self._records.values()
+
+    def subscribe(self, listener: Callable[[Snapshot], None]) -> None:
+        self._listeners.append(listener)
+        listener(self._snapshot)
+
+    def clone(self, now: float) -> Registry:
+        """A detached copy (records copied, no listeners, no history) for what-if questions."""
+        side = Registry(self._config, now=now)
+        side._records = {
+            rid: replace(rec, overrides=dict(rec.overrides), artifacts=dict(rec.artifacts))
+            for rid, rec in self._records.items()
+        }
+        side.publish(now)
+        return side
+
+    def __repr__(self) -> str:
+        s = self._snapshot
+        eligible = sum(1 for r in s.regions if r.eligible)
+        return (
+            f"<Registry v{s.version} regions={len(s.regions)} eligible={eligible} panic={s.panic}>"
+        )
+
+    # -- membership --------------------------------------------------------------------
+
+    def add_region(self, rc: RegionConfig, now: float) -> None:
+        if rc.id in self._records:
+            raise RegionConflict(f"region {rc.id!r} already exists")
+        self._records[rc.id] = RegionRecord(config=rc, source="runtime")
+        self.publish(now)
+
+    def update_region(self, region_id: str, now: float, **changes: object) -> RegionConfig:
+        """Change name/weight/priority/labels; on a config region these are overrides."""
+        rec = self.record(region_id)
+        if rec.source == "config":
+            rec.overrides.update(changes)
+        rec.config = replace(rec.config, **changes)  # type: ignore[arg-type]  # validated by caller
+        self.publish(now)
+        return rec.config
+
+    def remove_region(self, region_id: str, now: float) -> None:
+        rec = self.record(region_id)
+        if rec.source == "config":
+            raise RegionConflict(
+                f"region {region_id!r} is defined in the config file; remove it there and reload"
+            )
+        del self._records[region_id]
+        self.publish(now)
+
+    def apply_config(self, config: Config, now: float) -> None:
+        """Swap in a new config; regions with the same id and endpoint keep their state."""
+        old = self._records
+        new: dict[str, RegionRecord] = {}
+        for rc in config.regions:
+            prev = old.get(rc.id)
+            if prev is not None and prev.config.endpoint == rc.endpoint:
+                # An override survives until the file changes that same field.
+                base = prev.base or rc
+                prev.overrides = {
+                    k: v for k, v in prev.overrides.items() if getattr(base, k) == getattr(rc, k)
+                }
+                prev.base = rc
+                prev.config = replace(rc, **prev.overrides)  # type: ignore[arg-type]  # fields of RegionConfig
+                prev.source = "config"
+                new[rc.id] = prev
+            else:
+                new[rc.id] = RegionRecord(config=rc, source="config", base=rc)
+        for rid, rec in old.items():
+            if rec.source == "runtime" and rid not in new:
+                new[rid] = rec
+        self._records = new
+        self._config = config
+        self.publish(now)
+
+    # -- artifact inventory (replication) -----------------------------------------------
+
+    def artifacts(self) -> Mapping[str, ArtifactInfo]:
+        return MappingProxyType(self._artifacts)
+
+    def set_artifact(
+        self, region_id: str, name: str, sha256: str, read_at: float, now: float
+    ) -> None:
+        """A verified copy on a region; its digest turns latest unless a newer read exists."""
+        self.record(region_id).artifacts[name] = sha256
+        info = self._artifacts.get(name) or ArtifactInfo(name=name)
+        if info.sha256 is None or read_at >= info.read_at:
+            self._artifacts[name] = replace(info, sha256=sha256, read_at=read_at)
+        self.publish(now)
+
+    def set_artifact_source(self, name: str, source: str, read_at: float, now: float) -> None:
+        """The region the latest job of ``name`` read from (``artifact_fallback: source``)."""
+        info = self._artifacts.get(name) or ArtifactInfo(name=name)
+        if read_at >= info.read_at:
+            self._artifacts[name] = replace(info, source=source)
+            self.publish(now)
+
+    def remove_artifact(self, region_id: str, name: str, now: float) -> bool:
+        removed = self.record(region_id).artifacts.pop(name, None) is not None
+        if removed:
+            self.publish(now)
+        return removed
+
+    def load_artifacts(
+        self,
+        holdings: Mapping[str, Mapping[str, str]],
+        catalog: Mapping[str, ArtifactInfo],
+        now: float,
+    ) -> None:
+        """Restore persisted copies (region id -> name -> sha256) and the catalog at once."""
+        for region_id, held in holdings.items():
+            rec = self._records.get(region_id)
+            if rec is not None:
+                rec.artifacts.update(held)
+        self._artifacts.update(catalog)
+        self.publish(now)
+
+    # -- health verdicts ---------------------------------------------------------------
+
+    def set_probe_verdict(
+        self, region_id: str, up: bool, now: float, reason: str, wall: float
+    ) -> Transition | None:
+        """Record the thresholded active-check verdict (health.py applies thresholds)."""
+        rec = self.record(region_id)
+        was_up = _effective_up(rec)
+        rec.probed = True
+        rec.probe_up = up
+        if up:
+            back = not was_up and rec.ever_up
+            if rec.ejected_until is not None and not rec.eject_sticky:
+                self._end_ejection(rec, now)  # a passing active check un-ejects
+                back = True
+            # HAProxy's rule: slow start only for a region seen failed, never at start-up.
+            if back and self._config.failover.slow_start_s > 0:
+                rec.ramp_started_at = now
+                rec.ramp = 0.0
+            rec.ever_up = True
+        return self._refresh(rec, now, wall, reason)
+
+    def set_quorum_verdict(
+        self, region_id: str, up: bool | None, now: float, wall: float, reason: str
+    ) -> Transition | None:
+        """The verdict of the quorum of live instances (None: this instance's own decides).
+
+        A region comes back from a quorum's "down" like from its own probes: slow start.
+        """
+        rec = self.record(region_id)
+        if up == rec.quorum_up:
+            return None
+        was_up = _effective_up(rec)
+        rec.quorum_up = up
+        if _effective_up(rec) and not was_up:
+            if rec.ever_up and self._config.failover.slow_start_s > 0:
+                rec.ramp_started_at = now
+                rec.ramp = 0.0
+            rec.ever_up = True
+        return self._refresh(rec, now, wall, reason)
+
+    def set_probe_latency(self, region_id: str, latency_s: float) -> None:
+        self.record(region_id).probe_latency_s = latency_s
+
+    def eject(
+        self, region_id: str, now: float, wall: float, reason: str, *, sticky: bool = False
+    ) -> Transition | None:
+        """Take a region out for base x times-ejected (capped); ``sticky``: probes can't end it."""
+        rec = self.record(region_id)
+        od = self._config.outlier_detection
+        rec.times_ejected += 1
+        duration = min(od.base_ejection_time_s * rec.times_ejected, od.max_ejection_time_s)
+        rec.ejected_until = now + duration
+        rec.eject_sticky = sticky
+        rec.ejections_decay_at = None
+        rec.ramp_started_at = None
+        rec.ramp = 1.0
+        return self._refresh(rec, now, wall, reason)
+
+    def set_manual(
+        self,
+        region_id: str,
+        manual: str | None,
+        now: float,
+        wall: float,
+        reason: str,
+        drain_s: float = 0.0,
+        target: str | None = None,
+    ) -> Transition | None:
+        """Take a region out by hand ("draining" / "failed_over") or put it back (None).
+
+        Putting it back makes it wait for its next passing probe before it is eligible.
+        """
+        rec = self.record(region_id)
+        if manual is None and rec.manual is not None:
+            rec.probed = False  # eligible again only after the next passing check
+            rec.probe_up = False
+            rec.quorum_up = None  # the cluster's verdict is taken afresh as well
+        rec.manual = manual
+        rec.failover_target = target if manual else None
+        rec.drain_until = now + drain_s if manual and drain_s > 0 else None
+        return self._refresh(rec, now, wall, reason)
+
+    def tick(self, now: float, wall: float) -> list[Transition]:
+        """Advance time: ejections expire, drains end, slow-start ramps grow."""
+        out: list[Transition] = []
+        changed = False
+        slow = self._config.failover.slow_start_s
+        for rec in self._records.values():
+            reason = "tick"
+            if rec.ejected_until is not None and now >= rec.ejected_until:
+                self._end_ejection(rec, now)
+                changed = True
+                reason = "ejection time over"
+                if rec.probe_up and slow > 0:
+                    rec.ramp_started_at, rec.ramp = now, 0.0
+            if rec.ejections_decay_at is not None and now >= rec.ejections_decay_at:
+                rec.times_ejected = max(0, rec.times_ejected - 1)
+                rec.ejections_decay_at = (
+                    now + self._config.outlier_detection.base_ejection_time_s
+                    if rec.times_ejected
+                    else None
+                )
+            if rec.drain_until is not None and now >= rec.drain_until:
+                rec.drain_until = None
+                changed = True
+                reason = "drain period over"
+            if rec.ramp_started_at is not None:
+                ramp = (now - rec.ramp_started_at) / slow if slow > 0 else 1.0
+                if ramp >= 1.0:
+                    rec.ramp_started_at, rec.ramp = None, 1.0
+                    reason = "slow start complete"
+                else:
+                    rec.ramp = ramp
+                changed = True
+            t = self._derive(rec, now, wall, reason)
+            if t is not None:
+                out.append(t)
+        if changed or out:
+            self.publish(now)
+        return out
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _end_ejection(self, rec: RegionRecord, now: float) -> None:
+        rec.ejected_until = None
+        rec.eject_sticky = False
+        if rec.times_ejected:
+            rec.ejections_decay_at = now + self._config.outlier_detection.base_ejection_time_s
+
+    def _refresh(
+        self, rec: RegionRecord, now: float, wall: float, reason: str
+    ) -> Transition | None:
+        t = self._derive(rec, now, wall, reason)
+        self.publish(now)
+        return t
+
+    def _derive(self, rec: RegionRecord, now: float, wall: float, reason: str) -> Transition | None:
+        if rec.manual is not None:
+            draining = rec.manual == "draining" or rec.drain_until is not None
+            state = RegionState.DRAINING if draining else RegionState.FAILED_OVER
+        elif not rec.probed and rec.quorum_up is None:
+            state = RegionState.UNKNOWN
+        elif not _effective_up(rec):
+            state = RegionState.UNHEALTHY
+        elif rec.ejected_until is not None:
+            state = RegionState.EJECTED
+        elif rec.ramp_started_at is not None:
+            state = RegionState.RECOVERING
+        else:
+            state = RegionState.HEALTHY
+        if state is rec.state:
+            return None
+        t = Transition(
+            at=wall, region=rec.config.id, from_state=rec.state, to_state=state, reason=reason
+        )
+        rec.state = state
+        self.history.append(t)
+        return t
+
+    def publish(self, now: float) -> None:
+        self._snapshot = self._build(now)
+        for listener in self._listeners:
+            listener(self._snapshot)
+
+    def _build(self, now: float) -> Snapshot:
+        cfg = self._config
+        views: list[RegionView] = []
+        for i, rec in enumerate(self._records.values()):
+            rc = rec.config
+            ramp = max(0.1, rec.ramp) if rec.ramp_started_at is not None else 1.0
+            if rec.quorum_up and rec.probed and not rec.probe_up:
+                ramp *= LOCAL_DOUBT_FACTOR
+            views.append(
+                RegionView(
+                    index=i,
+                    id=rc.id,
+                    name=rc.name,
+                    endpoint=rc.endpoint,
+                    weight=rc.weight,
+                    priority=rc.priority,
+                    labels=rc.labels,
+                    max_inflight=rc.max_inflight,
+                    ca_file=rc.ca_file,
+                    metrics_path=rc.metrics_path,
+                    source=rec.source,
+                    state=rec.state,
+                    effective_weight=rc.weight * ramp,
+                    probe_latency_s=rec.probe_latency_s,
+                    artifacts=MappingProxyType(dict(rec.artifacts)),
+                    failover_target=rec.failover_target,
+                )
+            )
+        regions = tuple(views)
+        by_id: Mapping[str, RegionView] = MappingProxyType({r.id: r for r in regions})
+        catalog = MappingProxyType(dict(self._artifacts))
+        default_plan = _plan(None, cfg.strategy, regions, cfg, catalog)
+        route_plans = tuple(
+            _plan(
+                route,
+                route.strategy or cfg.strategy,
+                tuple(by_id[r] for r in route.regions if r in by_id) if route.regions else regions,
+                cfg,
+                catalog,
+            )
+            for route in cfg.routes
+        )
+        wake = [r.ejected_until for r in self._records.values() if r.ejected_until is not None]
+        return Snapshot(
+            version=next(self._version),
+            config=cfg,
+            regions=regions,
+            by_id=by_id,
+            default_plan=default_plan,
+            route_plans=route_plans,
+            panic=default_plan.panic,
+            next_eligible_at=min(wake) if wake else None,
+            artifacts=catalog,
+        )
+
+
+def _effective_up(rec: RegionRecord) -> bool:
+    """Up by the quorum's verdict when there is one, else by this instance's probes."""
+    if rec.quorum_up is not None:
+        return rec.quorum_up
+    return rec.probed and rec.probe_up
+
+
+def _plan(
+    route: RouteConfig | None,
+    strategy: str,
+    regions: tuple[RegionView, ...],
+    cfg: Config,
+    catalog: Mapping[str, ArtifactInfo],
+) -> RoutePlan:
+    artifact = None
+    if route is not None and route.requires_artifact:
+        # Only holders of a verified copy (or the fallback source) are candidates at all.
+        artifact = artifact_candidates(route, regions, catalog)
+        regions = artifact.regions
+    tiers, panic = plan_tiers(
+        regions, cfg.failover.overprovisioning_factor, cfg.failover.panic_threshold_percent
+    )
+    return RoutePlan(
+        route=route,
+        strategy=strategy,
+        regions=regions,
+        tiers=tiers,
+        panic=panic,
+        artifact_sha256=artifact.sha256 if artifact is not None else None,
+        artifact_fallback=artifact.fallback if artifact is not None else None,
+    )
