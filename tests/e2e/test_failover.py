@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from router.cli import RouterService
+from router.service import RouterService
 from router.state.snapshot import RegionState
 from tests.conftest import StartRouter, make_config
 
