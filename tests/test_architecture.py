@@ -151,3 +151,22 @@ def test_ruff_rejects_an_admin_import_in_a_router_module() -> None:
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stdout.count("TID251") == 2, result.stdout
+
+
+def test_every_router_folder_is_a_package_that_git_tracks() -> None:
+    """A folder without ``__init__.py`` is a namespace package that setuptools leaves out of
+    the wheel; a ``.gitignore`` pattern like ``state/`` once hid router/state/ from git and
+    ruff alike."""
+    folders = sorted({p.parent for p in (ROOT / "router").rglob("*.py")})
+    assert [f for f in folders if not (f / "__init__.py").is_file()] == []
+    if not (ROOT / ".git").exists():
+        return
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *(str(f / "__init__.py") for f in folders)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+        check=False,
+    )
+    assert ignored.stdout == "", ignored.stdout

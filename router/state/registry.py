@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Literal
 
-from router.state.artifacts import artifact_candidates
 from router.config.loader import Config, RegionConfig, RouteConfig
 from router.errors import RegionConflict, UnknownRegion
+from router.state.artifacts import artifact_candidates
 from router.state.snapshot import ArtifactInfo, RegionState, RegionView, RoutePlan, Snapshot
 from router.state.tiers import plan_tiers
 
