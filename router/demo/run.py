@@ -404,7 +404,7 @@ class Demo:
         for r in runtime.holder.current.regions:
             latencies = [s.latency_s for s in window if s.region == r.id]
             demo_region = self.regions.get(r.id)
-            estimate_s = runtime.core.loads.get(r.id).latency_estimate(r.probe_latency_s, now)
+            estimate_s = runtime.loads.get(r.id).latency_estimate(r.probe_latency_s, now)
             rows.append(
                 Row(
                     id=r.id,
