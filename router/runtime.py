@@ -21,6 +21,7 @@ from router.health.outlier import OutlierDetector
 from router.metrics import GaugeCollector, TrafficCollector, TrafficStats
 from router.proxy.accesslog import AccessLogger
 from router.proxy.core import ProxyCore
+from router.routing.load import LoadTable
 from router.state.registry import Registry, Transition
 from router.state.snapshot import (
     ELIGIBLE_STATES,
@@ -120,9 +121,7 @@ class Runtime:
                 lambda: [
                     (
                         [r.id],
-                        self.core.loads.get(r.id).latency_estimate(
-                            r.probe_latency_s, time.monotonic()
-                        ),
+                        self.loads.get(r.id).latency_estimate(r.probe_latency_s, time.monotonic()),
                     )
                     for r in self.holder.current.regions
                 ],
@@ -134,7 +133,7 @@ class Runtime:
                 "Requests in flight",
                 ["region"],
                 lambda: [
-                    ([r.id], float(self.core.loads.get(r.id).inflight))
+                    ([r.id], float(self.loads.get(r.id).inflight))
                     for r in self.holder.current.regions
                 ],
             )
@@ -148,6 +147,13 @@ class Runtime:
             )
         )
         self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def loads(self) -> LoadTable:
+        """Per-region load (in flight, latency): what strategies, views and removal drains
+        read. One process: the proxy core's own; with workers the supervisor folds their
+        reports into it."""
+        return self.core.loads
 
     # -- wiring ------------------------------------------------------------------------
 
@@ -200,7 +206,7 @@ class Runtime:
             core.sweep()
 
     async def _tick_loop(self) -> None:
-        loads = self.core.loads
+        loads = self.loads
         panic = self.holder.current.panic
         while True:
             await asyncio.sleep(0.5)

@@ -244,7 +244,7 @@ class Supervisor:
     def _on_report(self, w: WorkerHandle, report: dict[str, Any]) -> None:
         stats: TrafficStats = report["stats"]
         now = time.monotonic()
-        loads = self.runtime.core.loads
+        loads = self.runtime.loads
         # Mean latency per region over the report interval feeds the shared estimate.
         for region, hist in stats.durations.items():
             count, total = sum(hist[:-1]), hist[-1]
@@ -268,7 +268,7 @@ class Supervisor:
         for w in self.workers:
             for rid, n in w.inflight.items():
                 totals[rid] = totals.get(rid, 0) + n
-        loads = self.runtime.core.loads
+        loads = self.runtime.loads
         for rid, load in loads.items():
             load.inflight = totals.get(rid, 0)
         for rid, n in totals.items():
