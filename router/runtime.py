@@ -158,12 +158,15 @@ class Runtime:
     # -- wiring ------------------------------------------------------------------------
 
     def _publish(self, snapshot: Snapshot) -> None:
+        old = self.holder.current
         self.holder.current = snapshot
         for hook in self.snapshot_hooks:
             hook(snapshot)
         core = getattr(self, "core", None)  # None while __init__ subscribes
-        if core is not None and core.config is not snapshot.config:
-            core.apply_config(snapshot.config)
+        if core is not None:
+            if core.config is not snapshot.config:
+                core.apply_config(snapshot.config)
+            core.snapshot_changed(old, snapshot)  # rescue requests on regions that left
 
     def _traffic(self) -> Iterable[TrafficStats]:
         # Looked up per scrape: a supervisor replaces traffic_sources after construction.

@@ -69,10 +69,12 @@ async def run_worker(
                 holder = SnapshotHolder(payload)
                 first.set_result(payload)
             else:
-                holder.current = payload
+                old, holder.current = holder.current, payload
                 # Every message unpickles a fresh Config: compare by content hash.
                 if core is not None and core.config.config_hash != payload.config.config_hash:
                     core.apply_config(payload.config)
+                if core is not None:
+                    core.snapshot_changed(old, payload)
             channel.send(ACK, payload.version)
 
     def on_lost() -> None:
