@@ -153,6 +153,12 @@ class RouterService:
                 return int(sock.getsockname()[1])
         raise RuntimeError("admin listener not started")
 
+    def reopen_logs(self) -> None:
+        """SIGUSR1, as nginx does for logrotate: reopen the access log file by name."""
+        self.runtime.reopen_logs()
+        if self.supervisor is not None:
+            self.supervisor.signal_workers(signal.SIGUSR1)
+
     async def stop(self, grace_s: float | None = None) -> bool:
         """Drain in-flight requests (up to the grace period) and close everything."""
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
@@ -188,6 +194,7 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
+        loop.add_signal_handler(signal.SIGUSR1, service.reopen_logs)
     try:
         await service.start()
     except StateFormatError as exc:
@@ -225,7 +232,7 @@ async def serve(
     if not await service.stop():
         log.warning("grace period over: closed connections with requests in flight")
     if install_signals:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
     return EXIT_OK
 

@@ -23,6 +23,7 @@ import yaml
 from router.config.model import (
     RETRY_CONDITIONS,
     STRATEGIES,
+    AccessLogConfig,
     AdminConfig,
     AffinityConfig,
     AlertsConfig,
@@ -45,6 +46,7 @@ from router.config.model import (
     StateConfig,
     StrategyName,
     TimeoutsConfig,
+    access_log_path,
 )
 from router.config.regions import parse_region, parse_region_patch
 from router.config.sections import build_config
@@ -62,6 +64,7 @@ from router.config.values import parse_endpoint, parse_hostport
 __all__ = [
     "RETRY_CONDITIONS",
     "STRATEGIES",
+    "AccessLogConfig",
     "AdminConfig",
     "AffinityConfig",
     "AlertsConfig",
@@ -87,6 +90,7 @@ __all__ = [
     "StrategyName",
     "TimeoutsConfig",
     "ValidationError",
+    "access_log_path",
     "config_from_mapping",
     "config_hash",
     "config_notes",

@@ -169,6 +169,13 @@ class Supervisor:
         if not self.stopping:
             await self._spawn(w)
 
+    def signal_workers(self, sig: signal.Signals) -> None:
+        """Pass ``sig`` on to every running worker (SIGUSR1: reopen the access log)."""
+        for w in self.workers:
+            if w.process is not None and w.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    w.process.send_signal(sig)
+
     async def stop(self, grace_s: float) -> None:
         """SIGTERM every worker (each drains up to the grace period), then wait for them."""
         self.stopping = True
