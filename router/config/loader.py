@@ -26,7 +26,9 @@ from router.config.model import (
     AdminConfig,
     AffinityConfig,
     AlertsConfig,
+    CertificatePair,
     Config,
+    DnsConfig,
     Endpoint,
     FailoverConfig,
     GeoConfig,
@@ -45,6 +47,7 @@ from router.config.model import (
     StateConfig,
     StrategyName,
     TimeoutsConfig,
+    TlsConfig,
 )
 from router.config.regions import parse_region, parse_region_patch
 from router.config.sections import build_config
@@ -65,8 +68,10 @@ __all__ = [
     "AdminConfig",
     "AffinityConfig",
     "AlertsConfig",
+    "CertificatePair",
     "Config",
     "ConfigError",
+    "DnsConfig",
     "Endpoint",
     "FailoverConfig",
     "FieldError",
@@ -86,6 +91,7 @@ __all__ = [
     "StateConfig",
     "StrategyName",
     "TimeoutsConfig",
+    "TlsConfig",
     "ValidationError",
     "config_from_mapping",
     "config_hash",
