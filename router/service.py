@@ -143,6 +143,13 @@ class RouterService:
         return self.supervisor.port if self.supervisor is not None else self.proxy.port
 
     @property
+    def https_port(self) -> int | None:
+        """The https listener's port (None without ``listen.https``)."""
+        if self.supervisor is not None:
+            return self.supervisor.https_port
+        return self.proxy.https_port if self.proxy.tls is not None else None
+
+    @property
     def admin_port(self) -> int:
         assert self._runner is not None
         server = self._runner.server
@@ -202,7 +209,13 @@ async def serve(
         await service.control.store.close()
         return EXIT_CONFIG
     except OSError as exc:
-        log.error("cannot listen (proxy %s, admin %s): %s", listen.proxy, listen.admin, exc)
+        log.error(
+            "cannot listen (proxy %s, https %s, admin %s): %s",
+            listen.proxy,
+            listen.https,
+            listen.admin,
+            exc,
+        )
         return EXIT_START
     except WorkerStartError as exc:
         log.error("%s", exc)
@@ -212,9 +225,10 @@ async def serve(
         if reload_asked.is_set():  # SIGHUP during start-up: reload now that we can
             service.control.request_reload("signal")
     log.info(
-        "region-router %s: proxy on %s, admin on %s, %d regions, strategy %s",
+        "region-router %s: proxy on %s%s, admin on %s, %d regions, strategy %s",
         __version__,
         listen.proxy,
+        f" and https on {listen.https}" if listen.https is not None else "",
         listen.admin,
         len(config.regions),
         config.strategy,

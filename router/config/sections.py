@@ -10,6 +10,7 @@ import re
 from collections.abc import Collection, Mapping
 from types import MappingProxyType
 
+from router.config.edge import dns_section, tls_section
 from router.config.model import (
     RETRY_CONDITIONS,
     AccessLogConfig,
@@ -20,6 +21,7 @@ from router.config.model import (
     FailoverConfig,
     GeoConfig,
     HealthCheckConfig,
+    HostPort,
     LimitsConfig,
     ListenConfig,
     OutlierDetectionConfig,
@@ -69,9 +71,19 @@ def _listen(f: Fields) -> ListenConfig:
     with f:
         proxy = f.get("proxy", parse_hostport, d.proxy)
         admin = f.get("admin", parse_hostport, d.admin)
+        https = f.get("https", parse_optional_hostport, d.https)
     if f.clean and proxy == admin and proxy.port != 0:
         f.error("admin", f"same address as listen.proxy ({proxy})")
-    return ListenConfig(proxy=proxy, admin=admin)
+    if f.clean and https is not None and https.port != 0 and https in (proxy, admin):
+        f.error("https", f"same address as another listener ({https})")
+    return ListenConfig(proxy=proxy, admin=admin, https=https)
+
+
+def parse_optional_hostport(value: object) -> HostPort | None:
+    """A listen address, or ``""`` for none."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return parse_hostport(value)
 
 
 def _health_check(f: Fields) -> HealthCheckConfig:
@@ -368,4 +380,6 @@ def build_config(data: object, errors: list[FieldError]) -> Config:
             alerts=_alerts(f.section("alerts")),
             access_log=_access_log(f),
             shutdown_grace_s=f.duration("shutdown_grace", d.shutdown_grace_s, positive=False),
+            tls=tls_section(f, listen.https),
+            dns=dns_section(f.section("dns")),
         )

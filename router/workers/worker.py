@@ -54,7 +54,12 @@ class OutcomeRecorder:
 
 
 async def run_worker(
-    host: str, port: int, channel_fd: int, worker_id: int, workers: int = 1
+    host: str,
+    port: int,
+    channel_fd: int,
+    worker_id: int,
+    workers: int = 1,
+    https_port: int | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     # SIGUSR1 (reopen the access log) must not kill a worker before its handler is set.
@@ -101,7 +106,7 @@ async def run_worker(
     core.selector.capacity_share = 1.0 / max(1, workers)
     server = ProxyServer(core)
     try:
-        await server.start(host, port, reuse_port=True)
+        await server.start(host, port, reuse_port=True, https_port=https_port)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", host, port, exc)
         return 2
@@ -155,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channel-fd", type=int, required=True)
     parser.add_argument("--id", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="how many workers share the port")
+    parser.add_argument("--https-port", type=int, default=None, help="listen.https's port")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -165,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
 
     host, _, port = args.listen.rpartition(":")
     return uvloop.run(
-        run_worker(host.strip("[]"), int(port), args.channel_fd, args.id, args.workers)
+        run_worker(
+            host.strip("[]"), int(port), args.channel_fd, args.id, args.workers, args.https_port
+        )
     )
 
 
