@@ -34,6 +34,7 @@ PENDING_CYCLES = (
             "router.proxy.client",
             "router.proxy.core",
             "router.proxy.exchange",
+            "router.proxy.rescue",  # in-flight rescue (issue 10) works on exchanges and core
             "router.proxy.retries",
             "router.proxy.upstream",
         }
