@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter
 
-from router.config.loader import Config
+from router.config.loader import Config, access_log_path
 from router.health.checker import HealthChecker, HttpProber, ProbeFn, ProbeResult
 from router.health.outlier import OutlierDetector
 from router.metrics import GaugeCollector, TrafficCollector, TrafficStats
@@ -79,13 +79,8 @@ class Runtime:
         for result in ("success", "error"):
             self.config_reloads.labels(result)
         self.outliers = OutlierDetector(self.registry, self.record_transition)
-        self.access_logger = AccessLogger() if config.access_log else None
-        self.core = ProxyCore(
-            self.holder,
-            loop=loop,
-            observer=self.outliers.record,
-            access_log=self.access_logger,
-        )
+        self.access_logger: AccessLogger | None = None  # opened by start()
+        self.core = ProxyCore(self.holder, loop=loop, observer=self.outliers.record)
         self.health = HealthChecker(
             self.registry,
             probe or HttpProber(self.instance_id),
@@ -158,12 +153,15 @@ class Runtime:
     # -- wiring ------------------------------------------------------------------------
 
     def _publish(self, snapshot: Snapshot) -> None:
+        old = self.holder.current
         self.holder.current = snapshot
         for hook in self.snapshot_hooks:
             hook(snapshot)
         core = getattr(self, "core", None)  # None while __init__ subscribes
-        if core is not None and core.config is not snapshot.config:
-            core.apply_config(snapshot.config)
+        if core is not None:
+            if core.config is not snapshot.config:
+                core.apply_config(snapshot.config)
+            core.snapshot_changed(old, snapshot)  # rescue requests on regions that left
 
     def _traffic(self) -> Iterable[TrafficStats]:
         # Looked up per scrape: a supervisor replaces traffic_sources after construction.
@@ -195,6 +193,12 @@ class Runtime:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        config = self.registry.config
+        if config.access_log and self.access_logger is None:
+            # Here, not in __init__: an unwritable log file is a start-up error (OSError).
+            self.access_logger = AccessLogger(self.loop, access_log_path(config))
+            self.access_logger.bind(self.core.stats)
+            self.core.access_log = self.access_logger
         self.health.sync()
         self._tasks.append(self.loop.create_task(self._sweep_loop(), name="proxy-sweeper"))
         self._tasks.append(self.loop.create_task(self._tick_loop(), name="registry-tick"))
@@ -229,7 +233,14 @@ class Runtime:
         if isinstance(self.health.probe, HttpProber):
             await self.health.probe.close()
         if self.access_logger is not None:
-            self.access_logger.flush()
+            self.core.access_log = None
+            self.access_logger.close()
+            self.access_logger = None
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: reopen the access log file by name (after logrotate renamed it)."""
+        if self.access_logger is not None:
+            self.access_logger.reopen()
 
     async def propagated(self) -> None:
         """Return once the current snapshot serves everywhere (at once with no workers)."""

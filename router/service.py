@@ -143,6 +143,13 @@ class RouterService:
         return self.supervisor.port if self.supervisor is not None else self.proxy.port
 
     @property
+    def https_port(self) -> int | None:
+        """The https listener's port (None without ``listen.https``)."""
+        if self.supervisor is not None:
+            return self.supervisor.https_port
+        return self.proxy.https_port if self.proxy.tls is not None else None
+
+    @property
     def admin_port(self) -> int:
         assert self._runner is not None
         server = self._runner.server
@@ -152,6 +159,12 @@ class RouterService:
             if sock is not None:
                 return int(sock.getsockname()[1])
         raise RuntimeError("admin listener not started")
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1, as nginx does for logrotate: reopen the access log file by name."""
+        self.runtime.reopen_logs()
+        if self.supervisor is not None:
+            self.supervisor.signal_workers(signal.SIGUSR1)
 
     async def stop(self, grace_s: float | None = None) -> bool:
         """Drain in-flight requests (up to the grace period) and close everything."""
@@ -188,6 +201,7 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
+        loop.add_signal_handler(signal.SIGUSR1, service.reopen_logs)
     try:
         await service.start()
     except StateFormatError as exc:
@@ -195,7 +209,13 @@ async def serve(
         await service.control.store.close()
         return EXIT_CONFIG
     except OSError as exc:
-        log.error("cannot listen (proxy %s, admin %s): %s", listen.proxy, listen.admin, exc)
+        log.error(
+            "cannot listen (proxy %s, https %s, admin %s): %s",
+            listen.proxy,
+            listen.https,
+            listen.admin,
+            exc,
+        )
         return EXIT_START
     except WorkerStartError as exc:
         log.error("%s", exc)
@@ -205,9 +225,10 @@ async def serve(
         if reload_asked.is_set():  # SIGHUP during start-up: reload now that we can
             service.control.request_reload("signal")
     log.info(
-        "region-router %s: proxy on %s, admin on %s, %d regions, strategy %s",
+        "region-router %s: proxy on %s%s, admin on %s, %d regions, strategy %s",
         __version__,
         listen.proxy,
+        f" and https on {listen.https}" if listen.https is not None else "",
         listen.admin,
         len(config.regions),
         config.strategy,
@@ -225,7 +246,7 @@ async def serve(
     if not await service.stop():
         log.warning("grace period over: closed connections with requests in flight")
     if install_signals:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
     return EXIT_OK
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from router.config.loader import Config
 from router.metrics import TrafficStats
 from router.proxy.headers import KNOWN_METHODS, REQUEST_SPECIAL, RESPONSE_SPECIAL
+from router.proxy.rescue import rescue_departed
 from router.proxy.upstream import Pool
 from router.routing.load import LoadTable
 from router.routing.routes import match_plan
@@ -62,6 +63,8 @@ class ProxyCore:
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(6).hex().encode()
         self._method_labels: dict[bytes, str] = {}
+        # Called after each new config is applied (the TLS listener re-reads certificates).
+        self.config_hooks: list[Callable[[Config], None]] = []
         cfg = holder.current.config
         self.pool = Pool(
             connect_timeout_s=cfg.timeouts.connect_s, idle_timeout_s=cfg.timeouts.idle_s
@@ -114,6 +117,8 @@ class ProxyCore:
         self.watched = frozenset(watch)
         self.interesting = REQUEST_SPECIAL | self.watched
         self.has_routes = bool(cfg.routes)
+        for hook in self.config_hooks:
+            hook(cfg)
 
     def next_request_id(self) -> bytes:
         return b"%b-%x" % (self._id_prefix, next(self._ids))
@@ -153,6 +158,11 @@ class ProxyCore:
             affinity_region=affinity_region,
             affinity_key=affinity_value.decode("latin-1") if affinity_value else None,
         )
+
+    def snapshot_changed(self, old: Snapshot, new: Snapshot) -> None:
+        """A new routing state took over: rescue requests waiting on regions that left."""
+        if self.awaiting:
+            rescue_departed(self, old, new)
 
     def sweep(self) -> None:
         """Timeouts without a timer per request: response-header deadlines, idle clients."""
