@@ -12,7 +12,8 @@ from router.state.registry import Transition
 from router.state.snapshot import RegionView
 
 
-def _ms(seconds: float | None) -> float | None:
+def ms(seconds: float | None) -> float | None:
+    """Seconds as milliseconds for JSON (3 decimals); None stays None."""
     return None if seconds is None else round(seconds * 1000.0, 3)
 
 
@@ -42,12 +43,12 @@ def region_json(control: Control, r: RegionView, *, detail: bool = True) -> dict
         {
             "effective_weight": round(r.effective_weight, 3),
             "max_inflight": r.max_inflight,
-            "latency_estimate_ms": _ms(load.latency_estimate(r.probe_latency_s, time.monotonic())),
-            "probe_latency_ms": _ms(r.probe_latency_s),
+            "latency_estimate_ms": ms(load.latency_estimate(r.probe_latency_s, time.monotonic())),
+            "probe_latency_ms": ms(r.probe_latency_s),
             "latency_ms": {
-                "p50": _ms(traffic.p50_s),
-                "p95": _ms(traffic.p95_s),
-                "p99": _ms(traffic.p99_s),
+                "p50": ms(traffic.p50_s),
+                "p95": ms(traffic.p95_s),
+                "p99": ms(traffic.p99_s),
             },
             "inflight": load.inflight,
             "rps": round(traffic.rps, 3),
@@ -59,7 +60,7 @@ def region_json(control: Control, r: RegionView, *, detail: bool = True) -> dict
                     "ok": last[1].ok,
                     "error": last[1].error or None,
                     "status": last[1].status or None,
-                    "latency_ms": _ms(last[1].latency_s),
+                    "latency_ms": ms(last[1].latency_s),
                 }
                 if last is not None
                 else None

@@ -42,7 +42,8 @@ from router.monitoring.webhook import WebhookNotifier
 from router.monitoring.window import RegionTraffic, TrafficWindow
 from router.runtime import Runtime
 from router.state.registry import Registry
-from router.state.snapshot import MANUAL_STATES, RegionState, Snapshot
+from router.state.snapshot import RegionState, Snapshot
+from router.state.tiers import counts_for_tier
 
 log = logging.getLogger("router.monitoring.alerts")
 
@@ -123,9 +124,7 @@ def evaluate(facts: Facts, cfg: AlertsConfig) -> list[Condition]:
                 )
             )
     tiers: dict[int, list[bool]] = {}
-    for r in snap.regions:
-        if r.state in MANUAL_STATES or r.state is RegionState.UNKNOWN or r.weight <= 0:
-            continue
+    for r in filter(counts_for_tier, snap.regions):
         tiers.setdefault(r.priority, []).append(r.eligible)
     for priority, eligible in sorted(tiers.items()):
         if not any(eligible):
