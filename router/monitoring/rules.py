@@ -4,6 +4,7 @@ replication failures) to the conditions that hold now. No clock, no I/O; firing 
 resolved alerts over successive evaluations are router/monitoring/alerts.py's.
 
 Rules (names are the ``alertname`` label):
+
 - ``RegionDown``: a region is ``unhealthy`` (active checks) or ``ejected`` (outliers).
 - ``TierDown``: every counted region of a priority tier is out (counted as in tier
   planning: not operator-held, probed at least once, weight > 0).
