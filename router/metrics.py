@@ -42,7 +42,7 @@ DURATION_BUCKETS_S: tuple[float, ...] = (
 class TrafficStats:
     """Counters of one process. Keys are small tuples of label values."""
 
-    __slots__ = ("durations", "requests", "retries", "upstream_errors")
+    __slots__ = ("durations", "hedges", "requests", "retries", "upstream_errors")
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, str], int] = {}  # (region, method, code)
@@ -50,6 +50,7 @@ class TrafficStats:
         self.durations: dict[str, list[float]] = {}
         self.upstream_errors: dict[tuple[str, str], int] = {}  # (region, kind)
         self.retries: dict[str, int] = {}  # reason
+        self.hedges: dict[str, int] = {}  # outcome: won | lost | cancelled | skipped_budget
 
     def record(self, region: str, method: str, code: str, duration_s: float) -> None:
         key = (region, method, code)
@@ -67,6 +68,9 @@ class TrafficStats:
     def retry(self, reason: str) -> None:
         self.retries[reason] = self.retries.get(reason, 0) + 1
 
+    def hedge(self, outcome: str) -> None:
+        self.hedges[outcome] = self.hedges.get(outcome, 0) + 1
+
     def merge(self, other: TrafficStats) -> None:
         for k, v in other.requests.items():
             self.requests[k] = self.requests.get(k, 0) + v
@@ -78,6 +82,8 @@ class TrafficStats:
             self.upstream_errors[k2] = self.upstream_errors.get(k2, 0) + v
         for k3, v in other.retries.items():
             self.retries[k3] = self.retries.get(k3, 0) + v
+        for k4, v in getattr(other, "hedges", {}).items():  # a worker of an older version
+            self.hedges[k4] = self.hedges.get(k4, 0) + v
 
     def total_requests(self) -> int:
         return sum(self.requests.values())
@@ -130,6 +136,14 @@ class TrafficCollector(Collector):
         for reason, n in sorted(total.retries.items()):
             retries.add_metric([reason], n)
         yield retries
+        hedges = CounterMetricFamily(
+            "router_hedges",
+            "Hedged copies of requests, by outcome (won, lost, cancelled, skipped_budget)",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(total.hedges.items()):
+            hedges.add_metric([outcome], n)
+        yield hedges
 
 
 class GaugeCollector(Collector):
