@@ -45,6 +45,11 @@ class Relay:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def reached_after_blackhole(self) -> bool:
+        """A connection or a byte arrived since the blackhole began."""
+        return self.accepted_after_blackhole + self.bytes_after_blackhole > 0
+
     def blackhole(self) -> None:
         self.mode = "blackhole"
         self.blackholed_at = time.monotonic()
