@@ -307,6 +307,12 @@ def adopt(ex: Exchange, h: HedgeTry, *, won: bool) -> None:
     """
     assert h.conn is not None
     core = ex.core
+    if won and ex.upstream is not None and ex.region is not None and ex in core.awaiting:
+        # The try that lost is still unanswered: that is a latency sample of its region,
+        # or a region that answers nothing would keep looking as fast as its last answer.
+        now = monotonic()
+        age = now - (ex.deadline - core.response_headers_timeout_s)
+        core.loads.get(ex.region.id).observe_outstanding(age, now)
     core.awaiting.discard(ex)
     ex.release_upstream(reuse=False)
     ex.cancel_connect()
