@@ -1,6 +1,6 @@
 """Gray failures through region-router: a blackholed region, a crashed tier, a stalled body.
 
-`python bench/gray_scenario.py [--quick] [--failover-runs 10]`
+`python bench/gray_scenario.py [--quick] [--failover-runs 10]` (writes bench/results/gray.md)
 
 Three regions on loopback (a child process, ~2 ms per answer); region r0 sits behind a
 relay (tests/faults.py) that can stop moving bytes while still accepting connections
@@ -349,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--healthy-s", type=float, default=3.0, help="healthy phase, seconds")
     p.add_argument("--after-s", type=float, default=5.0, help="load after the blackhole")
     p.add_argument("--quick", action="store_true", help="3 failover runs, shorter phases")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
     p.add_argument("--serve-regions", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_regions:
@@ -384,7 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             regions.stop()
     command = "python bench/gray_scenario.py " + " ".join(argv or sys.argv[1:])
-    print(f"## Gray failures (`{command.strip()}`, {os.cpu_count()} CPUs)\n\n{text}")
+    report = f"## Gray failures (`{command.strip()}`, {os.cpu_count()} CPUs)\n\n{text}"
+    print(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gray.md").write_text(report)
     return 0
 
 

@@ -188,3 +188,57 @@ async def test_a_response_that_stalls_mid_body_is_aborted_never_retried_or_splic
         assert body == b"a" * 100  # cut off: nothing duplicated, nothing spliced
         assert 1.0 <= took < 2.5
     assert requests == 1 and spare.seen == []
+
+
+async def test_workers_rescue_their_waiting_requests_on_failover(
+    aiohttp_server: AiohttpServer, tmp_path: Any
+) -> None:
+    """With --workers, each worker rescues its own requests when the new state reaches it."""
+    import aiohttp
+
+    from tests.backends import router_process
+
+    primary = await start_region(aiohttp_server, "primary")
+    spare = await start_region(aiohttp_server, "spare")
+    async with relay_to(primary.port) as relay:
+        config = {
+            "strategy": "priority",
+            "health_check": {"path": "/health", "interval": "300ms", "timeout": "200ms"},
+            "regions": [
+                {"id": "primary", "endpoint": relay.url, "priority": 0},
+                spare.config(priority=1),
+            ],
+        }
+        async with router_process(tmp_path, config, workers=2) as rp, aiohttp.ClientSession() as s:
+            relay.blackhole()
+
+            async def get() -> tuple[int, str]:
+                # a connection each, so both workers' accept queues get requests
+                headers = {"Connection": "close"}
+                async with s.get(f"{rp.proxy}/r", headers=headers) as resp:
+                    await resp.read()
+                    return resp.status, resp.headers.get("X-Router-Region", "")
+
+            gets = [asyncio.ensure_future(get()) for _ in range(6)]
+
+            async def all_waiting() -> bool:
+                lines = [line for _, line in relay.arrivals if b" /r " in line]
+                return len(lines) == 6
+
+            await eventually(all_waiting, 5.0, "six GETs wait on the blackhole")
+            async with s.post(f"{rp.admin}/admin/regions/primary/failover", json={}) as resp:
+                assert resp.status < 300
+            answers = await asyncio.wait_for(asyncio.gather(*gets), 3.0)
+            assert answers == [(200, "spare")] * 6
+
+            async def counted() -> bool:  # workers report their counters within 1 s
+                text = await _metrics_at(s, rp.admin)
+                return 'router_retries_total{reason="region_down"} 6.0' in text
+
+            await eventually(counted, 3.0, "six rescues counted")
+
+
+async def _metrics_at(session: Any, admin: str) -> str:
+    async with session.get(f"{admin}/metrics") as resp:
+        text: str = await resp.text()
+        return text
