@@ -87,7 +87,7 @@ def explain_request(
     host, norm, info = request_info(control, path, headers)
     snapshot = snap or control.registry.snapshot()
     now = time.monotonic()
-    loads = control.runtime.core.loads
+    loads = control.runtime.loads
     result = explain(snapshot, loads, hostname=host, path=norm, info=info, now=now)
     result["request"] = {"method": method, "path": norm, "host": host}
     winner = snapshot.by_id.get(result["winner"]) if result["winner"] else None
@@ -126,7 +126,7 @@ def best_region_data(control: Control, strategy: str | None) -> dict[str, Any] |
     """The region the strategy picks now for a plain request; None when none is eligible."""
     snap = snapshot_for_strategy(control, strategy)
     result = explain(
-        snap, control.runtime.core.loads, hostname="", path="/", info=None, now=time.monotonic()
+        snap, control.runtime.loads, hostname="", path="/", info=None, now=time.monotonic()
     )
     winner = result["winner"]
     if winner is None:
@@ -211,7 +211,7 @@ async def simulate(request: web.Request) -> web.StreamResponse:
     check(errors)
     side = what_if(control.registry, now, wall, config=base, states=states)
     snap = side.snapshot()
-    loads = hypothetical_loads(latencies, control.runtime.core.loads, now)
+    loads = hypothetical_loads(latencies, control.runtime.loads, now)
     return json_response(
         {
             "applied": False,

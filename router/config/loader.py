@@ -23,10 +23,13 @@ import yaml
 from router.config.model import (
     RETRY_CONDITIONS,
     STRATEGIES,
+    AccessLogConfig,
     AdminConfig,
     AffinityConfig,
     AlertsConfig,
+    CertificatePair,
     Config,
+    DnsConfig,
     Endpoint,
     FailoverConfig,
     GeoConfig,
@@ -46,6 +49,8 @@ from router.config.model import (
     StateConfig,
     StrategyName,
     TimeoutsConfig,
+    TlsConfig,
+    access_log_path,
 )
 from router.config.regions import parse_region, parse_region_patch
 from router.config.sections import build_config
@@ -63,11 +68,14 @@ from router.config.values import parse_endpoint, parse_hostport
 __all__ = [
     "RETRY_CONDITIONS",
     "STRATEGIES",
+    "AccessLogConfig",
     "AdminConfig",
     "AffinityConfig",
     "AlertsConfig",
+    "CertificatePair",
     "Config",
     "ConfigError",
+    "DnsConfig",
     "Endpoint",
     "FailoverConfig",
     "FieldError",
@@ -88,7 +96,9 @@ __all__ = [
     "StateConfig",
     "StrategyName",
     "TimeoutsConfig",
+    "TlsConfig",
     "ValidationError",
+    "access_log_path",
     "config_from_mapping",
     "config_hash",
     "config_notes",

@@ -40,6 +40,7 @@ class HostPort:
 class ListenConfig:
     proxy: HostPort = HostPort(host="0.0.0.0", port=8080)
     admin: HostPort = HostPort(host="127.0.0.1", port=9901)
+    https: HostPort | None = None  # the same proxy over TLS (needs ``tls``)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,6 +60,13 @@ class ReloadConfig:
 class ResponseHeadersConfig:
     region: bool = True
     request_id: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccessLogConfig:
+    """``access_log: {path: FILE}``: JSON lines appended to FILE, reopened on SIGUSR1."""
+
+    path: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -224,6 +232,34 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CertificatePair:
+    """One certificate chain and its key, checked to match when the config was read."""
+
+    cert: str  # PEM file: the leaf first, then intermediates
+    key: str  # PEM file
+    names: tuple[str, ...]  # the leaf's DNS SAN names, lower-case ("*.example.com" allowed)
+    # sha256 of both files' bytes at load: a reload with new files is a config change.
+    digest: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig:
+    certificates: tuple[CertificatePair, ...] = ()  # SNI picks by SAN; the first is the default
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    client_ca: str | None = None  # mTLS: client certificates must chain to this CA file
+    client_ca_digest: str = ""
+    redirect_http: bool = False  # the plain listener answers 308 to https
+    handshake_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DnsConfig:
+    refresh_s: float = 30.0
+    max_connection_age_s: float = 300.0
+    nameservers: tuple[HostPort, ...] = ()  # empty: the system's resolvers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     listen: ListenConfig = ListenConfig()
     admin: AdminConfig = AdminConfig()
@@ -247,7 +283,14 @@ class Config:
     geo: GeoConfig = GeoConfig()
     replication: ReplicationConfig = ReplicationConfig()
     alerts: AlertsConfig = AlertsConfig()
-    access_log: bool = True
+    access_log: bool | AccessLogConfig = True  # True: stdout
     shutdown_grace_s: float = 15.0
+    tls: TlsConfig | None = None  # set exactly when listen.https is
+    dns: DnsConfig = DnsConfig()
     # sha256 of the canonical effective config (secrets included, so a token change reloads)
     config_hash: str = ""
+
+
+def access_log_path(config: Config) -> str | None:
+    """The access log's file, or None for stdout (also when the log is off)."""
+    return config.access_log.path if isinstance(config.access_log, AccessLogConfig) else None

@@ -7,11 +7,13 @@ collected with its path; ``router.config.loader`` wraps this with YAML, ``${VAR}
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from types import MappingProxyType
 
+from router.config.edge import dns_section, tls_section
 from router.config.model import (
     RETRY_CONDITIONS,
+    AccessLogConfig,
     AdminConfig,
     AffinityConfig,
     AlertsConfig,
@@ -20,6 +22,7 @@ from router.config.model import (
     GeoConfig,
     HealthCheckConfig,
     HedgingConfig,
+    HostPort,
     LimitsConfig,
     ListenConfig,
     OutlierDetectionConfig,
@@ -70,9 +73,19 @@ def _listen(f: Fields) -> ListenConfig:
     with f:
         proxy = f.get("proxy", parse_hostport, d.proxy)
         admin = f.get("admin", parse_hostport, d.admin)
+        https = f.get("https", parse_optional_hostport, d.https)
     if f.clean and proxy == admin and proxy.port != 0:
         f.error("admin", f"same address as listen.proxy ({proxy})")
-    return ListenConfig(proxy=proxy, admin=admin)
+    if f.clean and https is not None and https.port != 0 and https in (proxy, admin):
+        f.error("https", f"same address as another listener ({https})")
+    return ListenConfig(proxy=proxy, admin=admin, https=https)
+
+
+def parse_optional_hostport(value: object) -> HostPort | None:
+    """A listen address, or ``""`` for none."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return parse_hostport(value)
 
 
 def _health_check(f: Fields) -> HealthCheckConfig:
@@ -292,6 +305,15 @@ def _reload(f: Fields) -> ReloadConfig:
         )
 
 
+def _access_log(f: Fields) -> bool | AccessLogConfig:
+    """``true``/``false`` (stdout or off), or ``{path: FILE}``."""
+    if not isinstance(f.raw("access_log"), Mapping):
+        return f.flag("access_log", True)
+    with f.section("access_log") as sub:
+        path = sub.required("path", as_str(nonempty=True))
+    return AccessLogConfig(path=path) if path is not None else True
+
+
 def _response_headers(f: Fields) -> ResponseHeadersConfig:
     d = ResponseHeadersConfig()
     with f:
@@ -383,6 +405,8 @@ def build_config(data: object, errors: list[FieldError]) -> Config:
             geo=_geo(f.section("geo"), region_ids),
             replication=_replication(f.section("replication")),
             alerts=_alerts(f.section("alerts")),
-            access_log=f.flag("access_log", d.access_log),
+            access_log=_access_log(f),
             shutdown_grace_s=f.duration("shutdown_grace", d.shutdown_grace_s, positive=False),
+            tls=tls_section(f, listen.https),
+            dns=dns_section(f.section("dns")),
         )

@@ -43,8 +43,10 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 class ClientConnection(asyncio.Protocol):
     """One client connection: parse, validate, pipeline, relay, tunnel."""
 
-    def __init__(self, core: ProxyCore) -> None:
+    def __init__(self, core: ProxyCore, *, tls: bool = False) -> None:
+        """``tls``: the connection came in over TLS (X-Forwarded-Proto: https)."""
         self.core = core
+        self.proto = b"https" if tls else b"http"
         self.loop = core.loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -355,8 +357,8 @@ class ClientConnection(asyncio.Protocol):
                 lines = [ln for ln in lines if ln.split(b":", 1)[0].lower() not in named]
         xff = self.peer if self.xff is None else self.xff + b", " + self.peer
         lines.append(
-            b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: %b\r\n"
-            b"X-Request-ID: %b\r\n" % (xff, host, request_id)
+            b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n"
+            b"X-Request-ID: %b\r\n" % (xff, self.proto, host, request_id)
         )
         if self.chunked:
             lines.append(b"Transfer-Encoding: chunked\r\n")

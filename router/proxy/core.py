@@ -64,6 +64,8 @@ class ProxyCore:
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(6).hex().encode()
         self._method_labels: dict[bytes, str] = {}
+        # Called after each new config is applied (the TLS listener re-reads certificates).
+        self.config_hooks: list[Callable[[Config], None]] = []
         cfg = holder.current.config
         self.pool = Pool(
             connect_timeout_s=cfg.timeouts.connect_s, idle_timeout_s=cfg.timeouts.idle_s
@@ -121,6 +123,8 @@ class ProxyCore:
         self.watched = frozenset(watch)
         self.interesting = REQUEST_SPECIAL | self.watched
         self.has_routes = bool(cfg.routes)
+        for hook in self.config_hooks:
+            hook(cfg)
 
     def next_request_id(self) -> bytes:
         return b"%b-%x" % (self._id_prefix, next(self._ids))

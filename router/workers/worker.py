@@ -18,6 +18,7 @@ import socket
 import sys
 from typing import Any
 
+from router.config.loader import access_log_path
 from router.proxy.accesslog import AccessLogger
 from router.proxy.core import ProxyCore
 from router.proxy.server import ProxyServer
@@ -53,9 +54,16 @@ class OutcomeRecorder:
 
 
 async def run_worker(
-    host: str, port: int, channel_fd: int, worker_id: int, workers: int = 1
+    host: str,
+    port: int,
+    channel_fd: int,
+    worker_id: int,
+    workers: int = 1,
+    https_port: int | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
+    # SIGUSR1 (reopen the access log) must not kill a worker before its handler is set.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     first: asyncio.Future[Snapshot] = loop.create_future()
     stop = asyncio.Event()
     holder: SnapshotHolder | None = None
@@ -88,20 +96,23 @@ async def run_worker(
     assert holder is not None
     outcomes = OutcomeRecorder()
     config = snapshot.config
-    core = ProxyCore(
-        holder,
-        loop=loop,
-        observer=outcomes,
-        access_log=AccessLogger() if config.access_log else None,
-    )
+    core = ProxyCore(holder, loop=loop, observer=outcomes)
+    access_log: AccessLogger | None = None
+    if config.access_log:
+        # Each worker appends its own lines to the same file (O_APPEND keeps them whole).
+        access_log = AccessLogger(loop, access_log_path(config))
+        access_log.bind(core.stats)
+        core.access_log = access_log
     core.selector.capacity_share = 1.0 / max(1, workers)
     server = ProxyServer(core)
     try:
-        await server.start(host, port, reuse_port=True)
+        await server.start(host, port, reuse_port=True, https_port=https_port)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", host, port, exc)
         return 2
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if access_log is not None:
+        loop.add_signal_handler(signal.SIGUSR1, access_log.reopen)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor handles Ctrl-C for us
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     channel.send(READY, {"worker": worker_id, "pid": os.getpid()})
@@ -125,8 +136,9 @@ async def run_worker(
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    if core.access_log is not None and isinstance(core.access_log, AccessLogger):
-        core.access_log.flush()
+    if access_log is not None:
+        core.access_log = None
+        access_log.close()
     await asyncio.sleep(0)  # let the last report leave
     channel.close()
     if not drained:
@@ -148,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channel-fd", type=int, required=True)
     parser.add_argument("--id", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="how many workers share the port")
+    parser.add_argument("--https-port", type=int, default=None, help="listen.https's port")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -158,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
 
     host, _, port = args.listen.rpartition(":")
     return uvloop.run(
-        run_worker(host.strip("[]"), int(port), args.channel_fd, args.id, args.workers)
+        run_worker(
+            host.strip("[]"), int(port), args.channel_fd, args.id, args.workers, args.https_port
+        )
     )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 from pytest_aiohttp import AiohttpServer
 
-from router.cli import RouterService
+from router.service import RouterService
 from tests.backends import Region, probe_passes, start_region
 from tests.conftest import StartRouter, make_config
 from tests.faults import Relay, relay_to
