@@ -36,7 +36,8 @@ PENDING_CYCLES = (
             "router.proxy.client",
             "router.proxy.core",
             "router.proxy.exchange",
-            "router.proxy.rescue",
+            "router.proxy.hedging",  # per-try and hedges (issue 10): extra tries of an exchange
+            "router.proxy.rescue",  # in-flight rescue (issue 10) works on exchanges and core
             "router.proxy.retries",
             "router.proxy.upstream",
         }
