@@ -283,6 +283,12 @@ def defaults_config(backend_port: int, listen: dict[str, str], state_dir: Path) 
     return text
 
 
+def defaults_nolog_config(backend_port: int, listen: dict[str, str], state_dir: Path) -> str:
+    """``defaults`` with ``access_log: false``: the pair shows what the access log costs."""
+    text = defaults_config(backend_port, listen, state_dir)
+    return _sub(r"^access_log: true$", "access_log: false", text)
+
+
 ConfigText = Callable[[int, dict[str, str], Path], str]
 
 
@@ -335,6 +341,13 @@ TARGETS: tuple[Target, ...] = (
         start=partial(region_router, name="defaults", config=defaults_config),
     ),
     Target(key="bare", label="region-router bare", tools=(), start=region_router),
+    # defaults with the access log off: beside "defaults", what the log costs.
+    Target(
+        key="defaults-nolog",
+        label="region-router defaults, log off",
+        tools=(),
+        start=partial(region_router, name="defaults-nolog", config=defaults_nolog_config),
+    ),
     Target(key="nginx", label="nginx", tools=("nginx",), start=nginx_proxy),
     Target(key="haproxy", label="haproxy", tools=("haproxy",), start=haproxy),
     # The workers dimension (`--targets router-w1,router-w2,nginx,nginx-w2`): same
