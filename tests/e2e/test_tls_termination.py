@@ -377,3 +377,38 @@ def _listeners(port: int) -> int:
     rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
     local = f"0100007F:{port:04X}"
     return sum(1 for row in rows if row.split()[1] == local and row.split()[3] == "0A")
+
+
+async def test_a_new_client_ca_on_reload_refuses_the_old_one_for_every_name(
+    aiohttp_server: AiohttpServer,
+    start_router: StartRouter,
+    tmp_path: Path,
+    ca: trustme.CA,
+    certs: tuple[CertFiles, CertFiles],
+) -> None:
+    first_ca, second_ca = new_ca(), new_ca()
+    ca_file = tmp_path / "client-ca.pem"
+    first_ca.cert_pem.write_to_path(str(ca_file))
+    _, service, path = await tls_router(
+        aiohttp_server, start_router, tmp_path, tls_section(certs, client_ca=str(ca_file))
+    )
+    port = https_port(service)
+    old_client, new_client = first_ca.issue_cert("c.test"), second_ca.issue_cert("c.test")
+    ok = await https_get(port, client_context(ca, client_cert=old_client), "api.test")
+    assert ok.response.status == 200
+    # Another CA in the same file: a CA store only grows, so the router must not keep
+    # trusting the first one on the default certificate's context.
+    second_ca.cert_pem.write_to_path(str(ca_file))
+    result = await service.control.reload("test")
+    assert result.ok, result.errors
+    for name in ("api.test", "x.wild.test", None):
+        ctx = client_context(ca, client_cert=new_client)
+        if name is None:
+            ctx.check_hostname = False
+        assert (await https_get(port, ctx, name, host="api.test")).response.status == 200
+        stale = client_context(ca, client_cert=old_client)
+        if name is None:
+            stale.check_hostname = False
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+            await https_get(port, stale, name, host="api.test")
+    assert path.exists()
