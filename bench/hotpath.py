@@ -87,7 +87,10 @@ async def measure(n: int, profile: bool) -> None:
     client = ClientConnection(core)
     client_transport = FakeTransport()
     client.connection_made(client_transport)  # type: ignore[arg-type]  # a fake transport
-    upstream = UpstreamConnection(config.regions[0].endpoint.url, lambda conn: None)
+    endpoint = config.regions[0].endpoint
+    upstream = UpstreamConnection(
+        f"{endpoint.url} {endpoint.host}", endpoint.host, endpoint.host, lambda conn: None
+    )
     upstream_transport = FakeTransport()
     upstream.connection_made(upstream_transport)  # type: ignore[arg-type]  # a fake transport
     core.pool.release(upstream, time.monotonic())

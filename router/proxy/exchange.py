@@ -175,7 +175,7 @@ class Exchange:
             self.info is None or self.info.affinity_region != region.id
         ):
             self.set_cookie = core.affinity_cookie_header(region.id)
-        conn = core.pool.acquire_idle(region.endpoint.url)
+        conn = core.pool.acquire_idle(region.endpoint)
         if conn is not None:
             self._bind(conn)
         else:
