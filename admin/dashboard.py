@@ -37,7 +37,7 @@ def dashboard_json(control: Control) -> dict[str, Any]:
     regions = []
     for r in snap.regions:
         t = traffic[r.id]
-        load = runtime.core.loads.get(r.id)
+        load = runtime.loads.get(r.id)
         last = runtime.health.last_results.get(r.id)
         series = control.window.series(r.id, SERIES_S)
         regions.append(

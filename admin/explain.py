@@ -80,7 +80,7 @@ def explain_request(
     host, norm, info = request_info(control, path, headers)
     result = explain(
         snap or control.registry.snapshot(),
-        control.runtime.core.loads,
+        control.runtime.loads,
         hostname=host,
         path=norm,
         info=info,
@@ -118,7 +118,7 @@ def best_region_data(control: Control, strategy: str | None) -> dict[str, Any] |
     """The region the strategy picks now for a plain request; None when none is eligible."""
     snap = snapshot_for_strategy(control, strategy)
     result = explain(
-        snap, control.runtime.core.loads, hostname="", path="/", info=None, now=time.monotonic()
+        snap, control.runtime.loads, hostname="", path="/", info=None, now=time.monotonic()
     )
     winner = result["winner"]
     if winner is None:
@@ -203,7 +203,7 @@ async def simulate(request: web.Request) -> web.StreamResponse:
     check(errors)
     side = what_if(control.registry, now, wall, config=base, states=states)
     snap = side.snapshot()
-    loads = hypothetical_loads(latencies, control.runtime.core.loads, now)
+    loads = hypothetical_loads(latencies, control.runtime.loads, now)
     return json_response(
         {
             "applied": False,

@@ -34,7 +34,7 @@ def region_json(control: Control, r: RegionView, *, detail: bool = True) -> dict
         out["overrides"] = to_plain(rec.overrides)
     if not detail:
         return out
-    load = runtime.core.loads.get(r.id)
+    load = runtime.loads.get(r.id)
     traffic = control.window.region(r.id)
     last = runtime.health.last_results.get(r.id)
     op = control.ops.active.get(r.id)

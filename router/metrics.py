@@ -42,7 +42,7 @@ DURATION_BUCKETS_S: tuple[float, ...] = (
 class TrafficStats:
     """Counters of one process. Keys are small tuples of label values."""
 
-    __slots__ = ("durations", "requests", "retries", "upstream_errors")
+    __slots__ = ("access_log_dropped", "durations", "requests", "retries", "upstream_errors")
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, str], int] = {}  # (region, method, code)
@@ -50,6 +50,7 @@ class TrafficStats:
         self.durations: dict[str, list[float]] = {}
         self.upstream_errors: dict[tuple[str, str], int] = {}  # (region, kind)
         self.retries: dict[str, int] = {}  # reason
+        self.access_log_dropped = 0  # lines the access log could not write in time
 
     def record(self, region: str, method: str, code: str, duration_s: float) -> None:
         key = (region, method, code)
@@ -78,6 +79,7 @@ class TrafficStats:
             self.upstream_errors[k2] = self.upstream_errors.get(k2, 0) + v
         for k3, v in other.retries.items():
             self.retries[k3] = self.retries.get(k3, 0) + v
+        self.access_log_dropped += other.access_log_dropped
 
     def total_requests(self) -> int:
         return sum(self.requests.values())
@@ -130,6 +132,11 @@ class TrafficCollector(Collector):
         for reason, n in sorted(total.retries.items()):
             retries.add_metric([reason], n)
         yield retries
+        yield CounterMetricFamily(
+            "router_access_log_dropped",
+            "Access log lines dropped because the log sink was too slow, full or blocked",
+            value=total.access_log_dropped,
+        )
 
 
 class GaugeCollector(Collector):

@@ -16,12 +16,13 @@ from typing import Any
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter
 
-from router.config.loader import Config
+from router.config.loader import Config, access_log_path
 from router.health.checker import HealthChecker, HttpProber, ProbeFn, ProbeResult
 from router.health.outlier import OutlierDetector
 from router.metrics import CounterCollector, GaugeCollector, TrafficCollector, TrafficStats
 from router.proxy.accesslog import AccessLogger
 from router.proxy.core import ProxyCore
+from router.routing.load import LoadTable
 from router.state.registry import Registry, Transition
 from router.state.snapshot import (
     ELIGIBLE_STATES,
@@ -80,13 +81,8 @@ class Runtime:
         for result in ("success", "error"):
             self.config_reloads.labels(result)
         self.outliers = OutlierDetector(self.registry, self.record_transition)
-        self.access_logger = AccessLogger() if config.access_log else None
-        self.core = ProxyCore(
-            self.holder,
-            loop=loop,
-            observer=self.outliers.record,
-            access_log=self.access_logger,
-        )
+        self.access_logger: AccessLogger | None = None  # opened by start()
+        self.core = ProxyCore(self.holder, loop=loop, observer=self.outliers.record)
         self.health = HealthChecker(
             self.registry,
             probe or HttpProber(self.instance_id, addresses=self.core.dns.rotation),
@@ -122,9 +118,7 @@ class Runtime:
                 lambda: [
                     (
                         [r.id],
-                        self.core.loads.get(r.id).latency_estimate(
-                            r.probe_latency_s, time.monotonic()
-                        ),
+                        self.loads.get(r.id).latency_estimate(r.probe_latency_s, time.monotonic()),
                     )
                     for r in self.holder.current.regions
                 ],
@@ -136,7 +130,7 @@ class Runtime:
                 "Requests in flight",
                 ["region"],
                 lambda: [
-                    ([r.id], float(self.core.loads.get(r.id).inflight))
+                    ([r.id], float(self.loads.get(r.id).inflight))
                     for r in self.holder.current.regions
                 ],
             )
@@ -182,15 +176,25 @@ class Runtime:
         )
         self._tasks: list[asyncio.Task[None]] = []
 
+    @property
+    def loads(self) -> LoadTable:
+        """Per-region load (in flight, latency): what strategies, views and removal drains
+        read. One process: the proxy core's own; with workers the supervisor folds their
+        reports into it."""
+        return self.core.loads
+
     # -- wiring ------------------------------------------------------------------------
 
     def _publish(self, snapshot: Snapshot) -> None:
+        old = self.holder.current
         self.holder.current = snapshot
         for hook in self.snapshot_hooks:
             hook(snapshot)
         core = getattr(self, "core", None)  # None while __init__ subscribes
-        if core is not None and core.config is not snapshot.config:
-            core.apply_config(snapshot.config)
+        if core is not None:
+            if core.config is not snapshot.config:
+                core.apply_config(snapshot.config)
+            core.snapshot_changed(old, snapshot)  # rescue requests on regions that left
 
     def _dns_views(
         self, value: Callable[[dict[str, Any]], float]
@@ -234,6 +238,12 @@ class Runtime:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        config = self.registry.config
+        if config.access_log and self.access_logger is None:
+            # Here, not in __init__: an unwritable log file is a start-up error (OSError).
+            self.access_logger = AccessLogger(self.loop, access_log_path(config))
+            self.access_logger.bind(self.core.stats)
+            self.core.access_log = self.access_logger
         self.health.sync()
         self._tasks.append(self.loop.create_task(self._sweep_loop(), name="proxy-sweeper"))
         self._tasks.append(self.loop.create_task(self._tick_loop(), name="registry-tick"))
@@ -245,7 +255,7 @@ class Runtime:
             core.sweep()
 
     async def _tick_loop(self) -> None:
-        loads = self.core.loads
+        loads = self.loads
         panic = self.holder.current.panic
         while True:
             await asyncio.sleep(0.5)
@@ -269,7 +279,14 @@ class Runtime:
             await self.health.probe.close()
         await self.core.dns.close()
         if self.access_logger is not None:
-            self.access_logger.flush()
+            self.core.access_log = None
+            self.access_logger.close()
+            self.access_logger = None
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: reopen the access log file by name (after logrotate renamed it)."""
+        if self.access_logger is not None:
+            self.access_logger.reopen()
 
     async def propagated(self) -> None:
         """Return once the current snapshot serves everywhere (at once with no workers)."""

@@ -23,6 +23,7 @@ import yaml
 from router.config.model import (
     RETRY_CONDITIONS,
     STRATEGIES,
+    AccessLogConfig,
     AdminConfig,
     AffinityConfig,
     AlertsConfig,
@@ -48,6 +49,7 @@ from router.config.model import (
     StrategyName,
     TimeoutsConfig,
     TlsConfig,
+    access_log_path,
 )
 from router.config.regions import parse_region, parse_region_patch
 from router.config.sections import build_config
@@ -65,6 +67,7 @@ from router.config.values import parse_endpoint, parse_hostport
 __all__ = [
     "RETRY_CONDITIONS",
     "STRATEGIES",
+    "AccessLogConfig",
     "AdminConfig",
     "AffinityConfig",
     "AlertsConfig",
@@ -93,6 +96,7 @@ __all__ = [
     "TimeoutsConfig",
     "TlsConfig",
     "ValidationError",
+    "access_log_path",
     "config_from_mapping",
     "config_hash",
     "config_notes",

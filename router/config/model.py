@@ -63,6 +63,13 @@ class ResponseHeadersConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AccessLogConfig:
+    """``access_log: {path: FILE}``: JSON lines appended to FILE, reopened on SIGUSR1."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StateConfig:
     backend: Literal["file", "redis"] = "file"
     url: str = "redis://127.0.0.1:6379/0"
@@ -264,9 +271,14 @@ class Config:
     geo: GeoConfig = GeoConfig()
     replication: ReplicationConfig = ReplicationConfig()
     alerts: AlertsConfig = AlertsConfig()
-    access_log: bool = True
+    access_log: bool | AccessLogConfig = True  # True: stdout
     shutdown_grace_s: float = 15.0
     tls: TlsConfig | None = None  # set exactly when listen.https is
     dns: DnsConfig = DnsConfig()
     # sha256 of the canonical effective config (secrets included, so a token change reloads)
     config_hash: str = ""
+
+
+def access_log_path(config: Config) -> str | None:
+    """The access log's file, or None for stdout (also when the log is off)."""
+    return config.access_log.path if isinstance(config.access_log, AccessLogConfig) else None

@@ -7,12 +7,13 @@ collected with its path; ``router.config.loader`` wraps this with YAML, ``${VAR}
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from types import MappingProxyType
 
 from router.config.edge import dns_section, tls_section
 from router.config.model import (
     RETRY_CONDITIONS,
+    AccessLogConfig,
     AdminConfig,
     AffinityConfig,
     AlertsConfig,
@@ -302,6 +303,15 @@ def _reload(f: Fields) -> ReloadConfig:
         )
 
 
+def _access_log(f: Fields) -> bool | AccessLogConfig:
+    """``true``/``false`` (stdout or off), or ``{path: FILE}``."""
+    if not isinstance(f.raw("access_log"), Mapping):
+        return f.flag("access_log", True)
+    with f.section("access_log") as sub:
+        path = sub.required("path", as_str(nonempty=True))
+    return AccessLogConfig(path=path) if path is not None else True
+
+
 def _response_headers(f: Fields) -> ResponseHeadersConfig:
     d = ResponseHeadersConfig()
     with f:
@@ -368,7 +378,7 @@ def build_config(data: object, errors: list[FieldError]) -> Config:
             geo=_geo(f.section("geo"), region_ids),
             replication=_replication(f.section("replication")),
             alerts=_alerts(f.section("alerts")),
-            access_log=f.flag("access_log", d.access_log),
+            access_log=_access_log(f),
             shutdown_grace_s=f.duration("shutdown_grace", d.shutdown_grace_s, positive=False),
             tls=tls_section(f, listen.https),
             dns=dns_section(f.section("dns")),

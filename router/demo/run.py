@@ -1,6 +1,6 @@
 """``region-router demo``: simulated regions, the router in front, traffic, and a live view.
 
-Like router/cli.py this is composition, not data plane: it runs the whole router in-process
+Like router/service.py this is composition, not data plane: it runs the whole router in-process
 (``RouterService``) between the regions and clients of router/demo/regions.py, takes one
 region down midway and brings it back, and shows where the traffic goes (router/demo/view.py).
 """
@@ -22,7 +22,6 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from typing import TextIO
 
-from router.cli import EXIT_CONFIG, EXIT_OK, EXIT_START, RouterService
 from router.config.loader import (
     Config,
     ConfigError,
@@ -42,6 +41,7 @@ from router.demo.regions import (
     url_host,
 )
 from router.demo.view import Frame, Outage, Row, TableStyle, Totals, status_line, summary, table
+from router.service import EXIT_CONFIG, EXIT_OK, EXIT_START, RouterService
 from router.state.snapshot import RegionState, Snapshot
 
 RATE_PER_S = 75.0
@@ -404,7 +404,7 @@ class Demo:
         for r in runtime.holder.current.regions:
             latencies = [s.latency_s for s in window if s.region == r.id]
             demo_region = self.regions.get(r.id)
-            estimate_s = runtime.core.loads.get(r.id).latency_estimate(r.probe_latency_s, now)
+            estimate_s = runtime.loads.get(r.id).latency_estimate(r.probe_latency_s, now)
             rows.append(
                 Row(
                     id=r.id,

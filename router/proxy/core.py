@@ -19,6 +19,7 @@ from router.config.loader import Config
 from router.metrics import TrafficStats
 from router.proxy.dns import Resolver
 from router.proxy.headers import KNOWN_METHODS, REQUEST_SPECIAL, RESPONSE_SPECIAL
+from router.proxy.rescue import rescue_departed
 from router.proxy.upstream import Pool
 from router.routing.load import LoadTable
 from router.routing.routes import match_plan
@@ -164,6 +165,11 @@ class ProxyCore:
             affinity_region=affinity_region,
             affinity_key=affinity_value.decode("latin-1") if affinity_value else None,
         )
+
+    def snapshot_changed(self, old: Snapshot, new: Snapshot) -> None:
+        """A new routing state took over: rescue requests waiting on regions that left."""
+        if self.awaiting:
+            rescue_departed(self, old, new)
 
     def sweep(self) -> None:
         """Timeouts without a timer per request: response-header deadlines, idle clients."""

@@ -25,8 +25,12 @@ if TYPE_CHECKING:
     from router.proxy.exchange import Exchange
 
 
-def may_retry(ex: Exchange, reason: str, *, unsent: bool = False) -> bool:
-    """``unsent``: no byte reached a region, so ``pending`` still holds the whole body."""
+def may_retry(ex: Exchange, reason: str, *, unsent: bool = False, budgeted: bool = True) -> bool:
+    """``unsent``: no byte reached a region, so ``pending`` still holds the whole body.
+
+    ``budgeted``: the retry adds load (the failed try may have been served), so the retry
+    budget applies; a try on a connection that was dead before it was written adds none.
+    """
     core = ex.core
     if ex.attempts > core.max_retries:
         return False
@@ -36,7 +40,7 @@ def may_retry(ex: Exchange, reason: str, *, unsent: bool = False) -> bool:
         if ex.body_too_large_for_retry:
             core.stats.retry("skipped_body_too_large")
         return False
-    if unsent:
+    if unsent or not budgeted:
         return True  # re-sending what no region saw adds no load: outside the budget
     budget = max(core.retry_min_concurrent, core.retry_budget_fraction * core.inflight)
     if core.retries_active >= budget:
@@ -58,12 +62,19 @@ def attempt_failed(
         core.loads.get(region.id).observe_failure(now)
         core.stats.upstream_error(region.id, kind)
         core.observer(region.id, False, kind)
-        ex.tried.add(region.id)
+    elif region.id not in ex.tried:
+        # A pooled connection the region had already closed: the try never counted, so
+        # it spends none of the request's retries (once per region, which bounds it).
+        ex.attempts -= 1
+    # Even a stale reset may mean the region just died: retry elsewhere while one is
+    # eligible, or a dead region still in rotation takes the retry and refuses it.
+    ex.tried.add(region.id)
     condition = "connect-failure" if kind.startswith("connect") else kind
     always = not sent or stale
     allowed = always or condition in core.retry_conditions
-    if allowed and may_retry(ex, "connect-failure" if always else condition, unsent=not sent):
-        schedule_retry(ex, "stale-connection" if stale else condition, budgeted=sent)
+    reason = "connect-failure" if always else condition
+    if allowed and may_retry(ex, reason, unsent=not sent, budgeted=not stale):
+        schedule_retry(ex, "stale-connection" if stale else condition, budgeted=sent and not stale)
         return
     error: ProxyError
     if kind == "timeout":

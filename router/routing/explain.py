@@ -179,17 +179,7 @@ def what_if(
             if id(rec) not in kept:
                 side.set_probe_verdict(rec.config.id, True, now, "what-if: new region", wall)
     for region_id, state in (states or {}).items():
-        rec = side.record(region_id)
-        rec.manual, rec.drain_until, rec.ramp_started_at, rec.ramp = None, None, None, 1.0
-        rec.probed, rec.probe_up, rec.ejected_until = True, True, None
-        if state in ("unhealthy", "down"):
-            rec.probe_up = False
-        elif state == "ejected":
-            rec.ejected_until = now + 3600.0
-        elif state in ("failed_over", "draining"):
-            rec.manual = state
-        elif state not in ("healthy", "up"):
-            raise ValueError(f"unknown hypothetical state {state!r}")
+        side.assume_state(region_id, state, now)
     side.tick(now, wall)  # derive every region's state from the forced facts
     side.publish(now)
     return side

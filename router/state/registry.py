@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Literal
 
-from router.state.artifacts import artifact_candidates
 from router.config.loader import Config, RegionConfig, RouteConfig
 from router.errors import RegionConflict, UnknownRegion
+from router.state.artifacts import artifact_candidates
 from router.state.snapshot import ArtifactInfo, RegionState, RegionView, RoutePlan, Snapshot
 from router.state.tiers import plan_tiers
 
@@ -134,6 +134,48 @@ class Registry:
         rec.config = replace(rec.config, **changes)  # type: ignore[arg-type]  # validated by caller
         self.publish(now)
         return rec.config
+
+    def set_overrides(self, region_id: str, overrides: Mapping[str, object], now: float) -> None:
+        """A config region's overrides, replaced as a whole (another instance's, validated)."""
+        rec = self.record(region_id)
+        if rec.source != "config" or rec.base is None:
+            raise RegionConflict(f"region {region_id!r} is not defined in the config file")
+        rec.overrides = dict(overrides)
+        rec.config = replace(rec.base, **rec.overrides)  # type: ignore[arg-type]  # validated fields
+        self.publish(now)
+
+    def restore_region(
+        self, region_id: str, config: RegionConfig, overrides: Mapping[str, object], now: float
+    ) -> None:
+        """Put back what ``region_config`` returned: the rollback of an unstored change."""
+        rec = self.record(region_id)
+        rec.config, rec.overrides = config, dict(overrides)
+        self.publish(now)
+
+    def region_config(self, region_id: str) -> tuple[RegionConfig, dict[str, object]]:
+        """The region's effective config and a copy of its overrides (see restore_region)."""
+        rec = self.record(region_id)
+        return rec.config, dict(rec.overrides)
+
+    def assume_state(self, region_id: str, state: str, now: float) -> None:
+        """What-if questions only (on a ``clone``): set the facts from which the next ``tick``
+        derives ``state`` ("healthy"/"up", "unhealthy"/"down", "ejected", "failed_over",
+        "draining"); ``ValueError`` for any other."""
+        rec = self.record(region_id)
+        rec.manual, rec.drain_until, rec.ramp_started_at, rec.ramp = None, None, None, 1.0
+        rec.probed, rec.probe_up, rec.ejected_until = True, True, None
+        if state in ("unhealthy", "down"):
+            rec.probe_up = False
+        elif state == "ejected":
+            rec.ejected_until = now + 3600.0
+        elif state in ("failed_over", "draining"):
+            rec.manual = state
+        elif state not in ("healthy", "up"):
+            raise ValueError(f"unknown hypothetical state {state!r}")
+
+    def set_removing(self, region_id: str, removing: bool) -> None:
+        """Mark a runtime region as on its way out (writes refuse it); not in the snapshot."""
+        self.record(region_id).removing = removing
 
     def remove_region(self, region_id: str, now: float) -> None:
         rec = self.record(region_id)

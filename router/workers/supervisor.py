@@ -193,6 +193,13 @@ class Supervisor:
         if not self.stopping:
             await self._spawn(w)
 
+    def signal_workers(self, sig: signal.Signals) -> None:
+        """Pass ``sig`` on to every running worker (SIGUSR1: reopen the access log)."""
+        for w in self.workers:
+            if w.process is not None and w.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    w.process.send_signal(sig)
+
     async def stop(self, grace_s: float) -> None:
         """SIGTERM every worker (each drains up to the grace period), then wait for them."""
         self.stopping = True
@@ -269,7 +276,7 @@ class Supervisor:
     def _on_report(self, w: WorkerHandle, report: dict[str, Any]) -> None:
         stats: TrafficStats = report["stats"]
         now = time.monotonic()
-        loads = self.runtime.core.loads
+        loads = self.runtime.loads
         # Mean latency per region over the report interval feeds the shared estimate.
         for region, hist in stats.durations.items():
             count, total = sum(hist[:-1]), hist[-1]
@@ -293,7 +300,7 @@ class Supervisor:
         for w in self.workers:
             for rid, n in w.inflight.items():
                 totals[rid] = totals.get(rid, 0) + n
-        loads = self.runtime.core.loads
+        loads = self.runtime.loads
         for rid, load in loads.items():
             load.inflight = totals.get(rid, 0)
         for rid, n in totals.items():

@@ -18,6 +18,7 @@ import socket
 import sys
 from typing import Any
 
+from router.config.loader import access_log_path
 from router.proxy.accesslog import AccessLogger
 from router.proxy.core import ProxyCore
 from router.proxy.server import ProxyServer
@@ -61,6 +62,8 @@ async def run_worker(
     https_port: int | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
+    # SIGUSR1 (reopen the access log) must not kill a worker before its handler is set.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     first: asyncio.Future[Snapshot] = loop.create_future()
     stop = asyncio.Event()
     holder: SnapshotHolder | None = None
@@ -74,10 +77,12 @@ async def run_worker(
                 holder = SnapshotHolder(payload)
                 first.set_result(payload)
             else:
-                holder.current = payload
+                old, holder.current = holder.current, payload
                 # Every message unpickles a fresh Config: compare by content hash.
                 if core is not None and core.config.config_hash != payload.config.config_hash:
                     core.apply_config(payload.config)
+                if core is not None:
+                    core.snapshot_changed(old, payload)
             channel.send(ACK, payload.version)
 
     def on_lost() -> None:
@@ -91,12 +96,13 @@ async def run_worker(
     assert holder is not None
     outcomes = OutcomeRecorder()
     config = snapshot.config
-    core = ProxyCore(
-        holder,
-        loop=loop,
-        observer=outcomes,
-        access_log=AccessLogger() if config.access_log else None,
-    )
+    core = ProxyCore(holder, loop=loop, observer=outcomes)
+    access_log: AccessLogger | None = None
+    if config.access_log:
+        # Each worker appends its own lines to the same file (O_APPEND keeps them whole).
+        access_log = AccessLogger(loop, access_log_path(config))
+        access_log.bind(core.stats)
+        core.access_log = access_log
     core.selector.capacity_share = 1.0 / max(1, workers)
     server = ProxyServer(core)
     try:
@@ -105,6 +111,8 @@ async def run_worker(
         log.error("cannot listen on %s:%d: %s", host, port, exc)
         return 2
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if access_log is not None:
+        loop.add_signal_handler(signal.SIGUSR1, access_log.reopen)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor handles Ctrl-C for us
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     channel.send(READY, {"worker": worker_id, "pid": os.getpid()})
@@ -129,8 +137,9 @@ async def run_worker(
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    if core.access_log is not None and isinstance(core.access_log, AccessLogger):
-        core.access_log.flush()
+    if access_log is not None:
+        core.access_log = None
+        access_log.close()
     await asyncio.sleep(0)  # let the last report leave
     channel.close()
     if not drained:

@@ -19,7 +19,6 @@ import yaml
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from router.cli import RouterService
 from router.config.loader import load_config
 from router.monitoring.alerts import (
     REGION_DOWN,
@@ -28,6 +27,7 @@ from router.monitoring.alerts import (
     replication_failures,
     webhook_payload,
 )
+from router.service import RouterService
 from tests.conftest import StartRouter, make_config
 
 FAST_HEALTH = {

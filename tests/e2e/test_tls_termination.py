@@ -13,8 +13,8 @@ import trustme
 import yaml
 from pytest_aiohttp import AiohttpServer
 
-from router.cli import RouterService
 from router.config.loader import load_config
+from router.service import RouterService
 from tests.backends import Region, raw_exchange, read_response, start_region
 from tests.cluster import eventually
 from tests.conftest import StartRouter, make_config

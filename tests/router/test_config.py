@@ -9,9 +9,11 @@ import pytest
 
 from router.config.check import check_command
 from router.config.loader import (
+    AccessLogConfig,
     Config,
     ConfigError,
     FieldError,
+    access_log_path,
     config_from_mapping,
     config_hash,
     config_notes,
@@ -199,6 +201,10 @@ SECTION_ERRORS = [
     ("affinity: {}", "affinity: set exactly one of cookie or header"),
     ("reload: {watch: yes}", "reload.watch: expected true or false, got 'yes'"),
     ("shutdown_grace: soon", "shutdown_grace: expected a duration"),
+    ("access_log: yes", "access_log: expected true or false, got 'yes'"),
+    ("access_log: {}", "access_log.path: required"),
+    ("access_log: {path: ''}", "access_log.path: must not be empty"),
+    ("access_log: {path: a.log, pth: b}", "access_log.pth: unknown key"),
     ("replication: {concurrency: 0}", "replication.concurrency: expected an integer 1..1000"),
     ("instance_id: 7", "instance_id: expected a string (quote it), got 7"),
     ("regions: {a: 1}", "regions: expected a list, got a mapping"),
@@ -489,3 +495,13 @@ def test_state_url_may_name_redis_sentinels() -> None:
     assert errors_of("state: {backend: redis, url: 'redis+sentinel://s1:26379'}") == [
         "state.url: name the Sentinel service: redis+sentinel://host:26379/<service>"
     ]
+
+
+def test_access_log_is_a_flag_or_a_file() -> None:
+    assert parse_config(MINIMAL, {}).access_log is True  # stdout
+    assert access_log_path(parse_config(MINIMAL, {})) is None
+    config = parse_config(MINIMAL + "access_log: {path: /var/log/router/access.log}\n", {})
+    assert config.access_log == AccessLogConfig(path="/var/log/router/access.log")
+    assert access_log_path(config) == "/var/log/router/access.log"
+    assert redacted_dict(config)["access_log"] == {"path": "/var/log/router/access.log"}
+    assert config.config_hash != parse_config(MINIMAL, {}).config_hash
