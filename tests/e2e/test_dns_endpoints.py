@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from router.cli import RouterService
 from router.config.loader import ConfigError
+from router.service import RouterService
 from tests.cluster import eventually
 from tests.conftest import StartRouter, make_config
 from tests.dns_server import MultiRegion, Zone, dns_server, multi_region
