@@ -33,6 +33,7 @@ class UpstreamConnection(asyncio.Protocol):
         "exchange",
         "host",
         "idle_since",
+        "in_trailers",
         "key",
         "parser",
         "reused",
@@ -52,6 +53,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
+        self.in_trailers = False  # past the head: header fields now are chunked trailers
         self.reused = False
         self.idle_since = 0.0
         self.tunnel: Any = None  # the client connection once a WebSocket is tunnelled
@@ -118,11 +120,18 @@ class UpstreamConnection(asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.resp_reason = reason
 
+    def on_message_begin(self) -> None:
+        self.in_trailers = False
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.exchange is not None:
-            self.exchange.resp_headers.append((name, value))
+            if self.in_trailers:
+                self.exchange.on_response_trailer(name, value)
+            else:
+                self.exchange.resp_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self.in_trailers = True
         if self.exchange is not None:
             self.exchange.on_response_head(self.parser.get_status_code())
 
