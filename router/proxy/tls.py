@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from router.config.edge import certificate_notes
 from router.config.loader import TlsConfig
 
 log = logging.getLogger("router.proxy.tls")
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def _warn_expiry(tls: TlsConfig) -> None:
+    for note in certificate_notes(tls, time.time()):
+        log.warning("tls: %s", note)
 
 
 def alpn_protocols(http2: bool) -> list[str]:
@@ -118,6 +125,7 @@ class TlsTerminator:
         self.handshake_timeout_s = tls.handshake_timeout_s
         self.reloads = 0
         self._set_callback()
+        _warn_expiry(tls)
 
     def _set_callback(self) -> None:
         certs = self.certs
@@ -168,6 +176,7 @@ class TlsTerminator:
         self._set_callback()
         self.reloads += 1
         log.info("tls: %d certificate(s) loaded", len(tls.certificates))
+        _warn_expiry(tls)
         return True
 
     def __repr__(self) -> str:

@@ -4,6 +4,7 @@ handshake timeouts. Certificates are made per test by trustme."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import ssl
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import trustme
 import yaml
 from pytest_aiohttp import AiohttpServer
 
-from router.config.loader import load_config
+from router.config.loader import config_notes, load_config
 from router.service import RouterService
 from tests.backends import Region, raw_exchange, read_response, start_region
 from tests.cluster import eventually
@@ -333,6 +334,18 @@ async def test_check_reports_a_mismatched_pair_and_a_missing_tls_section(
     ok = make_config(listen=listen, tls={"certificates": [api.config()], "min_version": 1.3})
     assert ok.tls is not None and ok.tls.min_version == "1.3"
     assert ok.tls.certificates[0].names == ("api.test", "localhost")
+    assert not [n for n in config_notes(ok) if "tls" in n]
+    # A certificate about to expire is worth a warning at start-up, reload and `check`.
+    soon = CertFiles(api.cert.with_name("soon.pem"), api.key.with_name("soon.key"))
+    in_3_days = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=3)
+    write_leaf(ca.issue_cert("soon.test", not_after=in_3_days), soon)
+    expiring = make_config(listen=listen, tls={"certificates": [api.config(), soon.config()]})
+    notes = [n for n in config_notes(expiring) if n.startswith("tls.")]
+    assert (
+        len(notes) == 1
+        and "tls.certificates[1]" in notes[0]
+        and "expires in 3.0 day(s)" in notes[0]
+    )
 
 
 async def test_workers_all_serve_tls_and_a_reload_reaches_every_one(
