@@ -123,7 +123,10 @@ def build(
     client.connection_made(client_transport)  # type: ignore[arg-type]  # a fake transport
     upstreams = []
     for region in config.regions:
-        upstream = UpstreamConnection(region.endpoint.url, lambda conn: None)
+        endpoint = region.endpoint
+        upstream = UpstreamConnection(
+            f"{endpoint.url} {endpoint.host}", endpoint.host, endpoint.host, lambda conn: None
+        )
         upstream.connection_made(FakeTransport())  # type: ignore[arg-type]  # a fake transport
         core.pool.release(upstream, time.monotonic())
         upstreams.append(upstream)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from router.config.loader import Config
 from router.metrics import TrafficStats
+from router.proxy.dns import Resolver
 from router.proxy.headers import KNOWN_METHODS, REQUEST_SPECIAL, RESPONSE_SPECIAL
 from router.proxy.rescue import rescue_departed
 from router.proxy.upstream import Pool
@@ -67,8 +68,12 @@ class ProxyCore:
         # Called after each new config is applied (the TLS listener re-reads certificates).
         self.config_hooks: list[Callable[[Config], None]] = []
         cfg = holder.current.config
+        self.dns = Resolver(cfg.dns)
         self.pool = Pool(
-            connect_timeout_s=cfg.timeouts.connect_s, idle_timeout_s=cfg.timeouts.idle_s
+            connect_timeout_s=cfg.timeouts.connect_s,
+            idle_timeout_s=cfg.timeouts.idle_s,
+            dns=self.dns,
+            max_age_s=cfg.dns.max_connection_age_s,
         )
         self.apply_config(cfg)
 
@@ -104,6 +109,8 @@ class ProxyCore:
         self.retry_backoff_max_s = r.backoff_max_s
         self.pool.connect_timeout_s = cfg.timeouts.connect_s
         self.pool.idle_timeout_s = cfg.timeouts.idle_s
+        self.pool.max_age_s = cfg.dns.max_connection_age_s
+        self.dns.apply_config(cfg.dns)
         aff = cfg.affinity
         self.affinity_cookie = aff.cookie.encode() if aff and aff.cookie else None
         self.affinity_header = aff.header.lower().encode() if aff and aff.header else None

@@ -14,7 +14,13 @@ from time import monotonic
 from typing import TYPE_CHECKING
 
 from router.errors import BodyTooLarge, ProxyError
-from router.proxy.headers import CRLF, connection_tokens, error_response, named_headers
+from router.proxy.headers import (
+    CRLF,
+    TRAILER_DROP,
+    connection_tokens,
+    error_response,
+    named_headers,
+)
 from router.proxy.hedging import Hedges, arm, disarm, end_all
 from router.proxy.retries import (
     attempt_failed,
@@ -64,12 +70,14 @@ class Exchange:
         "pending_bytes",
         "plan",
         "region",
+        "req_trailers",
         "request_id",
         "request_line",
         "resp_chunked",
         "resp_headers",
         "resp_reason",
         "resp_started",
+        "resp_trailers",
         "resp_until_close",
         "retry_buffer",
         "retrying",
@@ -140,6 +148,8 @@ class Exchange:
         self.status = 0
         self.resp_reason = b""
         self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.resp_trailers: list[bytes] = []  # of a chunked response, as "name: value" lines
+        self.req_trailers: list[bytes] = []  # of a chunked request body, the same
         self.resp_started = False
         self.resp_chunked = False
         self.resp_until_close = False  # the upstream's body ends when it closes
@@ -181,7 +191,7 @@ class Exchange:
             self.info is None or self.info.affinity_region != region.id
         ):
             self.set_cookie = core.affinity_cookie_header(region.id)
-        conn = core.pool.acquire_idle(region.endpoint.url)
+        conn = core.pool.acquire_idle(region.endpoint)
         if conn is not None:
             self._bind(conn)
         else:
@@ -231,7 +241,7 @@ class Exchange:
             self.pending_bytes = 0
             self.client.resume_reading_for("buffer")
         if self.body_done and self.chunked_request:
-            parts.append(_CHUNK_END)
+            parts.append(self._last_chunk(self.req_trailers))
         conn.write(b"".join(parts))
         if self.body_done:
             self._await_headers()
@@ -287,7 +297,7 @@ class Exchange:
         self.body_done = True
         if self.upstream is not None and not self.discard_response:
             if self.chunked_request:
-                self.upstream.write(_CHUNK_END)
+                self.upstream.write(self._last_chunk(self.req_trailers))
             if not self.resp_started:
                 self._await_headers()
 
@@ -308,6 +318,7 @@ class Exchange:
                 return
         core = self.core
         core.awaiting.discard(self)
+        self.resp_trailers = []  # a discarded attempt's must not reach the client
         region = self.region
         assert region is not None
         now = monotonic()
@@ -403,6 +414,15 @@ class Exchange:
         else:
             self.client.write(data)
 
+    def on_response_trailer(self, name: bytes, value: bytes) -> None:
+        """A trailer field of a chunked response: passed on when the client gets chunks."""
+        if name.lower() not in TRAILER_DROP:
+            self.resp_trailers.append(b"%b: %b\r\n" % (name, value))
+
+    @staticmethod
+    def _last_chunk(trailers: list[bytes]) -> bytes:
+        return b"0\r\n%b\r\n" % b"".join(trailers) if trailers else _CHUNK_END
+
     def on_response_complete(self) -> None:
         if self._informational:
             self._informational = False
@@ -416,7 +436,7 @@ class Exchange:
         if self.done:
             return
         if self.resp_chunked:
-            self.client.write(_CHUNK_END)
+            self.client.write(self._last_chunk(self.resp_trailers))
         reusable = (
             conn is not None
             and self.body_done
