@@ -34,8 +34,8 @@ from router.routing.strategies import RequestInfo
 from router.state.snapshot import RegionView, RoutePlan, Snapshot
 
 if TYPE_CHECKING:
-    from router.proxy.client import ClientConnection
     from router.proxy.core import ProxyCore
+    from router.proxy.interfaces import ClientSide
 
 _CHUNK_END = b"0\r\n\r\n"
 _PENDING_PAUSE_BYTES = 256 * 1024
@@ -96,7 +96,7 @@ class Exchange:
     def __init__(
         self,
         core: ProxyCore,
-        client: ClientConnection,
+        client: ClientSide,
         *,
         method: bytes,
         method_label: str,

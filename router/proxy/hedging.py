@@ -26,8 +26,8 @@ from router.routing.load import auto_hedge_delay
 from router.state.snapshot import RegionView
 
 if TYPE_CHECKING:
-    from router.proxy.client import ClientConnection
     from router.proxy.exchange import Exchange
+    from router.proxy.interfaces import ClientSide
 
 
 def replayable(ex: Exchange) -> bool:
@@ -172,7 +172,7 @@ class HedgeTry:
 
     def __init__(self, ex: Exchange, region: RegionView) -> None:
         self.ex = ex
-        self.client: ClientConnection = ex.client  # the upstream connection corks it
+        self.client: ClientSide = ex.client  # the upstream connection corks it
         self.region = region
         self.conn: UpstreamConnection | None = None
         self.connect_task: asyncio.Task[None] | None = None
