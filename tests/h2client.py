@@ -43,8 +43,11 @@ class H2Client:
         self.conn = h2.connection.H2Connection(cfg)
         self.window = window
         self.auto_ack = auto_ack  # False: the stream windows are never re-opened
+        self.stalled: set[int] = set()  # streams whose window is not re-opened (yet)
+        self.unacked: dict[int, int] = {}
         self.responses: dict[int, H2Response] = {}
         self.goaway: h2.events.ConnectionTerminated | None = None
+        self.error: Exception | None = None  # why reading stopped, if not a clean close
         self.closed = asyncio.Event()
         self.settings_acked = asyncio.Event()
         self.remote_settings: dict[int, int] = {}
@@ -88,8 +91,8 @@ class H2Client:
                 for event in self.conn.receive_data(data):
                     self._event(event)
                 self.flush()
-        except (ConnectionError, h2.exceptions.ProtocolError):
-            pass
+        except (ConnectionError, h2.exceptions.ProtocolError) as exc:
+            self.error = exc
         finally:
             self.closed.set()
             for resp in self.responses.values():
@@ -107,8 +110,14 @@ class H2Client:
         elif isinstance(event, h2.events.DataReceived):
             resp = self.responses[event.stream_id]
             resp.body += event.data
-            if self.auto_ack:
-                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            size = event.flow_controlled_length
+            if event.stream_id in self.stalled or not self.auto_ack:
+                # the connection window is re-opened, the stream's is not: it stalls alone
+                self.unacked[event.stream_id] = self.unacked.get(event.stream_id, 0) + size
+                if size:
+                    self.conn.increment_flow_control_window(size)
+            elif size:
+                self.conn.acknowledge_received_data(size, event.stream_id)
         elif isinstance(event, h2.events.TrailersReceived):
             self.responses[event.stream_id].trailers = [(str(k), str(v)) for k, v in event.headers]
         elif isinstance(event, h2.events.StreamEnded):
@@ -119,6 +128,10 @@ class H2Client:
             resp.done.set()
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.goaway = event
+            if event.error_code == 0:
+                # h2's client state machine closes on any GOAWAY; a graceful one (NO_ERROR)
+                # still lets the streams below last_stream_id finish (RFC 9113 6.8).
+                self.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self.remote_settings = {int(k): v.new_value for k, v in event.changed_settings.items()}
         elif isinstance(event, h2.events.SettingsAcknowledged):
@@ -157,6 +170,14 @@ class H2Client:
         resp = self.start(path, **kwargs)  # type: ignore[arg-type]
         await asyncio.wait_for(resp.done.wait(), timeout_s)
         return resp
+
+    def unstall(self, stream_id: int) -> None:
+        """Re-open a stalled stream's window (and keep it open)."""
+        self.stalled.discard(stream_id)
+        size = self.unacked.pop(stream_id, 0)
+        if size:
+            self.conn.increment_flow_control_window(size, stream_id=stream_id)
+        self.flush()
 
     def reset(self, stream_id: int) -> None:
         self.conn.reset_stream(stream_id, 0x8)  # CANCEL

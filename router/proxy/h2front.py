@@ -15,7 +15,6 @@ pays nothing for HTTP/2 existing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from time import monotonic
 from typing import TYPE_CHECKING, Any
@@ -32,6 +31,7 @@ from jh2.events import (
     WindowUpdated,
 )
 from jh2.exceptions import ProtocolError, StreamClosedError
+from jh2.hyperframe.frame import GoAwayFrame
 from jh2.settings import SettingCodes
 
 from router.errors import ProxyError
@@ -297,9 +297,14 @@ class H2ClientConnection(asyncio.Protocol):
         if self.going_away or self.closed:
             return
         self.going_away = True
-        with contextlib.suppress(ProtocolError):
-            self.h2.close_connection(last_stream_id=self.h2.highest_inbound_stream_id)
         self.flush()
+        if self.transport is not None:
+            # Written around jh2: its close_connection() closes the state machine, after
+            # which the open streams could not be answered (RFC 9113 6.8 lets them finish).
+            frame = GoAwayFrame(0)
+            frame.last_stream_id = self.h2.highest_inbound_stream_id
+            frame.error_code = 0
+            self.transport.write(frame.serialize())
         if not self.streams:
             self.close()
 
@@ -324,6 +329,7 @@ class H2ClientConnection(asyncio.Protocol):
             self.goaway()
             if self.closed:
                 return
+        self._corked = 0  # closing inside a corked upstream read: send what is queued now
         self.flush()
         self.closed = True
         self.transport.close()

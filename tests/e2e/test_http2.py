@@ -4,7 +4,9 @@ the HTTP/1.1 path's semantics; regions still get HTTP/1.1."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +16,20 @@ from tests.backends import (
     raw_exchange,
     start_region,
 )
+from tests.cluster import eventually
 from tests.conftest import StartRouter, make_config
 from tests.h2client import H2Client
 from tests.tls import client_context, issue, new_ca
 
 AiohttpServer = Any
 H2 = {"enabled": True, "max_concurrent_streams": 100}
+
+
+async def until(check: Callable[[], bool], what: str = "condition", timeout_s: float = 5) -> None:
+    async def holds() -> bool:
+        return check()
+
+    await eventually(holds, timeout_s, what)
 
 
 async def _h2(port: int, **kwargs: Any) -> H2Client:
@@ -63,8 +73,6 @@ async def test_h2c_prior_knowledge_streams_are_proxied_over_http11(
         assert json.loads(up.body)["body_length"] == 200_000
         big = await client.request("/bytes/3000000")
         assert len(big.body) == 3_000_000
-        import hashlib
-
         assert hashlib.sha256(big.body).hexdigest() == pattern_sha256(3_000_000)
     finally:
         await client.close()
@@ -128,3 +136,96 @@ async def test_http2_off_leaves_the_preface_to_http11(
     service = await start_router(make_config([region.config()]), probe=probe_passes)
     resp = await raw_exchange(service.proxy_port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
     assert resp.status == 400
+
+
+async def test_a_stalled_download_does_not_block_other_streams(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    region = await start_region(aiohttp_server, "r1")
+    service = await start_router(make_config([region.config()], http2=H2), probe=probe_passes)
+    client = await _h2(service.proxy_port, window=65535)
+    size = 20 * 1024 * 1024
+    try:
+        sid = client.conn.get_next_available_stream_id()
+        client.stalled.add(sid)
+        big = client.start(f"/bytes/{size}")
+        assert big.stream_id == sid
+        await until(lambda: len(big.body) == 65535)
+        for i in range(20):  # small requests on the same connection meanwhile
+            small = await client.request(f"/small/{i}", timeout_s=5)
+            assert small.status == 200
+        assert len(big.body) == 65535 and not big.done.is_set()
+        client.unstall(sid)
+        await asyncio.wait_for(big.done.wait(), 20)
+        assert len(big.body) == size
+        assert hashlib.sha256(big.body).hexdigest() == pattern_sha256(size)
+    finally:
+        await client.close()
+
+
+async def test_client_reset_cancels_that_region_request_only(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    region = await start_region(aiohttp_server, "r1")
+    service = await start_router(make_config([region.config()], http2=H2), probe=probe_passes)
+    client = await _h2(service.proxy_port)
+    try:
+        slow = client.start("/delay/5")
+        other = client.start("/delay/0.3")
+        await until(lambda: len(region.seen) == 2)
+        client.reset(slow.stream_id)
+        await asyncio.wait_for(region.cancelled.wait(), 3)
+        resp = await asyncio.wait_for(other.done.wait(), 5)
+        assert resp is True and other.status == 200
+        assert (await client.request("/after")).status == 200
+    finally:
+        await client.close()
+
+
+async def test_goaway_on_shutdown_lets_open_streams_finish(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    region = await start_region(aiohttp_server, "r1")
+    service = await start_router(make_config([region.config()], http2=H2), probe=probe_passes)
+    client = await _h2(service.proxy_port)
+    try:
+        slow = client.start("/delay/0.5")
+        await until(lambda: len(region.seen) == 1)
+        stopping = asyncio.get_running_loop().create_task(service.stop(grace_s=5))
+        await until(lambda: client.goaway is not None)
+        assert client.goaway is not None
+        assert client.goaway.error_code == 0
+        assert client.goaway.last_stream_id == slow.stream_id
+        await asyncio.wait_for(slow.done.wait(), 5)
+        assert client.error is None
+        assert slow.status == 200
+        assert await stopping
+        await asyncio.wait_for(client.closed.wait(), 5)
+    finally:
+        await client.close()
+
+
+async def test_stream_and_header_limits(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    region = await start_region(aiohttp_server, "r1")
+    service = await start_router(
+        make_config(
+            [region.config()],
+            http2={"enabled": True, "max_concurrent_streams": 3},
+            limits={"max_header_bytes": "4KiB"},
+        ),
+        probe=probe_passes,
+    )
+    client = await _h2(service.proxy_port)
+    try:
+        await until(lambda: bool(client.remote_settings))
+        assert client.remote_settings[0x3] == 3  # MAX_CONCURRENT_STREAMS
+        assert client.remote_settings[0x6] == 4096  # MAX_HEADER_LIST_SIZE
+        big = await client.request("/big", headers=[("x-big", "a" * 5000)])
+        assert big.reset_code == 0x1  # PROTOCOL_ERROR: refused, never forwarded
+        assert all(s.raw_path != "/big" for s in region.seen)
+        ok = await asyncio.gather(*(client.request(f"/d{i}") for i in range(3)))
+        assert [r.status for r in ok] == [200, 200, 200]
+    finally:
+        await client.close()
