@@ -19,6 +19,7 @@ import logging
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from jh2._hazmat import HPACKError as CompiledHPACKError
 from jh2.config import H2Configuration
 from jh2.connection import H2Connection
 from jh2.events import (
@@ -31,6 +32,7 @@ from jh2.events import (
     WindowUpdated,
 )
 from jh2.exceptions import ProtocolError, StreamClosedError
+from jh2.hpack.exceptions import HPACKError
 from jh2.hyperframe.frame import GoAwayFrame
 from jh2.settings import SettingCodes
 
@@ -45,6 +47,8 @@ log = logging.getLogger("router.proxy.h2")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _PROTOCOL_ERROR = 0x1
+_FRAME_SIZE_ERROR = 0x6
+_COMPRESSION_ERROR = 0x9
 _REFUSED_STREAM = 0x7
 # The connection-level receive window: large, so a stream whose region is slow to take its
 # upload (its own window held back) cannot starve the other streams' uploads.
@@ -115,6 +119,15 @@ class H2ClientConnection(asyncio.Protocol):
         except ProtocolError as exc:
             # jh2 queued GOAWAY with the error's code: send it and close.
             log.debug("h2 protocol error from %s: %s", self.peer.decode(), exc)
+            if isinstance(exc.__context__, (HPACKError, CompiledHPACKError)):
+                self._compression_error()
+            self._fail_connection()
+            return
+        buffered = self.h2.incoming_buffer
+        if len(buffered._data) - buffered._data_offset > self.h2.max_inbound_frame_size + 9:
+            # jh2 checks a frame's length only once all of it has arrived: an over-long
+            # one would be buffered whole first (up to 16 MiB). Refused at its header.
+            self._send_goaway(_FRAME_SIZE_ERROR)
             self._fail_connection()
             return
         self._corked += 1
@@ -296,19 +309,32 @@ class H2ClientConnection(asyncio.Protocol):
         """Tell the client to open no more streams (shutdown, reload drain)."""
         if self.going_away or self.closed:
             return
-        self.going_away = True
-        self.flush()
-        if self.transport is not None:
-            # Written around jh2: its close_connection() closes the state machine, after
-            # which the open streams could not be answered (RFC 9113 6.8 lets them finish).
-            frame = GoAwayFrame(0)
-            frame.last_stream_id = self.h2.highest_inbound_stream_id
-            frame.error_code = 0
-            self.transport.write(frame.serialize())
+        self._send_goaway(0)
         if not self.streams:
             self.close()
 
+    def _compression_error(self) -> None:
+        """jh2 answers a bad header block with GOAWAY PROTOCOL_ERROR; RFC 9113 4.3 says
+        COMPRESSION_ERROR: the code of the GOAWAY it just queued (the last frame) is fixed."""
+        out = bytearray(self.h2.data_to_send())
+        if len(out) >= 17 and out[-17:-13] == b"\x00\x00\x08\x07":
+            out[-4:] = _COMPRESSION_ERROR.to_bytes(4, "big")
+        if self.transport is not None:
+            self.transport.write(bytes(out))
+
+    def _send_goaway(self, code: int) -> None:
+        """GOAWAY written around jh2: its close_connection() closes the state machine, after
+        which the open streams could not be answered (RFC 9113 6.8 lets them finish)."""
+        self.going_away = True
+        self.flush()
+        if self.transport is not None and not self.closed:
+            frame = GoAwayFrame(0)
+            frame.last_stream_id = self.h2.highest_inbound_stream_id
+            frame.error_code = code
+            self.transport.write(frame.serialize())
+
     def _fail_connection(self) -> None:
+        self.going_away = True  # the GOAWAY with the error's code is already queued
         self.flush()
         for stream in list(self.streams.values()):
             stream.on_reset()
