@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -229,3 +231,37 @@ async def test_stream_and_header_limits(
         assert [r.status for r in ok] == [200, 200, 200]
     finally:
         await client.close()
+
+
+async def test_1000_requests_over_100_streams_of_one_connection_under_2s(
+    start_router: StartRouter,
+) -> None:
+    # The region runs in its own process: the bar is the router's, not an in-process
+    # aiohttp region's (which alone needs more than 2 s of this loop for 1000 requests).
+    region = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.delay_region", "0.05", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert region.stdout is not None
+        port = int(await asyncio.wait_for(region.stdout.readline(), 10))
+        config = make_config([{"id": "r1", "endpoint": f"http://127.0.0.1:{port}"}], http2=H2)
+        service = await start_router(config, probe=probe_passes)
+        client = await _h2(service.proxy_port)
+        statuses: list[int] = []
+
+        async def worker(n: int) -> None:
+            for _ in range(n):
+                statuses.append((await client.request("/delay")).status)
+
+        try:
+            await client.request("/warm")  # the connection's SETTINGS exchange is done
+            started = time.monotonic()
+            await asyncio.gather(*(worker(10) for _ in range(100)))
+            elapsed = time.monotonic() - started
+        finally:
+            await client.close()
+    finally:
+        region.kill()
+        await region.wait()
+    assert statuses == [200] * 1000
+    assert elapsed < 2.0, elapsed
