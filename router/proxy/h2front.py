@@ -72,6 +72,8 @@ class H2ClientConnection(asyncio.Protocol):
         self.last_active = monotonic()
         self.tunnel: None = None  # (ProxyServer.drain and the sweeper read these)
         self._corked = 0
+        self._flush_scheduled = False
+        self.loop = core.loop
         cfg = core.config
         self.h2: Any = H2Connection(
             H2Configuration(
@@ -221,7 +223,15 @@ class H2ClientConnection(asyncio.Protocol):
             self.flush()
 
     def flush(self) -> None:
-        if self._corked or self.transport is None or self.closed:
+        """Write what jh2 queued, once per loop iteration: every stream answered in this
+        iteration (several upstream reads) shares one write instead of one each."""
+        if not self._flush_scheduled and not self._corked and not self.closed:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_scheduled = False
+        if self.transport is None or self.closed:
             return
         out = self.h2.data_to_send()
         if out:
@@ -236,33 +246,33 @@ class H2ClientConnection(asyncio.Protocol):
             return
         self.flush()
 
-    def send_data(self, stream_id: int, chunks: list[bytes]) -> int:
-        """Send from ``chunks`` what the window allows (consumed in place); bytes sent."""
+    def send_data(self, stream_id: int, chunks: list[bytes], end: bool) -> bool:
+        """Send from ``chunks`` what the window allows (consumed in place); ``end``: the
+        last frame carries END_STREAM when all of it went. True when that happened."""
         h2 = self.h2
-        sent = 0
         try:
             window = h2.local_flow_control_window(stream_id)
             frame = h2.max_outbound_frame_size
             while chunks and window > 0:
                 chunk = chunks[0]
                 n = min(len(chunk), window, frame)
-                h2.send_data(stream_id, chunk[:n] if n < len(chunk) else chunk)
-                sent += n
-                window -= n
                 if n < len(chunk):
+                    h2.send_data(stream_id, chunk[:n])
                     chunks[0] = chunk[n:]
                 else:
                     chunks.pop(0)
+                    h2.send_data(stream_id, chunk, end_stream=end and not chunks)
+                window -= n
         except (ProtocolError, StreamClosedError):
             chunks.clear()
-            return sent
+            return False
         stream = self.streams.get(stream_id)
         if chunks and stream is not None:
             self.blocked[stream_id] = stream
         else:
             self.blocked.pop(stream_id, None)
         self.flush()
-        return sent
+        return end and not chunks
 
     def end_stream(self, stream_id: int, trailers: list[tuple[bytes, bytes]]) -> None:
         try:
@@ -355,8 +365,7 @@ class H2ClientConnection(asyncio.Protocol):
             self.goaway()
             if self.closed:
                 return
-        self._corked = 0  # closing inside a corked upstream read: send what is queued now
-        self.flush()
+        self._flush_now()  # closing (perhaps inside a corked read): send what is queued now
         self.closed = True
         self.transport.close()
 

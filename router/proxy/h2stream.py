@@ -47,7 +47,7 @@ class H2Sender(Protocol):
     def cork(self) -> None: ...
     def uncork(self) -> None: ...
     def send_headers(self, stream_id: int, fields: list[Header], end_stream: bool) -> None: ...
-    def send_data(self, stream_id: int, chunks: list[bytes]) -> int: ...
+    def send_data(self, stream_id: int, chunks: list[bytes], end: bool) -> bool: ...
     def end_stream(self, stream_id: int, trailers: list[Header]) -> None: ...
     def reset_stream(self, stream_id: int, code: int) -> None: ...
     def acknowledge(self, stream_id: int, size: int) -> None: ...
@@ -273,7 +273,13 @@ class H2Exchange(Exchange):
         if self.set_cookie is not None:
             fields.append(_field(self.set_cookie))
         self.resp_started = True
-        self.stream.send_head(fields)
+        if self.is_head or status in (204, 304):
+            length = 0
+        elif content_length is not None and content_length.isdigit():
+            length = int(content_length)
+        else:
+            length = -1
+        self.stream.send_head(fields, length)
         if self.is_head:
             self.head_only_done = True
 
@@ -312,6 +318,8 @@ class H2Stream:
         "outbuf",
         "paused",
         "peer",
+        "remaining",
+        "sent_end",
         "stop_body",
         "stream_id",
         "unacked",
@@ -333,6 +341,8 @@ class H2Stream:
         self.ended = False  # the response's END_STREAM (or a reset) is queued or sent
         self.closed = False  # reset by either side: nothing more is written
         self.stop_body = False  # the request body is not wanted: RST_STREAM after the end
+        self.remaining = -1  # response body bytes still to come when its length is known
+        self.sent_end = False  # END_STREAM went with the head or the last DATA frame
 
     # -- ClientSide ------------------------------------------------------------------------
 
@@ -340,6 +350,8 @@ class H2Stream:
         if self.closed or not data:
             return
         self.last_active = monotonic()
+        if self.remaining > 0:
+            self.remaining -= len(data)
         self.outbuf.append(data)
         if len(self.outbuf) == 1:
             self.send_pending()
@@ -368,6 +380,9 @@ class H2Stream:
         if self.closed:
             self.conn.stream_done(self)
             return
+        if self.sent_end:
+            self._done()
+            return
         if self.ex is not None and self.ex.aborted:
             self.reset(0x2)  # INTERNAL_ERROR: the response was cut short
             return
@@ -382,15 +397,19 @@ class H2Stream:
 
     # -- frames ----------------------------------------------------------------------------
 
-    def send_head(self, fields: list[Header]) -> None:
+    def send_head(self, fields: list[Header], content_length: int) -> None:
+        """The response head; ``content_length`` 0 ends the stream with it, -1: unknown."""
         if not self.closed:
-            self.conn.send_headers(self.stream_id, fields, end_stream=False)
+            self.remaining = content_length
+            self.sent_end = content_length == 0
+            self.conn.send_headers(self.stream_id, fields, end_stream=self.sent_end)
 
     def send_error(self, error: ProxyError, request_id: bytes | None, *, head_only: bool) -> None:
         if self.closed:
             return
         body = error_body(error)
-        self.conn.send_headers(self.stream_id, error_fields(error, request_id, len(body)), False)
+        fields = error_fields(error, request_id, len(body))
+        self.send_head(fields, 0 if head_only else len(body))
         if not head_only:
             self.write(body)
 
@@ -406,7 +425,8 @@ class H2Stream:
         """Send what the stream's flow-control window allows; pause the region when full."""
         if self.closed:
             return
-        self.conn.send_data(self.stream_id, self.outbuf)
+        if self.conn.send_data(self.stream_id, self.outbuf, self.remaining == 0):
+            self.sent_end = True  # the body's last bytes carried END_STREAM
         self.set_blocked(bool(self.outbuf) or self.conn.writing_paused)
         if not self.outbuf and self.ended:
             self._end()
@@ -426,8 +446,13 @@ class H2Stream:
 
     def _end(self) -> None:
         ex = self.ex
-        trailers = ex.resp_trailers if ex is not None else []
-        self.conn.end_stream(self.stream_id, [_field(t) for t in trailers])
+        if not self.sent_end:
+            trailers = ex.resp_trailers if ex is not None else []
+            self.conn.end_stream(self.stream_id, [_field(t) for t in trailers])
+        self._done()
+
+    def _done(self) -> None:
+        ex = self.ex
         self.closed = True
         if self.stop_body or (ex is not None and ex.close_client and not ex.body_done):
             self.conn.reset_stream(self.stream_id, 0x0)  # NO_ERROR: stop sending the body
