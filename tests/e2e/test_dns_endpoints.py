@@ -246,3 +246,18 @@ async def region_status(service: RouterService) -> dict[str, Any]:
 
 async def _true(value: object) -> bool:
     return bool(value)
+
+
+async def test_an_address_that_refuses_falls_through_to_the_next(
+    start_router: StartRouter,
+) -> None:
+    # Like "localhost" as ::1 and 127.0.0.1 with the region listening on one of them.
+    zone = Zone({"api.test": [ADDRESSES[0], "127.0.0.9"]}, ttl=60)
+    async with dns_server(zone) as ns, multi_region(ADDRESSES[:1]) as region:
+        service = await named_router(start_router, region, ns)
+        async with load(service.proxy_port, clients=2) as traffic:
+            await eventually(lambda: _true(len(traffic.results) > 40), 5, "40 answers")
+        assert traffic.failures() == []
+        assert traffic.addresses_since(0) == {ADDRESSES[0]}
+        errors = service.runtime.merged_stats().upstream_errors
+        assert not errors, errors
