@@ -23,7 +23,14 @@ from router.config.validate import FieldError, Fields, ValidationError, as_choic
 from router.control.core import Control
 from router.errors import BadRequest
 from router.proxy.paths import normalize_path
-from router.routing.explain import SIM_STATES, explain, hypothetical_loads, traffic_split, what_if
+from router.routing.explain import (
+    SIM_STATES,
+    explain,
+    explain_hedging,
+    hypothetical_loads,
+    traffic_split,
+    what_if,
+)
 from router.routing.strategies import RequestInfo
 from router.state.snapshot import RoutePlan, Snapshot
 
@@ -78,15 +85,16 @@ def explain_request(
 ) -> dict[str, Any]:
     """Which region would serve this request now, and why (shared with /api/multi-region)."""
     host, norm, info = request_info(control, path, headers)
-    result = explain(
-        snap or control.registry.snapshot(),
-        control.runtime.loads,
-        hostname=host,
-        path=norm,
-        info=info,
-        now=time.monotonic(),
-    )
+    snapshot = snap or control.registry.snapshot()
+    now = time.monotonic()
+    loads = control.runtime.loads
+    result = explain(snapshot, loads, hostname=host, path=norm, info=info, now=now)
     result["request"] = {"method": method, "path": norm, "host": host}
+    winner = snapshot.by_id.get(result["winner"]) if result["winner"] else None
+    keyed = any(h.split(":", 1)[0].strip().lower() == "idempotency-key" for h in headers)
+    result["hedging"] = explain_hedging(
+        snapshot.config, winner, loads, method=method, idempotency_key=keyed, now=now
+    )
     return result
 
 

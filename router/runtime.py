@@ -90,6 +90,11 @@ class Runtime:
             on_result=self._count_probe,
         )
         self.metrics.register(TrafficCollector(self._traffic))
+        self._register_gauges()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _register_gauges(self) -> None:
+        """The region and panic gauges, read at scrape time from the snapshot and load table."""
         self.metrics.register(
             GaugeCollector(
                 "router_region_up",
@@ -174,7 +179,6 @@ class Runtime:
                 lambda: [([], 1.0 if self.holder.current.panic else 0.0)],
             )
         )
-        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def loads(self) -> LoadTable:

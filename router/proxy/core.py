@@ -60,6 +60,7 @@ class ProxyCore:
         self.awaiting: set[Exchange] = set()  # exchanges waiting for response headers
         self.inflight = 0
         self.retries_active = 0
+        self.hedges_active = 0
         self.draining = False
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(6).hex().encode()
@@ -99,6 +100,11 @@ class ProxyCore:
         self.retry_budget_fraction = r.budget_percent / 100.0
         self.retry_min_concurrent = r.min_concurrent
         self.buffer_body_max_bytes = r.buffer_body_max_bytes
+        self.per_try_s = cfg.timeouts.per_try_s
+        self.hedging = cfg.hedging if cfg.hedging.enabled else None
+        self.hedge_auto = self.hedging is not None and self.hedging.delay_s is None
+        self.hedge_budget_fraction = cfg.hedging.budget_percent / 100.0
+        self.tail_timers = bool(self.per_try_s) or self.hedging is not None
         self.retry_backoff_base_s = r.backoff_base_s
         self.retry_backoff_max_s = r.backoff_max_s
         self.pool.connect_timeout_s = cfg.timeouts.connect_s
@@ -183,6 +189,8 @@ class ProxyCore:
         self.pool.sweep(now)
         # Requests still waiting for headers are latency evidence before they answer.
         self.loads.observe_awaiting(self.awaiting, self.response_headers_timeout_s)
+        if self.hedge_auto:
+            self.loads.refresh_p95(now)
 
     def __repr__(self) -> str:
         return (

@@ -21,6 +21,7 @@ from router.proxy.headers import (
     error_response,
     named_headers,
 )
+from router.proxy.hedging import Hedges, arm, disarm, end_all
 from router.proxy.retries import (
     attempt_failed,
     honour_retry_after,
@@ -58,6 +59,7 @@ class Exchange:
         "done",
         "head_common",
         "head_only_done",
+        "hedges",
         "idempotent",
         "info",
         "is_head",
@@ -84,6 +86,7 @@ class Exchange:
         "started_at",
         "status",
         "tried",
+        "try_timer",
         "tunnel_pending",
         "upgrade",
         "upstream",
@@ -158,6 +161,9 @@ class Exchange:
         self.done = False
         self.set_cookie: bytes | None = None
         self.tunnel_pending: list[bytes] = []
+        # tail-latency state (router/proxy/hedging.py), only when per_try or hedging is on
+        self.try_timer: asyncio.TimerHandle | None = None
+        self.hedges: Hedges | None = None
 
     def __repr__(self) -> str:
         region = self.region.id if self.region else None
@@ -224,13 +230,7 @@ class Exchange:
         if client.writing_paused and conn.transport is not None:
             conn.transport.pause_reading()  # the client is not taking response bytes yet
         client.cork_upstream(conn)
-        endpoint = self.region.endpoint
-        host = self.upstream_host or endpoint.host_header_bytes
-        line = self.request_line
-        if endpoint.base_path_bytes:  # "GET /x HTTP/1.1" -> "GET /prefix/x HTTP/1.1"
-            cut = len(self.method) + 1
-            line = line[:cut] + endpoint.base_path_bytes + line[cut:]
-        parts = [line, b"Host: ", host, CRLF, self.head_common]
+        parts = self.head_parts(self.region)
         if self.pending:
             if self.chunked_request:
                 for chunk in self.pending:
@@ -243,11 +243,30 @@ class Exchange:
         if self.body_done and self.chunked_request:
             parts.append(self._last_chunk(self.req_trailers))
         conn.write(b"".join(parts))
-        self.deadline = monotonic() + self.core.response_headers_timeout_s
         if self.body_done:
-            self.core.awaiting.add(self)
-        # else the response-headers clock starts when the body is complete: an upload may
-        # take longer than timeouts.response_headers (idle covers one that stalls)
+            self._await_headers()
+        else:
+            # the response-headers clock starts when the body is complete: an upload may
+            # take longer than timeouts.response_headers (idle covers one that stalls)
+            self.deadline = monotonic() + self.core.response_headers_timeout_s
+
+    def head_parts(self, region: RegionView) -> list[bytes]:
+        """The request head as written to ``region`` (a list the caller may extend)."""
+        endpoint = region.endpoint
+        host = self.upstream_host or endpoint.host_header_bytes
+        line = self.request_line
+        if endpoint.base_path_bytes:  # "GET /x HTTP/1.1" -> "GET /prefix/x HTTP/1.1"
+            cut = len(self.method) + 1
+            line = line[:cut] + endpoint.base_path_bytes + line[cut:]
+        return [line, b"Host: ", host, CRLF, self.head_common]
+
+    def _await_headers(self) -> None:
+        core = self.core
+        now = monotonic()
+        self.deadline = now + core.response_headers_timeout_s
+        core.awaiting.add(self)
+        if core.tail_timers:
+            arm(self, now)
 
     # -- request body (from the client connection) -------------------------------------
 
@@ -280,9 +299,7 @@ class Exchange:
             if self.chunked_request:
                 self.upstream.write(self._last_chunk(self.req_trailers))
             if not self.resp_started:
-                core = self.core
-                self.deadline = monotonic() + core.response_headers_timeout_s
-                core.awaiting.add(self)
+                self._await_headers()
 
     def tunnel_data(self, data: bytes) -> None:
         """Client bytes after a WebSocket handshake, before the upstream accepted it."""
@@ -323,7 +340,11 @@ class Exchange:
             if status == 429:
                 honour_retry_after(self, load, now)
             load.observe(elapsed, now)
+            if core.hedge_auto:
+                load.record_time(elapsed, now)
             core.observer(region.id, True, "")
+        if self.hedges is not None:
+            end_all(self, "lost")  # this response goes to the client: every copy lost
         self._send_response_head(status)
 
     def _send_response_head(self, status: int) -> None:
@@ -482,8 +503,8 @@ class Exchange:
         It chooses from the routing state of now, not of when the request arrived: a
         region ejected or failed over in between must not get the retry.
         """
-        if self.done:
-            return
+        if self.done or self.upstream is not None:
+            return  # finished, or a hedge took the request over meanwhile
         current = self.core.holder.current
         if current is not self.snapshot:
             self.plan = current_plan(self.snapshot, current, self.plan)
@@ -491,6 +512,8 @@ class Exchange:
         self.start()
 
     def release_upstream(self, *, reuse: bool, keep_open: bool = False) -> None:
+        if self.try_timer is not None or self.hedges is not None:
+            disarm(self)
         if self.counted:
             self.counted = False
             assert self.region is not None
@@ -538,9 +561,9 @@ class Exchange:
         self.done = True
         core = self.core
         core.awaiting.discard(self)
-        if self._connect_task is not None:
-            self._connect_task.cancel()
-            self._connect_task = None
+        self.cancel_connect()
+        if self.hedges is not None:
+            end_all(self, "cancelled")
         if self.retrying:
             core.retries_active -= 1
             self.retrying = False
@@ -550,6 +573,11 @@ class Exchange:
         if core.access_log is not None:
             core.access_log(self, status, now - self.started_at, aborted, router_error)
         self.client.exchange_finished(self, self.close_client if close is None else close)
+
+    def cancel_connect(self) -> None:
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            self._connect_task = None
 
     def client_lost(self) -> None:
         """The client went away: cancel the upstream request (its connection is not reused)."""

@@ -22,6 +22,7 @@ from router.proxy.dns import Resolver
 
 if TYPE_CHECKING:
     from router.proxy.exchange import Exchange
+    from router.proxy.hedging import HedgeTry
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -51,7 +52,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.born = monotonic()  # dns.max_connection_age counts from here
         self._on_lost = on_lost
         self.transport: asyncio.Transport | None = None
-        self.exchange: Exchange | None = None
+        self.exchange: Exchange | HedgeTry | None = None  # a hedge until it wins
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.in_trailers = False  # past the head: header fields now are chunked trailers
@@ -80,11 +81,15 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            ex.on_upgrade_data(data[upgrade.args[0] :])
+            if self.exchange is not None:
+                self.exchange.on_upgrade_data(data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:
-            ex.on_upstream_protocol_error(f"invalid response from upstream: {exc}")
+            if self.exchange is not None:
+                self.exchange.on_upstream_protocol_error(f"invalid response from upstream: {exc}")
         else:
-            if ex.head_only_done:
+            # Read again: a hedge that won hands this connection to its exchange mid-feed.
+            ex = self.exchange
+            if ex is not None and ex.head_only_done:
                 ex.on_response_complete()
         finally:
             client.uncork()
