@@ -91,7 +91,8 @@ def _free_port(addresses: list[str]) -> int:
             port = int(probe.getsockname()[1])
         try:
             for address in addresses[1:]:
-                with socket.socket() as s:
+                family = socket.AF_INET6 if ":" in address else socket.AF_INET
+                with socket.socket(family) as s:
                     s.bind((address, port))
         except OSError:
             continue

@@ -291,3 +291,18 @@ async def test_workers_resolve_endpoint_names_too(tmp_path: Path) -> None:
                 await eventually(moved, 3, "every worker follows the new answer")
             assert traffic.failures() == []
             assert region.probes[ADDRESSES[2]] > 0  # the supervisor's health checks too
+
+
+async def test_aaaa_answers_are_used_and_ipv4_comes_first(start_router: StartRouter) -> None:
+    zone = Zone({"api.test": [ADDRESSES[0]], "api.test/v6": ["::1"]}, ttl=60)
+    async with dns_server(zone) as ns, multi_region([ADDRESSES[0], "::1"]) as region:
+        service = await named_router(start_router, region, ns, refresh="1s")
+        status = await region_status(service)
+        assert status["dns"]["addresses"] == [ADDRESSES[0], "::1"]
+        async with load(service.proxy_port, clients=2) as traffic:
+
+            async def both() -> bool:
+                return traffic.addresses_since(0) == {ADDRESSES[0], "::1"}
+
+            await eventually(both, 5, "IPv4 and IPv6 addresses both get traffic")
+        assert traffic.failures() == []
