@@ -116,7 +116,10 @@ async def multi_region(addresses: list[str]) -> AsyncIterator[MultiRegion]:
     async def echo(request: web.Request) -> web.Response:
         address = local(request)
         region.hits[address] += 1
-        return web.json_response({"address": address})
+        response = web.json_response({"address": address})
+        if request.query.get("close"):
+            response.force_close()  # no keep-alive: every request is a new connection
+        return response
 
     app = web.Application()
     app.router.add_get("/health", health)

@@ -76,8 +76,13 @@ class Resolver:
 
     # -- reads (synchronous: the hot path) ----------------------------------------------
 
-    def pick(self, host: str) -> str | None:
-        """The next address for ``host`` in turn; None until the name has an answer."""
+    def pick(self, host: str, *, advance: bool = True) -> str | None:
+        """The next address for ``host`` in turn; None until the name has an answer.
+
+        ``advance=False`` only looks: the pool looks for an idle connection to the address
+        first and takes the turn (``advance``) only when it uses one, so a request that
+        must open a new connection does not skip an address.
+        """
         entry = self.entries.get(host)
         if entry is None:
             if not _is_ip(host):
@@ -91,8 +96,15 @@ class Resolver:
         if not addresses:
             return None
         i = entry.next_index
-        entry.next_index = i + 1
+        if advance:
+            entry.next_index = i + 1
         return addresses[i % len(addresses)]
+
+    def advance(self, host: str) -> None:
+        """Take the turn ``pick(host, advance=False)`` looked at."""
+        entry = self.entries.get(host)
+        if entry is not None:
+            entry.next_index += 1
 
     def current(self, host: str) -> tuple[str, ...] | None:
         """The addresses now in the answer (None: not a tracked name)."""

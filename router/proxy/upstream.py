@@ -213,7 +213,8 @@ class Pool:
         dns.listeners.append(self._addresses_changed)
 
     def acquire_idle(self, endpoint: Endpoint) -> UpstreamConnection | None:
-        address = self.dns.pick(endpoint.host)
+        host = endpoint.host
+        address = self.dns.pick(host, advance=False)
         if address is None:
             return None  # not resolved yet: connect() waits for the answer
         idle = self._idle.get(f"{endpoint.url} {address}")
@@ -221,8 +222,9 @@ class Pool:
             conn = idle.pop()
             if conn.usable():
                 conn.reused = True
+                self.dns.advance(host)
                 return conn
-        return None
+        return None  # connect() takes this turn's address
 
     async def connect(self, endpoint: Endpoint, ca_file: str | None) -> UpstreamConnection:
         """A new connection to the endpoint's next address (resolving it first if needed)."""

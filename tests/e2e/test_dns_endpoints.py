@@ -50,12 +50,12 @@ class Load:
 
 
 @asynccontextmanager
-async def load(port: int, clients: int = 4) -> AsyncIterator[Load]:
+async def load(port: int, clients: int = 4, path: str = "/echo") -> AsyncIterator[Load]:
     state = Load(port)
 
     async def client(session: aiohttp.ClientSession) -> None:
         while not state.stop.is_set():
-            async with session.get(f"http://127.0.0.1:{port}/echo") as resp:
+            async with session.get(f"http://127.0.0.1:{port}{path}") as resp:
                 body = await resp.json() if resp.status == 200 else {}
                 state.results.append((time.monotonic(), resp.status, body.get("address", "")))
 
@@ -306,3 +306,16 @@ async def test_aaaa_answers_are_used_and_ipv4_comes_first(start_router: StartRou
 
             await eventually(both, 5, "IPv4 and IPv6 addresses both get traffic")
         assert traffic.failures() == []
+
+
+async def test_addresses_take_turns_when_the_region_closes_every_connection(
+    start_router: StartRouter,
+) -> None:
+    zone = Zone({"api.test": ADDRESSES[:2]}, ttl=60)
+    async with dns_server(zone) as ns, multi_region(ADDRESSES[:2]) as region:
+        service = await named_router(start_router, region, ns)
+        async with load(service.proxy_port, clients=1, path="/echo?close=1") as traffic:
+            await eventually(lambda: _true(len(traffic.results) >= 40), 5, "40 answers")
+        assert traffic.failures() == []
+        a, b = (region.hits[address] for address in ADDRESSES[:2])
+        assert abs(a - b) <= 2, (a, b)  # strictly alternating, one request at a time
