@@ -23,7 +23,14 @@ from router.config.validate import FieldError, Fields, ValidationError, as_choic
 from router.control.core import Control
 from router.errors import BadRequest
 from router.proxy.paths import normalize_path
-from router.routing.explain import SIM_STATES, explain, hypothetical_loads, traffic_split, what_if
+from router.routing.explain import (
+    SIM_STATES,
+    explain,
+    hypothetical_loads,
+    tiers_json,
+    traffic_split,
+    what_if,
+)
 from router.routing.strategies import RequestInfo
 from router.state.snapshot import RoutePlan, Snapshot
 
@@ -147,15 +154,7 @@ def _plan_json(snap: Snapshot, plan: RoutePlan, loads: Any, now: float) -> dict[
     return {
         "strategy": plan.strategy,
         "panic": plan.panic,
-        "tiers": [
-            {
-                "priority": t.priority,
-                "share": round(t.share, 4),
-                "health_percent": round(t.health_percent, 1),
-                "regions": [r.id for r in t.regions],
-            }
-            for t in plan.tiers
-        ],
+        "tiers": tiers_json(plan),
         "split": traffic_split(snap, loads, plan, now),
     }
 
