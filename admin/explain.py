@@ -26,6 +26,7 @@ from router.proxy.paths import normalize_path
 from router.routing.explain import (
     SIM_STATES,
     explain,
+    explain_hedging,
     hypothetical_loads,
     tiers_json,
     traffic_split,
@@ -85,15 +86,16 @@ def explain_request(
 ) -> dict[str, Any]:
     """Which region would serve this request now, and why (shared with /api/multi-region)."""
     host, norm, info = request_info(control, path, headers)
-    result = explain(
-        snap or control.registry.snapshot(),
-        control.runtime.loads,
-        hostname=host,
-        path=norm,
-        info=info,
-        now=time.monotonic(),
-    )
+    snapshot = snap or control.registry.snapshot()
+    now = time.monotonic()
+    loads = control.runtime.loads
+    result = explain(snapshot, loads, hostname=host, path=norm, info=info, now=now)
     result["request"] = {"method": method, "path": norm, "host": host}
+    winner = snapshot.by_id.get(result["winner"]) if result["winner"] else None
+    keyed = any(h.split(":", 1)[0].strip().lower() == "idempotency-key" for h in headers)
+    result["hedging"] = explain_hedging(
+        snapshot.config, winner, loads, method=method, idempotency_key=keyed, now=now
+    )
     return result
 
 

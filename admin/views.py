@@ -85,6 +85,8 @@ def region_json(control: Control, r: RegionView, *, detail: bool = True) -> dict
             ),
             "failover_operation": op.to_json() if op is not None else None,
             "artifacts": [f"{name}@{digest}" for name, digest in sorted(r.artifacts.items())],
+            # The endpoint name's addresses; "stale": true while lookups fail.
+            "dns": runtime.core.dns.status(r.endpoint.host),
         }
     )
     if r.metrics_path:

@@ -24,7 +24,9 @@
 
 The classes outside this module live with the code that raises them; they derive from
 ``RouterError`` here (tests/router/test_errors.py checks that every exception class of
-``router/`` is in this tree and in this picture).
+``router/`` is in this tree and in this picture). One is outside on purpose:
+``router.proxy.dns.ResolveError`` is an ``OSError``, so a failed lookup takes the connect
+failure path like any socket error.
 """
 
 from __future__ import annotations

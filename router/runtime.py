@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter
@@ -18,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 from router.config.loader import Config, access_log_path
 from router.health.checker import HealthChecker, HttpProber, ProbeFn, ProbeResult
 from router.health.outlier import OutlierDetector
-from router.metrics import GaugeCollector, TrafficCollector, TrafficStats
+from router.metrics import CounterCollector, GaugeCollector, TrafficCollector, TrafficStats
 from router.proxy.accesslog import AccessLogger
 from router.proxy.core import ProxyCore
 from router.routing.load import LoadTable
@@ -27,6 +28,7 @@ from router.state.snapshot import (
     ELIGIBLE_STATES,
     MANUAL_STATES,
     RegionState,
+    RegionView,
     Snapshot,
     SnapshotHolder,
 )
@@ -83,7 +85,7 @@ class Runtime:
         self.core = ProxyCore(self.holder, loop=loop, observer=self.outliers.record)
         self.health = HealthChecker(
             self.registry,
-            probe or HttpProber(self.instance_id),
+            probe or HttpProber(self.instance_id, addresses=self.core.dns.rotation),
             on_transition=self.record_transition,
             on_result=self._count_probe,
         )
@@ -140,6 +142,37 @@ class Runtime:
         )
         self.metrics.register(
             GaugeCollector(
+                "router_dns_stale",
+                "1 while a region's endpoint name serves its last good addresses (lookup failing)",
+                ["region"],
+                lambda: [([r.id], s) for r, s in self._dns_views(lambda st: float(st["stale"]))],
+            )
+        )
+        self.metrics.register(
+            GaugeCollector(
+                "router_dns_addresses",
+                "Addresses in the current answer for a region's endpoint name",
+                ["region"],
+                lambda: [
+                    ([r.id], n) for r, n in self._dns_views(lambda st: float(len(st["addresses"])))
+                ],
+            )
+        )
+        self.metrics.register(
+            CounterCollector(
+                "router_dns_lookups",
+                "DNS lookups of endpoint names by result",
+                ["host", "result"],
+                lambda: [
+                    ([e.host, result], float(n))
+                    for e in list(self.core.dns.entries.values())
+                    if e.task is not None
+                    for result, n in (("success", e.lookups_ok), ("error", e.lookups_failed))
+                ],
+            )
+        )
+        self.metrics.register(
+            GaugeCollector(
                 "router_panic",
                 "1 while the default route fails open",
                 [],
@@ -166,6 +199,18 @@ class Runtime:
             if core.config is not snapshot.config:
                 core.apply_config(snapshot.config)
             core.snapshot_changed(old, snapshot)  # rescue requests on regions that left
+
+    def _dns_views(
+        self, value: Callable[[dict[str, Any]], float]
+    ) -> list[tuple[RegionView, float]]:
+        """(region, value of its endpoint name's DNS status) for regions with a name."""
+        dns = self.core.dns
+        out = []
+        for r in self.holder.current.regions:
+            status = dns.status(r.endpoint.host)
+            if status is not None:
+                out.append((r, value(status)))
+        return out
 
     def _traffic(self) -> Iterable[TrafficStats]:
         # Looked up per scrape: a supervisor replaces traffic_sources after construction.
@@ -236,6 +281,7 @@ class Runtime:
         self._tasks.clear()
         if isinstance(self.health.probe, HttpProber):
             await self.health.probe.close()
+        await self.core.dns.close()
         if self.access_logger is not None:
             self.core.access_log = None
             self.access_logger.close()

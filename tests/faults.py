@@ -34,6 +34,8 @@ class Relay:
         self.blackholed_at = 0.0
         self.accepted_after_blackhole = 0
         self.bytes_after_blackhole = 0
+        # (monotonic time, first line) of every read that reached the relay while not forwarding
+        self.arrivals: list[tuple[float, bytes]] = []
         self._conns: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -44,6 +46,11 @@ class Relay:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def reached_after_blackhole(self) -> bool:
+        """A connection or a byte arrived since the blackhole began."""
+        return self.accepted_after_blackhole + self.bytes_after_blackhole > 0
 
     def blackhole(self) -> None:
         self.mode = "blackhole"
@@ -70,9 +77,14 @@ class Relay:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.mode != "forward":
-            # Accepted, never answered: hold the socket open until the relay closes.
+            # Accepted, never answered: read (to see what arrives), hold the socket open.
             self.accepted_after_blackhole += 1
             self._conns.add(writer)
+            try:
+                while data := await reader.read(65536):
+                    self._arrived(data)
+            except (OSError, RuntimeError):
+                pass
             return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
@@ -92,7 +104,7 @@ class Relay:
                 if not data:
                     break
                 if self.mode != "forward":
-                    self.bytes_after_blackhole += len(data)
+                    self._arrived(data)
                     await asyncio.Event().wait()  # stop moving bytes; hold the socket
                 dst.write(data)
                 await dst.drain()
@@ -103,6 +115,14 @@ class Relay:
                 with contextlib.suppress(OSError, RuntimeError):
                     dst.close()
                 self._conns.discard(dst)
+
+    def _arrived(self, data: bytes) -> None:
+        self.bytes_after_blackhole += len(data)
+        self.arrivals.append((time.monotonic(), data.split(b"\r\n", 1)[0]))
+
+    def requests_after(self, t: float) -> int:
+        """Requests (not health probes) that reached the relay after monotonic time ``t``."""
+        return sum(1 for at, line in self.arrivals if at >= t and b" /health" not in line)
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

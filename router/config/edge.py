@@ -74,14 +74,28 @@ def _certificate(c: Fields) -> CertificatePair | None:
     try:
         digest = hashlib.sha256(_read(cert) + _read(key)).hexdigest()
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
-        names = san_names(_read(cert))
+        pem = _read(cert)
+        names = san_names(pem)
+        not_after = x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
     except (OSError, ssl.SSLError, ValueError) as exc:
         c.error(None, f"cannot load {cert!r} with {key!r}: {_reason(exc)}")
         return None
     if not names:
         c.error("cert", f"{cert!r} names no DNS subjectAltName (SNI could never pick it)")
         return None
-    return CertificatePair(cert=cert, key=key, names=names, digest=digest)
+    return CertificatePair(cert=cert, key=key, names=names, digest=digest, not_after=not_after)
+
+
+def certificate_notes(tls: TlsConfig | None, now: float) -> list[str]:
+    """Warnings worth a log line: certificates expired or expiring within 14 days."""
+    notes: list[str] = []
+    for i, pair in enumerate(tls.certificates if tls is not None else ()):
+        days = (pair.not_after - now) / 86400.0
+        if days < 0:
+            notes.append(f"tls.certificates[{i}]: {pair.cert} expired {-days:.0f} day(s) ago")
+        elif days < 14:
+            notes.append(f"tls.certificates[{i}]: {pair.cert} expires in {days:.1f} day(s)")
+    return notes
 
 
 def san_names(pem: bytes) -> tuple[str, ...]:

@@ -160,6 +160,17 @@ class TimeoutsConfig:
     connect_s: float = 2.0
     response_headers_s: float = 30.0
     idle_s: float = 60.0
+    per_try_s: float = 0.0  # a try without response headers after this is retried; 0 = off
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HedgingConfig:
+    """Backup requests: a retryable request still without headers after ``delay`` gets a copy."""
+
+    enabled: bool = False
+    delay_s: float | None = None  # None: auto, the chosen region's current p95 estimate
+    max_extra: int = 1  # copies beyond the first try
+    budget_percent: float = 5.0  # hedges in flight, as a share of requests in flight
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -227,6 +238,7 @@ class CertificatePair:
     cert: str  # PEM file: the leaf first, then intermediates
     key: str  # PEM file
     names: tuple[str, ...]  # the leaf's DNS SAN names, lower-case ("*.example.com" allowed)
+    not_after: float  # the leaf's expiry, Unix time (for the start-up and check notes)
     # sha256 of both files' bytes at load: a reload with new files is a config change.
     digest: str
 
@@ -265,6 +277,7 @@ class Config:
     failover: FailoverConfig = FailoverConfig()
     retries: RetriesConfig = RetriesConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
+    hedging: HedgingConfig = HedgingConfig()
     limits: LimitsConfig = LimitsConfig()
     routes: tuple[RouteConfig, ...] = ()
     affinity: AffinityConfig | None = None

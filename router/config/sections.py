@@ -21,6 +21,7 @@ from router.config.model import (
     FailoverConfig,
     GeoConfig,
     HealthCheckConfig,
+    HedgingConfig,
     HostPort,
     LimitsConfig,
     ListenConfig,
@@ -41,6 +42,7 @@ from router.config.validate import (
     FieldError,
     Fields,
     as_choice,
+    as_duration,
     as_str,
     list_items,
 )
@@ -323,10 +325,34 @@ def _response_headers(f: Fields) -> ResponseHeadersConfig:
 def _timeouts(f: Fields) -> TimeoutsConfig:
     d = TimeoutsConfig()
     with f:
-        return TimeoutsConfig(
+        tc = TimeoutsConfig(
             connect_s=f.duration("connect", d.connect_s),
             response_headers_s=f.duration("response_headers", d.response_headers_s),
             idle_s=f.duration("idle", d.idle_s),
+            per_try_s=f.duration("per_try", d.per_try_s, positive=False),
+        )
+    if f.clean and tc.per_try_s >= tc.response_headers_s:
+        f.error("per_try", "must be shorter than response_headers (0 turns it off)")
+    return tc
+
+
+def _hedge_delay(value: object) -> float | None:
+    if value == "auto":
+        return None
+    try:
+        return as_duration(positive=True)(value)
+    except ValueError:
+        raise ValueError(f'expected "auto" or a duration > 0, got {show(value)}') from None
+
+
+def _hedging(f: Fields) -> HedgingConfig:
+    d = HedgingConfig()
+    with f:
+        return HedgingConfig(
+            enabled=f.flag("enabled", d.enabled),
+            delay_s=f.get("delay", _hedge_delay, d.delay_s),
+            max_extra=f.integer("max_extra", d.max_extra, lo=1, hi=4),
+            budget_percent=f.percent("budget_percent", d.budget_percent),
         )
 
 
@@ -372,6 +398,7 @@ def build_config(data: object, errors: list[FieldError]) -> Config:
             failover=_failover(f.section("failover")),
             retries=_retries(f.section("retries")),
             timeouts=_timeouts(f.section("timeouts")),
+            hedging=_hedging(f.section("hedging")),
             limits=_limits(f.section("limits")),
             routes=_routes(f, region_ids),
             affinity=_affinity(f),

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from router.config.loader import Config
 from router.metrics import TrafficStats
+from router.proxy.dns import Resolver
 from router.proxy.headers import KNOWN_METHODS, REQUEST_SPECIAL, RESPONSE_SPECIAL
 from router.proxy.rescue import rescue_departed
 from router.proxy.upstream import Pool
@@ -59,6 +60,7 @@ class ProxyCore:
         self.awaiting: set[Exchange] = set()  # exchanges waiting for response headers
         self.inflight = 0
         self.retries_active = 0
+        self.hedges_active = 0
         self.draining = False
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(6).hex().encode()
@@ -66,8 +68,12 @@ class ProxyCore:
         # Called after each new config is applied (the TLS listener re-reads certificates).
         self.config_hooks: list[Callable[[Config], None]] = []
         cfg = holder.current.config
+        self.dns = Resolver(cfg.dns)
         self.pool = Pool(
-            connect_timeout_s=cfg.timeouts.connect_s, idle_timeout_s=cfg.timeouts.idle_s
+            connect_timeout_s=cfg.timeouts.connect_s,
+            idle_timeout_s=cfg.timeouts.idle_s,
+            dns=self.dns,
+            max_age_s=cfg.dns.max_connection_age_s,
         )
         self.apply_config(cfg)
 
@@ -94,10 +100,17 @@ class ProxyCore:
         self.retry_budget_fraction = r.budget_percent / 100.0
         self.retry_min_concurrent = r.min_concurrent
         self.buffer_body_max_bytes = r.buffer_body_max_bytes
+        self.per_try_s = cfg.timeouts.per_try_s
+        self.hedging = cfg.hedging if cfg.hedging.enabled else None
+        self.hedge_auto = self.hedging is not None and self.hedging.delay_s is None
+        self.hedge_budget_fraction = cfg.hedging.budget_percent / 100.0
+        self.tail_timers = bool(self.per_try_s) or self.hedging is not None
         self.retry_backoff_base_s = r.backoff_base_s
         self.retry_backoff_max_s = r.backoff_max_s
         self.pool.connect_timeout_s = cfg.timeouts.connect_s
         self.pool.idle_timeout_s = cfg.timeouts.idle_s
+        self.pool.max_age_s = cfg.dns.max_connection_age_s
+        self.dns.apply_config(cfg.dns)
         aff = cfg.affinity
         self.affinity_cookie = aff.cookie.encode() if aff and aff.cookie else None
         self.affinity_header = aff.header.lower().encode() if aff and aff.header else None
@@ -176,6 +189,8 @@ class ProxyCore:
         self.pool.sweep(now)
         # Requests still waiting for headers are latency evidence before they answer.
         self.loads.observe_awaiting(self.awaiting, self.response_headers_timeout_s)
+        if self.hedge_auto:
+            self.loads.refresh_p95(now)
 
     def __repr__(self) -> str:
         return (

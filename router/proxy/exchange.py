@@ -14,7 +14,14 @@ from time import monotonic
 from typing import TYPE_CHECKING
 
 from router.errors import BodyTooLarge, ProxyError
-from router.proxy.headers import CRLF, connection_tokens, error_response, named_headers
+from router.proxy.headers import (
+    CRLF,
+    TRAILER_DROP,
+    connection_tokens,
+    error_response,
+    named_headers,
+)
+from router.proxy.hedging import Hedges, arm, disarm, end_all
 from router.proxy.retries import (
     attempt_failed,
     honour_retry_after,
@@ -52,6 +59,7 @@ class Exchange:
         "done",
         "head_common",
         "head_only_done",
+        "hedges",
         "idempotent",
         "info",
         "is_head",
@@ -62,12 +70,14 @@ class Exchange:
         "pending_bytes",
         "plan",
         "region",
+        "req_trailers",
         "request_id",
         "request_line",
         "resp_chunked",
         "resp_headers",
         "resp_reason",
         "resp_started",
+        "resp_trailers",
         "resp_until_close",
         "retry_buffer",
         "retrying",
@@ -76,6 +86,7 @@ class Exchange:
         "started_at",
         "status",
         "tried",
+        "try_timer",
         "tunnel_pending",
         "upgrade",
         "upstream",
@@ -137,6 +148,8 @@ class Exchange:
         self.status = 0
         self.resp_reason = b""
         self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.resp_trailers: list[bytes] = []  # of a chunked response, as "name: value" lines
+        self.req_trailers: list[bytes] = []  # of a chunked request body, the same
         self.resp_started = False
         self.resp_chunked = False
         self.resp_until_close = False  # the upstream's body ends when it closes
@@ -148,6 +161,9 @@ class Exchange:
         self.done = False
         self.set_cookie: bytes | None = None
         self.tunnel_pending: list[bytes] = []
+        # tail-latency state (router/proxy/hedging.py), only when per_try or hedging is on
+        self.try_timer: asyncio.TimerHandle | None = None
+        self.hedges: Hedges | None = None
 
     def __repr__(self) -> str:
         region = self.region.id if self.region else None
@@ -175,7 +191,7 @@ class Exchange:
             self.info is None or self.info.affinity_region != region.id
         ):
             self.set_cookie = core.affinity_cookie_header(region.id)
-        conn = core.pool.acquire_idle(region.endpoint.url)
+        conn = core.pool.acquire_idle(region.endpoint)
         if conn is not None:
             self._bind(conn)
         else:
@@ -214,13 +230,7 @@ class Exchange:
         if client.writing_paused and conn.transport is not None:
             conn.transport.pause_reading()  # the client is not taking response bytes yet
         client.cork_upstream(conn)
-        endpoint = self.region.endpoint
-        host = self.upstream_host or endpoint.host_header_bytes
-        line = self.request_line
-        if endpoint.base_path_bytes:  # "GET /x HTTP/1.1" -> "GET /prefix/x HTTP/1.1"
-            cut = len(self.method) + 1
-            line = line[:cut] + endpoint.base_path_bytes + line[cut:]
-        parts = [line, b"Host: ", host, CRLF, self.head_common]
+        parts = self.head_parts(self.region)
         if self.pending:
             if self.chunked_request:
                 for chunk in self.pending:
@@ -231,13 +241,32 @@ class Exchange:
             self.pending_bytes = 0
             self.client.resume_reading_for("buffer")
         if self.body_done and self.chunked_request:
-            parts.append(_CHUNK_END)
+            parts.append(self._last_chunk(self.req_trailers))
         conn.write(b"".join(parts))
-        self.deadline = monotonic() + self.core.response_headers_timeout_s
         if self.body_done:
-            self.core.awaiting.add(self)
-        # else the response-headers clock starts when the body is complete: an upload may
-        # take longer than timeouts.response_headers (idle covers one that stalls)
+            self._await_headers()
+        else:
+            # the response-headers clock starts when the body is complete: an upload may
+            # take longer than timeouts.response_headers (idle covers one that stalls)
+            self.deadline = monotonic() + self.core.response_headers_timeout_s
+
+    def head_parts(self, region: RegionView) -> list[bytes]:
+        """The request head as written to ``region`` (a list the caller may extend)."""
+        endpoint = region.endpoint
+        host = self.upstream_host or endpoint.host_header_bytes
+        line = self.request_line
+        if endpoint.base_path_bytes:  # "GET /x HTTP/1.1" -> "GET /prefix/x HTTP/1.1"
+            cut = len(self.method) + 1
+            line = line[:cut] + endpoint.base_path_bytes + line[cut:]
+        return [line, b"Host: ", host, CRLF, self.head_common]
+
+    def _await_headers(self) -> None:
+        core = self.core
+        now = monotonic()
+        self.deadline = now + core.response_headers_timeout_s
+        core.awaiting.add(self)
+        if core.tail_timers:
+            arm(self, now)
 
     # -- request body (from the client connection) -------------------------------------
 
@@ -268,11 +297,9 @@ class Exchange:
         self.body_done = True
         if self.upstream is not None and not self.discard_response:
             if self.chunked_request:
-                self.upstream.write(_CHUNK_END)
+                self.upstream.write(self._last_chunk(self.req_trailers))
             if not self.resp_started:
-                core = self.core
-                self.deadline = monotonic() + core.response_headers_timeout_s
-                core.awaiting.add(self)
+                self._await_headers()
 
     def tunnel_data(self, data: bytes) -> None:
         """Client bytes after a WebSocket handshake, before the upstream accepted it."""
@@ -291,6 +318,7 @@ class Exchange:
                 return
         core = self.core
         core.awaiting.discard(self)
+        self.resp_trailers = []  # a discarded attempt's must not reach the client
         region = self.region
         assert region is not None
         now = monotonic()
@@ -312,7 +340,11 @@ class Exchange:
             if status == 429:
                 honour_retry_after(self, load, now)
             load.observe(elapsed, now)
+            if core.hedge_auto:
+                load.record_time(elapsed, now)
             core.observer(region.id, True, "")
+        if self.hedges is not None:
+            end_all(self, "lost")  # this response goes to the client: every copy lost
         self._send_response_head(status)
 
     def _send_response_head(self, status: int) -> None:
@@ -382,6 +414,15 @@ class Exchange:
         else:
             self.client.write(data)
 
+    def on_response_trailer(self, name: bytes, value: bytes) -> None:
+        """A trailer field of a chunked response: passed on when the client gets chunks."""
+        if name.lower() not in TRAILER_DROP:
+            self.resp_trailers.append(b"%b: %b\r\n" % (name, value))
+
+    @staticmethod
+    def _last_chunk(trailers: list[bytes]) -> bytes:
+        return b"0\r\n%b\r\n" % b"".join(trailers) if trailers else _CHUNK_END
+
     def on_response_complete(self) -> None:
         if self._informational:
             self._informational = False
@@ -395,7 +436,7 @@ class Exchange:
         if self.done:
             return
         if self.resp_chunked:
-            self.client.write(_CHUNK_END)
+            self.client.write(self._last_chunk(self.resp_trailers))
         reusable = (
             conn is not None
             and self.body_done
@@ -462,8 +503,8 @@ class Exchange:
         It chooses from the routing state of now, not of when the request arrived: a
         region ejected or failed over in between must not get the retry.
         """
-        if self.done:
-            return
+        if self.done or self.upstream is not None:
+            return  # finished, or a hedge took the request over meanwhile
         current = self.core.holder.current
         if current is not self.snapshot:
             self.plan = current_plan(self.snapshot, current, self.plan)
@@ -471,6 +512,8 @@ class Exchange:
         self.start()
 
     def release_upstream(self, *, reuse: bool, keep_open: bool = False) -> None:
+        if self.try_timer is not None or self.hedges is not None:
+            disarm(self)
         if self.counted:
             self.counted = False
             assert self.region is not None
@@ -518,9 +561,9 @@ class Exchange:
         self.done = True
         core = self.core
         core.awaiting.discard(self)
-        if self._connect_task is not None:
-            self._connect_task.cancel()
-            self._connect_task = None
+        self.cancel_connect()
+        if self.hedges is not None:
+            end_all(self, "cancelled")
         if self.retrying:
             core.retries_active -= 1
             self.retrying = False
@@ -530,6 +573,11 @@ class Exchange:
         if core.access_log is not None:
             core.access_log(self, status, now - self.started_at, aborted, router_error)
         self.client.exchange_finished(self, self.close_client if close is None else close)
+
+    def cancel_connect(self) -> None:
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            self._connect_task = None
 
     def client_lost(self) -> None:
         """The client went away: cancel the upstream request (its connection is not reused)."""

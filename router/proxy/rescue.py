@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from router.proxy.exchange import current_plan
+from router.proxy.hedging import hand_over, replayable
 from router.state.snapshot import RoutePlan, Snapshot
 
 if TYPE_CHECKING:
@@ -46,15 +47,15 @@ def rescue_departed(core: ProxyCore, old: Snapshot, new: Snapshot) -> int:
 
 
 def rescuable(ex: Exchange) -> bool:
-    if ex.done or ex.resp_started or ex.discard_response or ex.upgrade:
-        return False
-    return ex.idempotent and (ex.retry_buffer is not None or ex.body_done_empty())
+    return not (ex.done or ex.resp_started or ex.discard_response) and replayable(ex)
 
 
 def rescue(ex: Exchange, current: Snapshot) -> bool:
     region = ex.region
     if region is None or not rescuable(ex):
         return False
+    if ex.hedges is not None and hand_over(ex, "region_down"):
+        return True  # a copy already waits on another region: it carries on alone
     plan = _plan_now(ex, current)
     avoid = ex.tried | {region.id}
     if not any(r.id not in avoid for tier in plan.tiers for r in tier.regions):

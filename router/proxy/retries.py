@@ -17,6 +17,7 @@ from time import monotonic
 from typing import TYPE_CHECKING
 
 from router.errors import NoEligibleRegion, ProxyError, UpstreamConnectError, UpstreamTimeout
+from router.proxy.hedging import hand_over
 from router.proxy.upstream import UpstreamConnection
 from router.routing.load import RegionLoad
 from router.state.snapshot import Snapshot
@@ -69,6 +70,8 @@ def attempt_failed(
     # Even a stale reset may mean the region just died: retry elsewhere while one is
     # eligible, or a dead region still in rotation takes the retry and refuses it.
     ex.tried.add(region.id)
+    if ex.hedges is not None and kind != "timeout" and hand_over(ex, kind):
+        return  # a copy of the request is already waiting elsewhere
     condition = "connect-failure" if kind.startswith("connect") else kind
     always = not sent or stale
     allowed = always or condition in core.retry_conditions
@@ -98,6 +101,8 @@ def retry_after_status(ex: Exchange, conn: UpstreamConnection | None) -> None:
     assert ex.region is not None
     ex.core.stats.upstream_error(ex.region.id, str(ex.status))
     ex.tried.add(ex.region.id)
+    if ex.hedges is not None and hand_over(ex, str(ex.status)):
+        return
     schedule_retry(ex, str(ex.status))
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from router.config.loader import Config
-from router.routing.load import LoadTable, RegionLoad
+from router.routing.load import LoadTable, RegionLoad, auto_hedge_delay
 from router.routing.routes import match_plan
 from router.routing.strategies import RequestInfo, Selector
 from router.state.registry import Registry
@@ -102,6 +102,47 @@ def explain(
         "winner": winner.id if winner is not None else None,
         "reason": reason,
     }
+
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+def explain_hedging(
+    config: Config,
+    winner: RegionView | None,
+    loads: LoadTable,
+    *,
+    method: str,
+    idempotency_key: bool,
+    now: float,
+) -> dict[str, Any]:
+    """Whether this request would be hedged, after what delay, and where the delay comes from."""
+    h = config.hedging
+    out: dict[str, Any] = {
+        "enabled": h.enabled,
+        "delay": "auto" if h.delay_s is None else f"{h.delay_s * 1000:g}ms",
+        "max_extra": h.max_extra,
+        "budget_percent": h.budget_percent,
+        "per_try_ms": round(config.timeouts.per_try_s * 1000, 3),
+    }
+    if not h.enabled:
+        out["applies"], out["why"] = False, "hedging is off"
+    elif method.upper() not in IDEMPOTENT and not idempotency_key:
+        out["applies"], out["why"] = False, "not idempotent and no Idempotency-Key"
+    elif winner is None:
+        out["applies"], out["why"] = False, "no region would serve it"
+    else:
+        out["applies"] = True
+        if h.delay_s is not None:
+            delay, source = h.delay_s, "fixed hedging.delay"
+        else:
+            delay, source = auto_hedge_delay(loads.get(winner.id), winner.probe_latency_s, now)
+        out["delay_ms"] = round(delay * 1000, 3)
+        out["why"] = (
+            f"a copy goes to another region if {winner.id} sends no response headers within "
+            f"{delay * 1000:.1f}ms ({source}; body must fit retries.buffer_body_max)"
+        )
+    return out
 
 
 def _reason(

@@ -132,6 +132,7 @@ async def run_worker(
     tasks = [loop.create_task(report()), loop.create_task(sweep())]
     await stop.wait()
     drained = await server.drain(holder.current.config.shutdown_grace_s)
+    await core.dns.close()
     channel.send(REPORT, _report(core, outcomes))
     for t in tasks:
         t.cancel()

@@ -134,9 +134,7 @@ async def test_manual_failover_rescues_a_waiting_get_but_never_a_post(
             post = asyncio.ensure_future(send("POST"))
 
             async def both_waiting() -> bool:
-                return relay.accepted_after_blackhole + relay.bytes_after_blackhole > 0 and (
-                    len(service.runtime.core.awaiting) == 2
-                )
+                return relay.reached_after_blackhole and (len(service.runtime.core.awaiting) == 2)
 
             await eventually(both_waiting, 3.0, "GET and POST wait on the blackhole")
             admin = f"http://127.0.0.1:{service.admin_port}/admin/regions/primary/failover"
@@ -150,3 +148,97 @@ async def test_manual_failover_rescues_a_waiting_get_but_never_a_post(
         assert [s.method for s in spare.seen] == ["GET"]
         metrics = await _metrics(service)
     assert 'router_retries_total{reason="region_down"} 1.0' in metrics
+
+
+async def test_a_response_that_stalls_mid_body_is_aborted_never_retried_or_spliced(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    """Hedging, per-try and rescue all on: none of them may touch a started response."""
+    from tests.backends import probe_passes, raw_connection, read_head, start_raw_region
+
+    spare = await start_region(aiohttp_server, "spare")
+    requests = 0
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        await read_head(reader)
+        requests += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"a" * 100)
+        await writer.drain()
+        await asyncio.Event().wait()  # the rest never comes
+
+    async with start_raw_region(stall) as stalling:
+        config = make_config(
+            [{"id": "stall", "endpoint": stalling.url, "priority": 0}, spare.config(priority=1)],
+            strategy="priority",
+            timeouts={"idle": "1s", "per_try": "200ms"},
+            hedging={"enabled": True, "delay": "50ms"},
+        )
+        service = await start_router(config, probe=probe_passes)
+        async with raw_connection(service.proxy_port) as (reader, writer):
+            t0 = asyncio.get_running_loop().time()
+            writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+            head = await read_head(reader)
+            assert head.startswith(b"HTTP/1.1 200") and b"X-Router-Region: stall" in head
+            body = b""
+            async with asyncio.timeout(1.0 + 1.5):  # timeouts.idle plus slack
+                while chunk := await reader.read(65536):
+                    body += chunk
+            took = asyncio.get_running_loop().time() - t0
+        assert body == b"a" * 100  # cut off: nothing duplicated, nothing spliced
+        assert 1.0 <= took < 2.5
+    assert requests == 1 and spare.seen == []
+
+
+async def test_workers_rescue_their_waiting_requests_on_failover(
+    aiohttp_server: AiohttpServer, tmp_path: Any
+) -> None:
+    """With --workers, each worker rescues its own requests when the new state reaches it."""
+    import aiohttp
+
+    from tests.backends import router_process
+
+    primary = await start_region(aiohttp_server, "primary")
+    spare = await start_region(aiohttp_server, "spare")
+    async with relay_to(primary.port) as relay:
+        config = {
+            "strategy": "priority",
+            "health_check": {"path": "/health", "interval": "300ms", "timeout": "200ms"},
+            "regions": [
+                {"id": "primary", "endpoint": relay.url, "priority": 0},
+                spare.config(priority=1),
+            ],
+        }
+        async with router_process(tmp_path, config, workers=2) as rp, aiohttp.ClientSession() as s:
+            relay.blackhole()
+
+            async def get() -> tuple[int, str]:
+                # a connection each, so both workers' accept queues get requests
+                headers = {"Connection": "close"}
+                async with s.get(f"{rp.proxy}/r", headers=headers) as resp:
+                    await resp.read()
+                    return resp.status, resp.headers.get("X-Router-Region", "")
+
+            gets = [asyncio.ensure_future(get()) for _ in range(6)]
+
+            async def all_waiting() -> bool:
+                lines = [line for _, line in relay.arrivals if b" /r " in line]
+                return len(lines) == 6
+
+            await eventually(all_waiting, 5.0, "six GETs wait on the blackhole")
+            async with s.post(f"{rp.admin}/admin/regions/primary/failover", json={}) as resp:
+                assert resp.status < 300
+            answers = await asyncio.wait_for(asyncio.gather(*gets), 3.0)
+            assert answers == [(200, "spare")] * 6
+
+            async def counted() -> bool:  # workers report their counters within 1 s
+                text = await _metrics_at(s, rp.admin)
+                return 'router_retries_total{reason="region_down"} 6.0' in text
+
+            await eventually(counted, 3.0, "six rescues counted")
+
+
+async def _metrics_at(session: Any, admin: str) -> str:
+    async with session.get(f"{admin}/metrics") as resp:
+        text: str = await resp.text()
+        return text
