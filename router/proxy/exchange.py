@@ -24,6 +24,7 @@ from router.proxy.retries import (
     retry_after_status,
 )
 from router.proxy.upstream import UpstreamConnection
+from router.routing.routes import current_plan
 from router.routing.strategies import RequestInfo
 from router.state.snapshot import RegionView, RoutePlan, Snapshot
 
@@ -579,16 +580,3 @@ class Exchange:
 
 def raise_body_too_large(limit: int) -> None:
     raise BodyTooLarge(f"request body exceeds {limit} bytes")
-
-
-def current_plan(old: Snapshot, new: Snapshot, plan: RoutePlan) -> RoutePlan:
-    """``plan`` (from ``old``) as it stands in ``new``; the old one if its route is gone."""
-    if plan.route is None:
-        return new.default_plan
-    for i, route in enumerate(old.config.routes):
-        if route is plan.route:
-            routes = new.config.routes
-            if i < len(routes) and routes[i] == route:
-                return new.route_plans[i]
-            break
-    return plan

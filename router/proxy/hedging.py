@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from router.proxy.upstream import UpstreamConnection
 from router.routing.load import auto_hedge_delay
+from router.routing.routes import current_plan
 from router.state.snapshot import RegionView
 
 if TYPE_CHECKING:
@@ -140,11 +141,7 @@ def hedge_due(ex: Exchange) -> None:
     avoid.add(ex.region.id)
     avoid.update(h.region.id for h in hedges.tries)
     current = core.holder.current
-    plan = ex.plan if current is ex.snapshot else None
-    if plan is None:
-        from router.proxy.exchange import current_plan
-
-        plan = current_plan(ex.snapshot, current, ex.plan)
+    plan = ex.plan if current is ex.snapshot else current_plan(ex.snapshot, current, ex.plan)
     region = core.selector.choose(current, plan, ex.info, monotonic(), avoid)
     if region is None or region.id in avoid:
         return  # nowhere else to send a copy
