@@ -188,7 +188,7 @@ class ProxyCore:
             conn.idle_timeout()
         self.pool.sweep(now)
         # Requests still waiting for headers are latency evidence before they answer.
-        self.loads.observe_awaiting(self.awaiting, self.response_headers_timeout_s)
+        self.loads.observe_awaiting(self.awaiting)
         if self.hedge_auto:
             self.loads.refresh_p95(now)
 

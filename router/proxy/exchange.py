@@ -30,6 +30,7 @@ from router.proxy.retries import (
     retry_after_status,
 )
 from router.proxy.upstream import UpstreamConnection
+from router.routing.routes import current_plan
 from router.routing.strategies import RequestInfo
 from router.state.snapshot import RegionView, RoutePlan, Snapshot
 
@@ -81,6 +82,7 @@ class Exchange:
         "resp_until_close",
         "retry_buffer",
         "retrying",
+        "sent_at",
         "set_cookie",
         "snapshot",
         "started_at",
@@ -144,7 +146,8 @@ class Exchange:
         self.counted = False
         self.attempts = 0
         self.retrying = False
-        self.deadline = 0.0
+        self.deadline = 0.0  # response headers due (0: not waiting yet)
+        self.sent_at = 0.0  # this try's clock start: its latency sample is measured from here
         self.status = 0
         self.resp_reason = b""
         self.resp_headers: list[tuple[bytes, bytes]] = []
@@ -248,7 +251,7 @@ class Exchange:
         else:
             # the response-headers clock starts when the body is complete: an upload may
             # take longer than timeouts.response_headers (idle covers one that stalls)
-            self.deadline = monotonic() + self.core.response_headers_timeout_s
+            self.sent_at = monotonic()
 
     def head_parts(self, region: RegionView) -> list[bytes]:
         """The request head as written to ``region`` (a list the caller may extend)."""
@@ -263,7 +266,11 @@ class Exchange:
     def _await_headers(self) -> None:
         core = self.core
         now = monotonic()
-        self.deadline = now + core.response_headers_timeout_s
+        self.sent_at = now
+        if not (core.per_try_s and self.deadline):
+            # With per_try, response_headers bounds the whole request (Envoy's route
+            # timeout); without, each try (a timed-out try may be retried).
+            self.deadline = now + core.response_headers_timeout_s
         core.awaiting.add(self)
         if core.tail_timers:
             arm(self, now)
@@ -324,7 +331,7 @@ class Exchange:
         now = monotonic()
         # This attempt's time to headers (from when it was written), not the whole
         # exchange's: a retry must not charge the earlier attempts to this region.
-        elapsed = now - (self.deadline - core.response_headers_timeout_s)
+        elapsed = now - self.sent_at
         load = core.loads.get(region.id)
         self.status = status
         if status >= 500:
@@ -490,7 +497,8 @@ class Exchange:
     def on_timeout(self) -> None:
         """The response-headers deadline passed (the core's sweeper calls this)."""
         if not self.done and not self.resp_started:
-            attempt_failed(self, "timeout", sent=True)
+            # With per_try on, this deadline is the whole request's: nothing follows it.
+            attempt_failed(self, "timeout", sent=True, final=bool(self.core.per_try_s))
 
     # -- failures and retries (policy in router/proxy/retries.py) ----------------------------
 
@@ -592,16 +600,3 @@ class Exchange:
 
 def raise_body_too_large(limit: int) -> None:
     raise BodyTooLarge(f"request body exceeds {limit} bytes")
-
-
-def current_plan(old: Snapshot, new: Snapshot, plan: RoutePlan) -> RoutePlan:
-    """``plan`` (from ``old``) as it stands in ``new``; the old one if its route is gone."""
-    if plan.route is None:
-        return new.default_plan
-    for i, route in enumerate(old.config.routes):
-        if route is plan.route:
-            routes = new.config.routes
-            if i < len(routes) and routes[i] == route:
-                return new.route_plans[i]
-            break
-    return plan
