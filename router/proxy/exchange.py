@@ -30,6 +30,7 @@ from router.proxy.retries import (
     retry_after_status,
 )
 from router.proxy.upstream import UpstreamConnection
+from router.routing.load import RegionLoad
 from router.routing.routes import current_plan
 from router.routing.strategies import RequestInfo
 from router.state.snapshot import RegionView, RoutePlan, Snapshot
@@ -65,6 +66,7 @@ class Exchange:
         "info",
         "is_head",
         "keep_alive",
+        "load",
         "method",
         "method_label",
         "pending",
@@ -140,6 +142,7 @@ class Exchange:
         self.retry_buffer: list[bytes] | None = [] if idempotent and has_body else None
         self.body_too_large_for_retry = False
         self.region: RegionView | None = None
+        self.load: RegionLoad | None = None  # the region's live load, looked up once
         self.upstream: UpstreamConnection | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self.tried: set[str] = set()
@@ -187,7 +190,8 @@ class Exchange:
             return
         self.region = region
         self.attempts += 1
-        core.loads.get(region.id).inflight += 1
+        load = self.load = core.loads.get(region.id)
+        load.inflight += 1
         core.inflight += 1
         self.counted = True
         if self.core.affinity_cookie is not None and (
@@ -332,7 +336,8 @@ class Exchange:
         # This attempt's time to headers (from when it was written), not the whole
         # exchange's: a retry must not charge the earlier attempts to this region.
         elapsed = now - self.sent_at
-        load = core.loads.get(region.id)
+        load = self.load
+        assert load is not None
         self.status = status
         if status >= 500:
             load.observe_failure(now)
@@ -524,8 +529,8 @@ class Exchange:
             disarm(self)
         if self.counted:
             self.counted = False
-            assert self.region is not None
-            self.core.loads.get(self.region.id).inflight -= 1
+            assert self.load is not None
+            self.load.inflight -= 1
             self.core.inflight -= 1
         conn = self.upstream
         self.upstream = None

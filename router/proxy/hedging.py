@@ -327,6 +327,7 @@ def adopt(ex: Exchange, h: HedgeTry, *, won: bool) -> None:
     conn = h.conn
     h.conn = None
     ex.region = h.region
+    ex.load = core.loads.get(h.region.id)  # what release_upstream will count down
     ex.upstream = conn
     conn.exchange = ex
     ex.counted = True  # the hedge's in-flight count on its region is now the exchange's
