@@ -117,7 +117,7 @@ def build(
         # and hide their cost; measure() waits for the writer inside the timed window.
         access_log = AccessLogger(loop, os.devnull, max_queued_bytes=1 << 62)
         access_log.bind(core.stats)
-        core.access_log = access_log
+        core.access_log = access_log.record
     client = ClientConnection(core)
     client_transport = FakeTransport()
     client.connection_made(client_transport)  # type: ignore[arg-type]  # a fake transport

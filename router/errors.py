@@ -14,6 +14,7 @@
     ├── SpoolError               the local spool file failed (replication/transfer.py)
     ├── JobFailed                a replication job ends failed (replication/copier.py)
     ├── WorkerStartError         a worker process did not come up (workers/supervisor.py)
+├── ResolveError             an endpoint name has no address (proxy/dns.py; also an OSError)
     └── ProxyError               errors the proxy answers itself, rendered as JSON
         ├── BadRequest           400 malformed request
         ├── BodyTooLarge         413

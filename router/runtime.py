@@ -247,7 +247,7 @@ class Runtime:
             # Here, not in __init__: an unwritable log file is a start-up error (OSError).
             self.access_logger = AccessLogger(self.loop, access_log_path(config))
             self.access_logger.bind(self.core.stats)
-            self.core.access_log = self.access_logger
+            self.core.access_log = self.access_logger.record
         self.health.sync()
         self._tasks.append(self.loop.create_task(self._sweep_loop(), name="proxy-sweeper"))
         self._tasks.append(self.loop.create_task(self._tick_loop(), name="registry-tick"))

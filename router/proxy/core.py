@@ -130,6 +130,7 @@ class ProxyCore:
         self.watched = frozenset(watch)
         self.interesting = REQUEST_SPECIAL | self.watched
         self.has_routes = bool(cfg.routes)
+        self.routes_by_host = any(rt.match.host is not None for rt in cfg.routes)
         for hook in self.config_hooks:
             hook(cfg)
 
@@ -155,7 +156,8 @@ class ProxyCore:
 
     def plan_for(self, snapshot: Snapshot, host: bytes, path: str) -> RoutePlan:
         """The first route whose match fits this request (the same rule /admin/route explains)."""
-        return match_plan(snapshot, _hostname(host), path)[1]
+        hostname = _hostname(host) if self.routes_by_host else ""  # only host routes read it
+        return match_plan(snapshot, hostname, path)[1]
 
     def request_info(
         self, cookie: bytes | None, affinity_value: bytes | None, geo_value: bytes | None
@@ -188,7 +190,7 @@ class ProxyCore:
             conn.idle_timeout()
         self.pool.sweep(now)
         # Requests still waiting for headers are latency evidence before they answer.
-        self.loads.observe_awaiting(self.awaiting, self.response_headers_timeout_s)
+        self.loads.observe_awaiting(self.awaiting)
         if self.hedge_auto:
             self.loads.refresh_p95(now)
 

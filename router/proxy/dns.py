@@ -21,6 +21,7 @@ from typing import Any
 import aiodns
 
 from router.config.loader import DnsConfig
+from router.errors import RouterError
 
 log = logging.getLogger("router.proxy.dns")
 
@@ -28,7 +29,7 @@ MIN_INTERVAL_S = 1.0  # a TTL of 0 or 1 must not turn into a query storm
 UNUSED_REFRESHES = 10  # refresh rounds without a use before a name is dropped
 
 
-class ResolveError(OSError):
+class ResolveError(RouterError, OSError):
     """No address for a name (an OSError, so a request counts it as a connect failure)."""
 
 

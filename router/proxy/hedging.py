@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from router.proxy.upstream import UpstreamConnection
 from router.routing.load import auto_hedge_delay
+from router.routing.routes import current_plan
 from router.state.snapshot import RegionView
 
 if TYPE_CHECKING:
@@ -140,11 +141,7 @@ def hedge_due(ex: Exchange) -> None:
     avoid.add(ex.region.id)
     avoid.update(h.region.id for h in hedges.tries)
     current = core.holder.current
-    plan = ex.plan if current is ex.snapshot else None
-    if plan is None:
-        from router.proxy.exchange import current_plan
-
-        plan = current_plan(ex.snapshot, current, ex.plan)
+    plan = ex.plan if current is ex.snapshot else current_plan(ex.snapshot, current, ex.plan)
     region = core.selector.choose(current, plan, ex.info, monotonic(), avoid)
     if region is None or region.id in avoid:
         return  # nowhere else to send a copy
@@ -314,8 +311,7 @@ def adopt(ex: Exchange, h: HedgeTry, *, won: bool) -> None:
         # The try that lost is still unanswered: that is a latency sample of its region,
         # or a region that answers nothing would keep looking as fast as its last answer.
         now = monotonic()
-        age = now - (ex.deadline - core.response_headers_timeout_s)
-        core.loads.get(ex.region.id).observe_outstanding(age, now)
+        core.loads.get(ex.region.id).observe_outstanding(now - ex.sent_at, now)
     core.awaiting.discard(ex)
     ex.release_upstream(reuse=False)
     ex.cancel_connect()
@@ -331,6 +327,7 @@ def adopt(ex: Exchange, h: HedgeTry, *, won: bool) -> None:
     conn = h.conn
     h.conn = None
     ex.region = h.region
+    ex.load = core.loads.get(h.region.id)  # what release_upstream will count down
     ex.upstream = conn
     conn.exchange = ex
     ex.counted = True  # the hedge's in-flight count on its region is now the exchange's
@@ -338,7 +335,9 @@ def adopt(ex: Exchange, h: HedgeTry, *, won: bool) -> None:
     ex.attempts += 1
     ex.resp_reason = h.resp_reason
     ex.resp_headers = h.resp_headers
-    ex.deadline = h.sent_at + core.response_headers_timeout_s
+    ex.sent_at = h.sent_at
+    if not ex.deadline:  # the request's own headers deadline stands; a hedge does not extend it
+        ex.deadline = h.sent_at + core.response_headers_timeout_s
     if ex.client.writing_paused and conn.transport is not None:
         conn.transport.pause_reading()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
+from functools import partial
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -230,16 +231,30 @@ class Pool:
         host = endpoint.host
 
         async def open_one() -> UpstreamConnection:
-            address = self.dns.pick(host) or await self.dns.resolve(host)
-            key = f"{endpoint.url} {address}"
-            _, conn = await loop.create_connection(
-                lambda: UpstreamConnection(key, host, address, self._forget),
-                address,
-                endpoint.port,
-                ssl=ctx,
-                server_hostname=host if ctx is not None else None,
-            )
-            return conn
+            first = self.dns.pick(host) or await self.dns.resolve(host)
+            current = self.dns.current(host) or (first,)
+            # The address in turn first, then the others (as a connect by name would):
+            # "localhost" is often ::1 and 127.0.0.1 with the region on one of them.
+            i = current.index(first) if first in current else 0
+            last: OSError | None = None
+            for address in current[i:] + current[:i]:
+                key = f"{endpoint.url} {address}"
+                try:
+                    _, conn = await loop.create_connection(
+                        partial(UpstreamConnection, key, host, address, self._forget),
+                        address,
+                        endpoint.port,
+                        ssl=ctx,
+                        server_hostname=host if ctx is not None else None,
+                    )
+                except OSError as exc:  # refused or unreachable: try the next address
+                    if isinstance(exc, ssl.SSLError):
+                        raise
+                    last = exc
+                    continue
+                return conn
+            assert last is not None
+            raise last
 
         conn = await asyncio.wait_for(open_one(), self.connect_timeout_s)
         self._all.add(conn)

@@ -102,7 +102,7 @@ async def run_worker(
         # Each worker appends its own lines to the same file (O_APPEND keeps them whole).
         access_log = AccessLogger(loop, access_log_path(config))
         access_log.bind(core.stats)
-        core.access_log = access_log
+        core.access_log = access_log.record
     core.selector.capacity_share = 1.0 / max(1, workers)
     server = ProxyServer(core)
     try:
