@@ -15,11 +15,6 @@ from router import errors
 from router.errors import RouterError
 
 ARCHITECTURE = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
-# Outside the tree on purpose, each with its reason (said in router/errors.py too).
-OUTSIDE = {
-    # an OSError, so a failed lookup takes the connect-failure path like any socket error
-    "router.proxy.dns.ResolveError",
-}
 
 
 def router_exception_classes() -> dict[str, type[BaseException]]:
@@ -35,7 +30,7 @@ def router_exception_classes() -> dict[str, type[BaseException]]:
                 and obj.__module__ == module.__name__
             ):
                 found[f"{module.__name__}.{name}"] = obj
-    return {name: cls for name, cls in found.items() if name not in OUTSIDE}
+    return found
 
 
 def test_every_router_exception_derives_from_router_error() -> None:
