@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+from collections import deque
 from collections.abc import Callable
 from time import monotonic
 from typing import TYPE_CHECKING
@@ -61,6 +62,7 @@ class ProxyCore:
         self.inflight = 0
         self.retries_active = 0
         self.hedges_active = 0
+        self.hedge_waiting: deque[Exchange] = deque()  # requests waiting for the hedge budget
         self.draining = False
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(6).hex().encode()

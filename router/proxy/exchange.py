@@ -516,8 +516,8 @@ class Exchange:
         It chooses from the routing state of now, not of when the request arrived: a
         region ejected or failed over in between must not get the retry.
         """
-        if self.done or self.upstream is not None:
-            return  # finished, or a hedge took the request over meanwhile
+        if self.done or self.upstream is not None or self._connect_task is not None:
+            return  # finished, or already on another try (a hedge took it over, a rescue)
         current = self.core.holder.current
         if current is not self.snapshot:
             self.plan = current_plan(self.snapshot, current, self.plan)
