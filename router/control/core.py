@@ -24,6 +24,7 @@ from router.cluster.core import Cluster
 from router.config.diff import ReloadResult, read_config_text
 from router.config.loader import Config, ConfigError, FieldError, RegionConfig, parse_config
 from router.control import remote
+from router.control.certwatch import CertificateWatcher
 from router.control.persist import ControlState
 from router.control.reload import plan_reload
 from router.control.removal import RemovalResult, Removals
@@ -125,6 +126,8 @@ class Control:
                 self.config_path, lambda: self.registry.config.reload, lambda: self.reload("watch")
             )
             self._tasks.append(loop.create_task(self.watcher.run(), name="config-watch"))
+            certs = CertificateWatcher(lambda: self.registry.config, lambda: self.reload("watch"))
+            self._tasks.append(loop.create_task(certs.run(), name="certificate-watch"))
         await self.alerts.start()
         await self.replication.start()
         await self.store.start()

@@ -153,7 +153,9 @@ class Resolver:
         refresh_s = self.config.refresh_s
         try:
             addresses, ttl_s = await self._lookup(entry.host)
-        except (aiodns.error.DNSError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # any lookup failure: keep the last answer
+            if not isinstance(exc, aiodns.error.DNSError | OSError | TimeoutError):
+                log.exception("dns: unexpected error resolving %s", entry.host)
             entry.lookups_failed += 1
             entry.error = _error_text(exc)
             if entry.addresses and not entry.stale:
