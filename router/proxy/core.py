@@ -47,12 +47,15 @@ class ProxyCore:
         holder: SnapshotHolder,
         *,
         loop: asyncio.AbstractEventLoop,
+        loads: LoadTable,
         observer: Observer = _ignore,
         access_log: AccessLog | None = None,
     ) -> None:
+        """``loads`` is the process's load table, owned by its runtime (or worker): the
+        proxy core updates it on every request; strategies, views and drains read it."""
         self.holder = holder
         self.loop = loop
-        self.loads = LoadTable()
+        self.loads = loads
         self.selector = Selector(self.loads)
         self.stats = TrafficStats()
         self.observer = observer
