@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import shutil
 import ssl
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,10 @@ def _client_hello() -> bytes:
     return outgoing.read()
 
 
+@pytest.mark.skipif(
+    not (shutil.which("curl") and shutil.which("openssl")),
+    reason="needs the curl and openssl command-line tools (.ci/run installs them)",
+)
 async def test_curl_and_openssl_s_client_speak_to_it(
     aiohttp_server: AiohttpServer,
     start_router: StartRouter,
