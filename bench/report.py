@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,10 +99,86 @@ def _interference(report: Report) -> list[str]:
     return [line + f" ({worst[1]}): **the machine was shared; treat these figures as noisy**"]
 
 
+def fmt_paired(cell: Cell, reference: Cell | None) -> str:
+    """Median of the per-round ratios to the reference, with their min-max."""
+    if reference is None:
+        return "-"
+    ratios = cell.round_ratios(reference)
+    if not ratios:
+        return "-"
+    med = statistics.median(ratios)
+    if cell is reference:
+        return "1.00x"
+    return f"{med:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
+def paired_ratio(report: Report, key: str, size: str, connections: int) -> float | None:
+    """Median per-round req/s ratio of target ``key`` to the reference, for one cell."""
+    outcome, reference = report.outcome(key), report.outcome(REFERENCE)
+    if outcome is None or reference is None:
+        return None
+    cell, ref = outcome.cell(size, connections), reference.cell(size, connections)
+    if cell is None or ref is None:
+        return None
+    ratios = cell.round_ratios(ref)
+    return statistics.median(ratios) if ratios else None
+
+
+def _cell(report: Report, key: str, size: str, connections: int) -> Cell | None:
+    outcome = report.outcome(key)
+    return outcome.cell(size, connections) if outcome is not None else None
+
+
+def _bars(report: Report) -> list[str]:
+    """Issue 12's bars, each with what this run measured (only what it ran)."""
+    rows: list[list[str]] = []
+
+    def ratio_bar(key: str, size: str, bar: float) -> None:
+        value = paired_ratio(report, key, size, BASE_CONNECTIONS)
+        if value is not None:
+            verdict = "yes" if value >= bar else "**no**"
+            rows.append([f"{key} {size} vs nginx", f">= {bar:.2f}", f"{value:.2f}", verdict])
+
+    for size, bar in (("small", 0.50), ("64k", 0.90), ("1m", 1.00)):
+        ratio_bar("defaults", size, bar)
+    ratio_bar("bare", "small", 0.60)
+    for key in ("defaults", "bare"):
+        base = _cell(report, key, CONCURRENCY_SIZE, BASE_CONNECTIONS)
+        high = _cell(report, key, CONCURRENCY_SIZE, HIGH_CONNECTIONS)
+        if base is not None and high is not None:
+            value = high.requests_per_s / base.requests_per_s
+            errors = high.non_2xx_3xx + high.socket_errors
+            ok = value >= 0.9 and errors == 0
+            rows.append(
+                [
+                    f"{key} c=256 / c=64",
+                    ">= 0.90, 0 errors",
+                    f"{value:.2f}, {errors} errors",
+                    "yes" if ok else "**no**",
+                ]
+            )
+        single = _cell(report, key, CONCURRENCY_SIZE, SINGLE_CONNECTION)
+        nginx_single = _cell(report, REFERENCE, CONCURRENCY_SIZE, SINGLE_CONNECTION)
+        if single is not None and nginx_single is not None:
+            extra_us = single.p50_us - nginx_single.p50_us
+            rows.append(
+                [
+                    f"{key} c=1 p50 minus nginx's",
+                    "<= 0.03 ms",
+                    f"{extra_us / 1000:+.3f} ms",
+                    "yes" if extra_us <= 30 else "**no**",
+                ]
+            )
+    if not rows:
+        return []
+    lines = ["", "## Issue 12 bars", ""]
+    return lines + _table(["bar", "target", "measured", "met"], "lrrl", rows)
+
+
 def render_markdown(report: Report) -> str:
     plan, machine = report.plan, report.machine
     lines = [
-        "# region-router side-by-side benchmark",
+        "# region-router side-by-side benchmark (paired rounds)",
         "",
         f"- command: `{report.command}`",
         f"- run: {report.started_at} to {report.finished_at}, git {machine.get('git', '?')}",
@@ -111,18 +188,22 @@ def render_markdown(report: Report) -> str:
         f"- load average at start / end: {machine['loadavg_start']} / "
         f"{machine.get('loadavg_end', '?')}",
         f"- pinning: {machine['pinning']}",
-        f"- each figure: median of {plan.runs} run(s) of `wrk -t1 -d{plan.duration_s}s "
-        f"--latency` after a {plan.warmup_s} s warm-up; CPU us/req is the proxy process "
-        "tree's user+system time over requests completed; proxy CPU is that time over the wall "
-        "time of the run (100% = one CPU: the proxy is the bottleneck)",
+        f"- method: every target up at once; per cell, {plan.runs} round(s), each running "
+        f"`wrk -t1 -d{plan.duration_s}s --latency` once against every target in rotating order "
+        f"(after a {plan.warmup_s} s warm-up each). **vs nginx** is the median of the per-round "
+        "ratios (min-max in brackets); req/s, p50, p99, CPU are medians over rounds. CPU us/req "
+        "is the proxy process tree's user+system time over requests completed; proxy CPU is "
+        "that time over the run's wall time (100% = one CPU: the proxy is the bottleneck)",
     ]
     lines += [f"- note: {note}" for note in report.notes]
     lines += _interference(report)
+    lines += _bars(report)
 
     reference = report.outcome(REFERENCE)
     rows = []
-    for outcome in report.outcomes:
-        for size in plan.sizes:
+    for size in plan.sizes:
+        ref_cell = reference.cell(size, BASE_CONNECTIONS) if reference else None
+        for outcome in report.outcomes:
             cell = outcome.cell(size, BASE_CONNECTIONS)
             if cell is None:
                 continue
@@ -131,21 +212,21 @@ def render_markdown(report: Report) -> str:
                     outcome.target.label,
                     size,
                     fmt_rps(cell.requests_per_s),
-                    fmt_latency(cell.p50_us),
-                    fmt_latency(cell.p99_us),
+                    fmt_paired(cell, ref_cell),
                     fmt_cpu(cell.proxy_cpu_us_per_request),
                     fmt_percent(cell.proxy_cpu_percent),
-                    fmt_ratio(cell.requests_per_s, _rps(reference, size, BASE_CONNECTIONS)),
+                    fmt_latency(cell.p50_us),
+                    fmt_latency(cell.p99_us),
                     fmt_errors(cell),
                 ]
             )
     lines += ["", f"## Throughput and latency, c={BASE_CONNECTIONS}", ""]
-    header = ["target", "size", "req/s", "p50", "p99", "CPU us/req", "proxy CPU", "vs nginx"]
+    header = ["target", "size", "req/s", "vs nginx", "CPU us/req", "proxy CPU", "p50", "p99"]
     lines += _table([*header, "errors"], "llrrrrrrl", rows)
 
     high_rows, single_rows = [], []
-    direct = report.outcome("direct")
-    direct_single = direct.cell(CONCURRENCY_SIZE, SINGLE_CONNECTION) if direct else None
+    direct_single = _cell(report, "direct", CONCURRENCY_SIZE, SINGLE_CONNECTION)
+    nginx_single = _cell(report, REFERENCE, CONCURRENCY_SIZE, SINGLE_CONNECTION)
     for outcome in report.outcomes:
         base = outcome.cell(CONCURRENCY_SIZE, BASE_CONNECTIONS)
         high = outcome.cell(CONCURRENCY_SIZE, HIGH_CONNECTIONS)
@@ -163,18 +244,20 @@ def render_markdown(report: Report) -> str:
             )
         single = outcome.cell(CONCURRENCY_SIZE, SINGLE_CONNECTION)
         if single is not None:
-            added = (
-                fmt_latency(single.p50_us - direct_single.p50_us)
-                if direct_single is not None and outcome.target.key != "direct"
-                else "-"
-            )
+
+            def added(than: Cell | None, single: Cell = single) -> str:
+                if than is None or than is single:
+                    return "-"
+                return fmt_latency(single.p50_us - than.p50_us)
+
             single_rows.append(
                 [
                     outcome.target.label,
                     fmt_rps(single.requests_per_s),
                     fmt_latency(single.p50_us),
                     fmt_latency(single.p99_us),
-                    added,
+                    added(direct_single) if outcome.target.key != "direct" else "-",
+                    added(nginx_single),
                 ]
             )
     if high_rows:
@@ -183,8 +266,8 @@ def render_markdown(report: Report) -> str:
         lines += _table([*header, "socket errors"], "lrrrrrr", high_rows)
     if single_rows:
         lines += ["", f"## Added latency: c={SINGLE_CONNECTION}, /small", ""]
-        header = ["target", "req/s", "p50", "p99", "added p50 vs direct"]
-        lines += _table(header, "lrrrr", single_rows)
+        header = ["target", "req/s", "p50", "p99", "p50 minus direct's", "p50 minus nginx's"]
+        lines += _table(header, "lrrrrr", single_rows)
 
     problems = [o for o in report.outcomes if o.status != "ok"]
     if problems:
@@ -197,8 +280,10 @@ def render_markdown(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cell_json(cell: Cell) -> dict[str, Any]:
+def _cell_json(cell: Cell, reference: Cell | None) -> dict[str, Any]:
+    ratios = cell.round_ratios(reference) if reference is not None else []
     return {
+        "vs_nginx_per_round": ratios,
         "size": cell.size,
         "connections": cell.connections,
         "median": {
@@ -214,6 +299,7 @@ def _cell_json(cell: Cell) -> dict[str, Any]:
         "socket_errors_total": cell.socket_errors,
         "runs": [
             {
+                "round": s.round,
                 "requests": s.result.requests,
                 "duration_s": s.result.duration_s,
                 "requests_per_s": s.result.requests_per_s,
@@ -240,6 +326,10 @@ def _cell_json(cell: Cell) -> dict[str, Any]:
     }
 
 
+def _reference_cell(report: Report, cell: Cell) -> Cell | None:
+    return _cell(report, REFERENCE, cell.size, cell.connections)
+
+
 def to_json(report: Report) -> dict[str, Any]:
     return {
         "command": report.command,
@@ -259,7 +349,7 @@ def to_json(report: Report) -> dict[str, Any]:
                 "status": o.status,
                 "note": o.note,
                 "log_tail": o.log_tail,
-                "cells": [_cell_json(cell) for cell in o.cells],
+                "cells": [_cell_json(cell, _reference_cell(report, cell)) for cell in o.cells],
             }
             for o in report.outcomes
         ],

@@ -1,6 +1,7 @@
-"""CLI: `python bench/run.py [--quick] [--only small,64k,1m] [--duration 4] [--runs 3]`.
+"""CLI: `python bench/run.py [--quick] [--only small,64k,1m] [--duration 3] [--rounds 5]`.
 
-Starts a backend nginx, puts wrk load on each target in turn, writes bench/results/latest.*.
+Starts a backend nginx and every target, measures in paired rounds (each round runs wrk once
+against every target, rotating the order), writes bench/results/latest.*.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from bench.targets import (
 
 QUICK_DURATION_S = 2
 QUICK_RUNS = 1
-DEFAULT_DURATION_S = 4
-DEFAULT_RUNS = 3
+DEFAULT_DURATION_S = 3
+DEFAULT_RUNS = 5
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -54,7 +55,8 @@ def _choices(value: str, allowed: list[str], what: str) -> tuple[str, ...]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python bench/run.py",
-        description="Side-by-side benchmark: direct, region-router, nginx and HAProxy.",
+        description="Side-by-side benchmark in paired rounds: direct, region-router "
+        "(defaults and bare), nginx, optionally HAProxy.",
     )
     parser.add_argument(
         "--quick",
@@ -75,13 +77,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_TARGETS,
         help=f"comma-separated targets of {','.join(t.key for t in TARGETS)} "
         f"(default {','.join(DEFAULT_TARGETS)}; the workers set: "
-        "router-w1,router-w2,nginx,nginx-w2)",
+        "router-w1,router-w2,nginx,nginx-w2; add haproxy for HAProxy)",
     )
     parser.add_argument(
         "--duration", type=int, help=f"seconds per run (default {DEFAULT_DURATION_S})"
     )
     parser.add_argument(
-        "--runs", type=int, help=f"runs per cell, median taken (default {DEFAULT_RUNS})"
+        "--rounds",
+        "--runs",
+        dest="runs",
+        type=int,
+        help=f"paired rounds per cell, each running every target once (default {DEFAULT_RUNS})",
     )
     parser.add_argument(
         "--warmup", type=int, default=1, help="warm-up seconds per cell (default 1)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -11,6 +12,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+
+import yaml
 
 from bench.process import Child, TargetError, free_ports, http_get, pinned, wait_ready
 
@@ -61,11 +64,18 @@ class Target:
 
 
 def _nginx_conf(
-    prefix: Path, port: int, *, http_extra: str, server_body: str, workers: int = 1
+    prefix: Path,
+    port: int,
+    *,
+    http_extra: str,
+    server_body: str,
+    workers: int = 1,
+    hosts: tuple[str, ...] = ("127.0.0.1",),
 ) -> str:
     temp = prefix / "tmp"
     master = "off" if workers == 1 else "on"
     reuseport = " reuseport" if workers > 1 else ""
+    listens = "\n".join(f"        listen {host}:{port} backlog=4096{reuseport};" for host in hosts)
     return f"""\
 daemon off;
 master_process {master};
@@ -88,7 +98,7 @@ http {{
     tcp_nodelay on;
 {http_extra}
     server {{
-        listen 127.0.0.1:{port} backlog=4096{reuseport};
+{listens}
 {server_body}
     }}
 }}
@@ -103,9 +113,16 @@ def _start_nginx(name: str, prefix: Path, port: int, conf: str, cpu: int) -> Chi
     return Child(name, pinned(cpu, argv), prefix / "nginx.log")
 
 
+# The backend also answers on these loopback addresses: "defaults" names three regions on it.
+BACKEND_HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+
+
 @contextmanager
 def nginx_backend(workdir: Path) -> Iterator[Endpoint]:
-    """The origin every target fronts: static /small, /64k, /1m and /health, on the load CPU."""
+    """The origin every target fronts: static /small, /64k, /1m and /health, on the load CPU.
+
+    It listens on 127.0.0.1-3 (one port), so three regions can be three distinct endpoints.
+    """
     prefix = workdir / "backend"
     www = prefix / "www"
     www.mkdir(parents=True)
@@ -125,7 +142,9 @@ def nginx_backend(workdir: Path) -> Iterator[Endpoint]:
         }}
         location / {{
         }}"""
-    conf = _nginx_conf(prefix, port, http_extra=http_extra, server_body=server_body)
+    conf = _nginx_conf(
+        prefix, port, http_extra=http_extra, server_body=server_body, hosts=BACKEND_HOSTS
+    )
     child = _start_nginx("nginx-backend", prefix, port, conf, LOAD_CPU)
     try:
         wait_ready(child, port, "/health", READY_TIMEOUT_S)
@@ -217,51 +236,97 @@ backend origin
         child.stop()
 
 
-ROUTER_CONFIG = """\
-listen: {{proxy: "127.0.0.1:{proxy_port}", admin: "127.0.0.1:{admin_port}"}}
-strategy: round_robin
-access_log: false
-state_dir: {state_dir}
-reload: {{watch: false}}
-health_check: {{path: /health, interval: 5s, timeout: 2s}}
-regions:
-  - {{id: bench-1, endpoint: "http://127.0.0.1:{backend_port}"}}
-"""
+def bare_config(backend_port: int, listen: dict[str, str], state_dir: Path) -> str:
+    """The fewest features: one region, ``weighted``, no access log (metrics are always on)."""
+    config = {
+        "listen": listen,
+        "state_dir": str(state_dir),
+        "strategy": "weighted",
+        "access_log": False,
+        "reload": {"watch": False},
+        "health_check": {"path": "/health", "interval": "5s", "timeout": "2s"},
+        "regions": [{"id": "bench-1", "endpoint": f"http://127.0.0.1:{backend_port}"}],
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def _sub(
+    pattern: str, replacement: str | Callable[[re.Match[str]], str], text: str, count: int = 1
+) -> str:
+    """re.sub that insists on ``count`` matches: config.yaml changing shape must fail loudly."""
+    new, n = re.subn(pattern, replacement, text, flags=re.MULTILINE)
+    if n != count:
+        raise TargetError(f"config.yaml: expected {count} match(es) of {pattern!r}, found {n}")
+    return new
+
+
+def defaults_config(backend_port: int, listen: dict[str, str], state_dir: Path) -> str:
+    """What users run: the repo's config.yaml as it is (``latency`` over three regions, health
+    checks every second, retries, routes, metrics, the config watcher) with the access log
+    on, to stdout. Edited as text (YAML 1.1 would read its ``on:`` key as ``true``).
+
+    The three regions are the one backend on 127.0.0.1, .2 and .3, so each is its own
+    endpoint (own upstream pool) as three real regions would be.
+    """
+    text = (REPO_ROOT / "config.yaml").read_text()
+    text = _sub(r'^  proxy: ".*"$', f'  proxy: "{listen["proxy"]}"', text)
+    text = _sub(r'^  admin: ".*"$', f'  admin: "{listen["admin"]}"', text)
+    text = _sub(r"^state_dir: .*$", f'state_dir: "{state_dir}"', text)
+    text = _sub(r"^access_log: .*$", "access_log: true", text)
+    hosts = iter(BACKEND_HOSTS)
+    text = _sub(
+        r"^    endpoint: http://127\.0\.0\.1:\d+$",
+        lambda _: f"    endpoint: http://{next(hosts)}:{backend_port}",
+        text,
+        count=len(BACKEND_HOSTS),
+    )
+    return text
+
+
+def defaults_nolog_config(backend_port: int, listen: dict[str, str], state_dir: Path) -> str:
+    """``defaults`` with ``access_log: false``: the pair shows what the access log costs."""
+    text = defaults_config(backend_port, listen, state_dir)
+    return _sub(r"^access_log: true$", "access_log: false", text)
+
+
+ConfigText = Callable[[int, dict[str, str], Path], str]
 
 
 @contextmanager
-def region_router(workdir: Path, backend_port: int, workers: int = 0) -> Iterator[Endpoint]:
+def region_router(
+    workdir: Path,
+    backend_port: int,
+    workers: int = 0,
+    *,
+    name: str = "bare",
+    config: ConfigText = bare_config,
+) -> Iterator[Endpoint]:
     """`python -m router run -c config.yaml [--workers N]` from this checkout.
 
     Ready when admin /readyz is 200. ``workers`` 0 is the single-process mode; N > 0 is a
     supervisor plus N workers, all pinned to the proxy CPU (the process tree's CPU time
-    is what the report divides by requests).
+    is what the report divides by requests). Its stdout (the access log, when on) goes to
+    a file in the work dir, as a service manager's journal or a redirect would take it.
     """
-    prefix = workdir / f"router-w{workers}"
+    prefix = workdir / f"router-{name}-w{workers}"
     state_dir = prefix / "state"
     state_dir.mkdir(parents=True)
     proxy_port, admin_port = free_ports(2)
     conf_path = prefix / "config.yaml"
-    conf_path.write_text(
-        ROUTER_CONFIG.format(
-            proxy_port=proxy_port,
-            admin_port=admin_port,
-            state_dir=state_dir,
-            backend_port=backend_port,
-        )
-    )
+    listen = {"proxy": f"127.0.0.1:{proxy_port}", "admin": f"127.0.0.1:{admin_port}"}
+    conf_path.write_text(config(backend_port, listen, state_dir))
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+    env.pop("PYTHONUNBUFFERED", None)  # the access log buffers on purpose
     argv = [sys.executable, "-m", "router", "run", "-c", str(conf_path)]
     if workers:
         argv += ["--workers", str(workers)]
     child = Child(
-        "region-router", pinned(PROXY_CPU, argv), prefix / "router.log", cwd=REPO_ROOT, env=env
+        f"router-{name}", pinned(PROXY_CPU, argv), prefix / "router.log", cwd=REPO_ROOT, env=env
     )
     try:
         wait_ready(child, admin_port, "/readyz", ROUTER_READY_TIMEOUT_S)
-        label = "region-router" if not workers else f"region-router-w{workers}"
-        yield Endpoint(label, proxy_port, child)
+        yield Endpoint(name if not workers else f"{name}-w{workers}", proxy_port, child)
     finally:
         child.stop()
 
@@ -269,7 +334,20 @@ def region_router(workdir: Path, backend_port: int, workers: int = 0) -> Iterato
 # Report order: the baseline, the system under test, then the references.
 TARGETS: tuple[Target, ...] = (
     Target(key="direct", label="direct", tools=(), start=direct),
-    Target(key="router", label="region-router", tools=(), start=region_router),
+    Target(
+        key="defaults",
+        label="region-router defaults",
+        tools=(),
+        start=partial(region_router, name="defaults", config=defaults_config),
+    ),
+    Target(key="bare", label="region-router bare", tools=(), start=region_router),
+    # defaults with the access log off: beside "defaults", what the log costs.
+    Target(
+        key="defaults-nolog",
+        label="region-router defaults, log off",
+        tools=(),
+        start=partial(region_router, name="defaults-nolog", config=defaults_nolog_config),
+    ),
     Target(key="nginx", label="nginx", tools=("nginx",), start=nginx_proxy),
     Target(key="haproxy", label="haproxy", tools=("haproxy",), start=haproxy),
     # The workers dimension (`--targets router-w1,router-w2,nginx,nginx-w2`): same
@@ -293,7 +371,7 @@ TARGETS: tuple[Target, ...] = (
         start=partial(nginx_proxy, workers=2),
     ),
 )
-DEFAULT_TARGETS: tuple[str, ...] = ("direct", "router", "nginx", "haproxy")
+DEFAULT_TARGETS: tuple[str, ...] = ("direct", "defaults", "bare", "nginx")
 
 
 def check_response(endpoint: Endpoint, size: str) -> None:

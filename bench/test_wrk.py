@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench import report, targets, throughput, wrk
+from router.config.loader import load_config, parse_config
 
 NON_2XX = """\
 Running 1s test @ http://127.0.0.1:54231/nope
@@ -67,41 +70,97 @@ def test_parse_rejects_output_without_latency_distribution() -> None:
         wrk.parse(without)
 
 
-def test_report_shows_ratio_added_latency_and_failed_target() -> None:
-    plan = throughput.Plan(sizes=("small",), duration_s=1, runs=1, warmup_s=0)
+def test_rotation_gives_every_target_every_position() -> None:
+    keys = ["direct", "defaults", "bare", "nginx"]
+    orders = [throughput.rotation(keys, r) for r in range(4)]
+    assert orders[0] == keys and orders[1] == ["defaults", "bare", "nginx", "direct"]
+    assert {order[0] for order in orders} == set(keys)
+    assert throughput.rotation([], 3) == []
+
+
+def _sample(rps: float, p50_us: float, round_index: int) -> throughput.Sample:
+    text = NON_2XX.replace("9232.34", str(rps)).replace("54.00us", f"{p50_us}us")
+    result = wrk.parse(text.replace("  Non-2xx or 3xx responses: 9280\n", ""))
+    return throughput.Sample(
+        result=result,
+        round=round_index,
+        proxy_cpu_s=0.5,
+        backend_cpu_s=0.2,
+        foreign_cpu_s=0.0,
+        window_s=1.0,
+    )
+
+
+def _cell(target: str, connections: int, runs: list[tuple[float, float]]) -> throughput.Cell:
+    samples = tuple(_sample(rps, p50, r) for r, (rps, p50) in enumerate(runs))
+    return throughput.Cell(target=target, size="small", connections=connections, samples=samples)
+
+
+def test_report_pairs_rounds_and_shows_bars_added_latency_and_failed_target() -> None:
+    plan = throughput.Plan(sizes=("small",), duration_s=1, runs=3, warmup_s=0)
     by_key = {t.key: t for t in targets.TARGETS}
-
-    def cell(target: str, connections: int, rps: float, p50_us: float) -> throughput.Cell:
-        text = NON_2XX.replace("9232.34", str(rps)).replace("54.00us", f"{p50_us}us")
-        result = wrk.parse(text.replace("  Non-2xx or 3xx responses: 9280\n", ""))
-        sample = throughput.Sample(
-            result=result, proxy_cpu_s=0.5, backend_cpu_s=0.2, foreign_cpu_s=0.0, window_s=1.0
-        )
-        return throughput.Cell(
-            target=target, size="small", connections=connections, samples=(sample,)
-        )
-
+    # The machine drifts: nginx's rate halves over the rounds and so does defaults'. The
+    # per-round ratios stay at 0.5-0.6 while a ratio of medians would read differently.
     nginx = throughput.Outcome(
         target=by_key["nginx"],
-        cells=[cell("nginx", 64, 1000.0, 500.0), cell("nginx", 1, 100.0, 130.0)],
+        cells=[
+            _cell("nginx", 64, [(1000.0, 500.0), (800.0, 500.0), (500.0, 500.0)]),
+            _cell("nginx", 1, [(100.0, 130.0)]),
+        ],
     )
-    direct = throughput.Outcome(target=by_key["direct"], cells=[cell("direct", 1, 200.0, 30.0)])
-    router = throughput.Outcome(
-        target=by_key["router"], status="failed", note="exited with code 1", log_tail="boom"
+    defaults = throughput.Outcome(
+        target=by_key["defaults"],
+        cells=[
+            _cell("defaults", 64, [(500.0, 900.0), (480.0, 900.0), (300.0, 900.0)]),
+            _cell("defaults", 256, [(450.0, 900.0), (450.0, 900.0), (450.0, 900.0)]),
+            _cell("defaults", 1, [(90.0, 150.0)]),
+        ],
     )
-    text = report.render_markdown(
-        report.Report(
-            command="python bench/run.py",
-            started_at="t0",
-            finished_at="t1",
-            machine={k: "?" for k in ("nproc", "kernel", "python", "cpu", "wrk", "nginx")}
-            | {"haproxy": "?", "loadavg_start": "0", "pinning": "?"},
-            plan=plan,
-            notes=(),
-            outcomes=(direct, router, nginx),
-        )
+    direct = throughput.Outcome(
+        target=by_key["direct"], cells=[_cell("direct", 1, [(200.0, 30.0)])]
     )
-    assert "| nginx | small | 1,000 | 500us | 71.08ms | 53.9 | 50% | 1.00x | 0 |" in text
-    assert "| nginx | 100 | 130us | 71.08ms | 100us |" in text
-    assert "**region-router**: failed: exited with code 1" in text
+    bare = throughput.Outcome(
+        target=by_key["bare"], status="failed", note="exited with code 1", log_tail="boom"
+    )
+    report_ = report.Report(
+        command="python bench/run.py",
+        started_at="t0",
+        finished_at="t1",
+        machine={k: "?" for k in ("nproc", "kernel", "python", "cpu", "wrk", "nginx")}
+        | {"haproxy": "?", "loadavg_start": "0", "pinning": "?"},
+        plan=plan,
+        notes=(),
+        outcomes=(direct, defaults, bare, nginx),
+    )
+    text = report.render_markdown(report_)
+    assert report.paired_ratio(report_, "defaults", "small", 64) == pytest.approx(0.6)
+    assert (
+        "| region-router defaults | small | 480 | 0.60x (0.50-0.60) | 53.9 | 50% | 900us |" in text
+    )
+    assert "| nginx | small | 800 | 1.00x |" in text
+    assert "| defaults small vs nginx | >= 0.50 | 0.60 | yes |" in text
+    assert "| defaults c=256 / c=64 | >= 0.90, 0 errors | 0.94, 0 errors | yes |" in text
+    assert "| defaults c=1 p50 minus nginx's | <= 0.03 ms | +0.020 ms | yes |" in text
+    assert "| region-router defaults | 90 | 150us | 71.08ms | 120us | 20us |" in text
+    assert "**region-router bare**: failed: exited with code 1" in text
     assert "boom" in text
+    doc = report.to_json(report_)
+    cells = doc["targets"][1]["cells"]
+    assert cells[0]["vs_nginx_per_round"] == pytest.approx([0.5, 0.6, 0.6])
+
+
+def test_defaults_is_the_repo_config_on_three_loopback_regions_and_bare_is_minimal(
+    tmp_path: Path,
+) -> None:
+    listen = {"proxy": "127.0.0.1:18080", "admin": "127.0.0.1:19901"}
+    defaults = parse_config(targets.defaults_config(8000, listen, tmp_path), {})
+    repo = load_config(str(targets.REPO_ROOT / "config.yaml"), {})
+    assert defaults.strategy == repo.strategy == "latency"
+    assert defaults.access_log is True and defaults.health_check == repo.health_check
+    assert defaults.routes == repo.routes and defaults.retries == repo.retries
+    hosts = [(r.endpoint.host, r.endpoint.port) for r in defaults.regions]
+    assert hosts == [("127.0.0.1", 8000), ("127.0.0.2", 8000), ("127.0.0.3", 8000)]
+    assert str(defaults.listen.proxy) == listen["proxy"]
+    bare = parse_config(targets.bare_config(8000, listen, tmp_path), {})
+    assert bare.strategy == "weighted" and bare.access_log is False
+    assert len(bare.regions) == 1

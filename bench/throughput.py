@@ -1,4 +1,11 @@
-"""The side-by-side scenario: each target x size at c=64, then c=256 and c=1 on /small."""
+"""The side-by-side scenario in paired rounds: every target x size at c=64, then c=256 and c=1.
+
+Every target is started first and stays up. For each cell (size, connections), each round
+runs wrk once against every target, in an order that rotates from round to round, so the
+machine's drift (30%/hour on a shared VM) lands on all targets alike; the report divides
+each target's req/s by the reference's *in the same round* and takes the median of those
+ratios.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,11 +37,11 @@ def log_stderr(line: str) -> None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
-    """What to run: sizes, and how long and how often each (target, size, c) cell is measured."""
+    """What to run: sizes, and how long and how many rounds each (size, c) cell is measured."""
 
     sizes: tuple[str, ...]
     duration_s: int
-    runs: int
+    runs: int  # rounds: each runs every target once
     warmup_s: int
 
     def cells(self) -> list[tuple[str, int]]:
@@ -49,6 +57,7 @@ class Sample:
     """One measured wrk run and the CPU time spent during it, by whom."""
 
     result: wrk.WrkResult
+    round: int = 0  # which round of its cell: samples of one round are paired
     proxy_cpu_s: float | None  # None when there is no proxy (direct)
     backend_cpu_s: float
     foreign_cpu_s: float  # processes that are not ours: interference
@@ -129,6 +138,11 @@ class Cell:
     def socket_errors(self) -> int:
         return sum(s.result.socket_errors.total for s in self.samples)
 
+    def round_ratios(self, reference: Cell) -> list[float]:
+        """req/s over the reference's req/s of the same round, for each round both ran."""
+        ref = {s.round: s.result.requests_per_s for s in reference.samples}
+        return [s.result.requests_per_s / ref[s.round] for s in self.samples if ref.get(s.round)]
+
 
 Status = Literal["ok", "skipped", "failed"]
 
@@ -150,92 +164,104 @@ class Outcome:
         return None
 
 
-def measure(
+def measure_once(
     endpoint: Endpoint,
     backend: Endpoint,
     *,
     size: str,
     connections: int,
-    plan: Plan,
-    log: Log,
-) -> Cell:
-    """Warm up, then `plan.runs` wrk runs, reading CPU time of proxy and backend around each."""
+    duration_s: int,
+    round_index: int,
+) -> Sample:
+    """One wrk run, reading CPU time of proxy, backend and everyone else around it."""
     assert backend.child is not None, "the backend is a process we started"
     url = endpoint.url(f"/{size}")
-    if plan.warmup_s > 0:
-        wrk.run(url, connections=connections, duration_s=plan.warmup_s, cpu=LOAD_CPU)
-    samples = []
-    for run_index in range(1, plan.runs + 1):
-        proxy = endpoint.child
-        proxy_before = cpu_seconds(proxy.pid) if proxy is not None else None
-        backend_before = cpu_seconds(backend.child.pid)
-        foreign_before = foreign_cpu_seconds()
-        started = time.monotonic()
-        result = wrk.run(url, connections=connections, duration_s=plan.duration_s, cpu=LOAD_CPU)
-        window_s = time.monotonic() - started
-        foreign_cpu_s = foreign_cpu_seconds() - foreign_before
-        backend_cpu_s = cpu_seconds(backend.child.pid) - backend_before
-        proxy_cpu_s = (
-            cpu_seconds(proxy.pid) - proxy_before
-            if proxy is not None and proxy_before is not None
-            else None
-        )
-        endpoint.ensure_alive()
-        backend.ensure_alive()
-        sample = Sample(
-            result=result,
-            proxy_cpu_s=proxy_cpu_s,
-            backend_cpu_s=backend_cpu_s,
-            foreign_cpu_s=foreign_cpu_s,
-            window_s=window_s,
-        )
-        samples.append(sample)
-        cpu = sample.proxy_cpu_us_per_request
-        log(
-            f"  {endpoint.name:<14} {size:>5} c={connections:<3} run {run_index}/{plan.runs}: "
-            f"{result.requests_per_s:>10.0f} req/s  p50 {result.p50_us:>8.0f}us  "
-            f"p99 {result.p99_us:>8.0f}us  cpu "
-            + (f"{cpu:.1f}us/req" if cpu is not None else "-")
-            + (f"  errors {result.errors}" if result.errors else "")
-            + (
-                f"  (other processes: {sample.foreign_cpu_percent:.0f}% CPU)"
-                if sample.foreign_cpu_percent >= FOREIGN_CPU_WARN_PERCENT
-                else ""
-            )
-        )
-    return Cell(target=endpoint.name, size=size, connections=connections, samples=tuple(samples))
+    proxy = endpoint.child
+    proxy_before = cpu_seconds(proxy.pid) if proxy is not None else None
+    backend_before = cpu_seconds(backend.child.pid)
+    foreign_before = foreign_cpu_seconds()
+    started = time.monotonic()
+    result = wrk.run(url, connections=connections, duration_s=duration_s, cpu=LOAD_CPU)
+    window_s = time.monotonic() - started
+    foreign_cpu_s = foreign_cpu_seconds() - foreign_before
+    backend_cpu_s = cpu_seconds(backend.child.pid) - backend_before
+    proxy_cpu_s = (
+        cpu_seconds(proxy.pid) - proxy_before
+        if proxy is not None and proxy_before is not None
+        else None
+    )
+    endpoint.ensure_alive()
+    backend.ensure_alive()
+    return Sample(
+        result=result,
+        round=round_index,
+        proxy_cpu_s=proxy_cpu_s,
+        backend_cpu_s=backend_cpu_s,
+        foreign_cpu_s=foreign_cpu_s,
+        window_s=window_s,
+    )
 
 
-def run_target(
-    target: Target, backend: Endpoint, plan: Plan, workdir: Path, log: Log = log_stderr
-) -> Outcome:
-    """Start the target, measure every cell, stop it. Never raises for a target's own failure."""
-    outcome = Outcome(target=target)
-    missing = target.missing_tools()
-    if missing:
-        outcome.status = "skipped"
-        outcome.note = f"{', '.join(missing)} not installed; install with `{INSTALL_HINT}`"
-        log(f"[{target.label}] skipped: {outcome.note}")
-        return outcome
-    log(f"[{target.label}] starting")
-    try:
-        with target.start(workdir, backend.port) as endpoint:
-            for size, connections in plan.cells():
+def _log_sample(log: Log, name: str, size: str, connections: int, rnd: str, s: Sample) -> None:
+    result, cpu = s.result, s.proxy_cpu_us_per_request
+    log(
+        f"  {name:<14} {size:>5} c={connections:<3} round {rnd}: "
+        f"{result.requests_per_s:>10.0f} req/s  p50 {result.p50_us:>8.0f}us  "
+        f"p99 {result.p99_us:>8.0f}us  cpu "
+        + (f"{cpu:.1f}us/req" if cpu is not None else "-")
+        + (f"  errors {result.errors}" if result.errors else "")
+        + (
+            f"  (other processes: {s.foreign_cpu_percent:.0f}% CPU)"
+            if s.foreign_cpu_percent >= FOREIGN_CPU_WARN_PERCENT
+            else ""
+        )
+    )
+
+
+def rotation(keys: Sequence[str], round_index: int) -> list[str]:
+    """The run order of one round: the list rotated by the round's index."""
+    if not keys:
+        return []
+    k = round_index % len(keys)
+    return [*keys[k:], *keys[:k]]
+
+
+def _fail(outcome: Outcome, exc: TargetError | wrk.WrkError, log: Log) -> None:
+    outcome.status, outcome.note = "failed", str(exc)
+    outcome.log_tail = exc.log_tail if isinstance(exc, TargetError) else ""
+    log(f"[{outcome.target.label}] FAILED: {outcome.note}")
+    if outcome.log_tail:
+        log("  " + outcome.log_tail.replace("\n", "\n  "))
+
+
+def _start_all(
+    stack: ExitStack,
+    outcomes: Sequence[Outcome],
+    backend: Endpoint,
+    plan: Plan,
+    workdir: Path,
+    log: Log,
+) -> dict[str, Endpoint]:
+    """Start every target (each stays up until the stack closes) and check its answers."""
+    endpoints: dict[str, Endpoint] = {}
+    for outcome in outcomes:
+        target = outcome.target
+        missing = target.missing_tools()
+        if missing:
+            outcome.status = "skipped"
+            outcome.note = f"{', '.join(missing)} not installed; install with `{INSTALL_HINT}`"
+            log(f"[{target.label}] skipped: {outcome.note}")
+            continue
+        log(f"[{target.label}] starting")
+        try:
+            endpoint = stack.enter_context(target.start(workdir, backend.port))
+            for size in plan.sizes:
                 check_response(endpoint, size)
-                outcome.cells.append(
-                    measure(
-                        endpoint, backend, size=size, connections=connections, plan=plan, log=log
-                    )
-                )
-    except TargetError as exc:
-        outcome.status, outcome.note, outcome.log_tail = "failed", str(exc), exc.log_tail
-    except wrk.WrkError as exc:
-        outcome.status, outcome.note = "failed", str(exc)
-    if outcome.status == "failed":
-        log(f"[{target.label}] FAILED: {outcome.note}")
-        if outcome.log_tail:
-            log("  " + outcome.log_tail.replace("\n", "\n  "))
-    return outcome
+        except TargetError as exc:
+            _fail(outcome, exc, log)
+            continue
+        endpoints[target.key] = endpoint
+    return endpoints
 
 
 def run_all(
@@ -245,5 +271,57 @@ def run_all(
     workdir: Path,
     log: Log = log_stderr,
 ) -> list[Outcome]:
-    """Targets one after another against one backend, so each proxy has CPU 0 to itself."""
-    return [run_target(target, backend, plan, workdir, log) for target in targets]
+    """Paired rounds: all targets up at once; each round runs wrk once on each, rotating.
+
+    Idle targets cost nothing measurable (a health probe a second), so one proxy is under
+    load at a time and has CPU 0 to itself. A target that fails stops being measured; the
+    others go on.
+    """
+    outcomes = [Outcome(target=target) for target in targets]
+    by_key = {o.target.key: o for o in outcomes}
+    with ExitStack() as stack:
+        endpoints = _start_all(stack, outcomes, backend, plan, workdir, log)
+        for size, connections in plan.cells():
+            samples: dict[str, list[Sample]] = {key: [] for key in endpoints}
+            live = [key for key in endpoints if by_key[key].status == "ok"]
+            log(f"-- {size} c={connections}: {plan.runs} round(s) over {', '.join(live)}")
+            warmup = plan.warmup_s
+            if warmup > 0:
+                for key in live:
+                    url = endpoints[key].url(f"/{size}")
+                    try:
+                        wrk.run(
+                            url, connections=connections, duration_s=plan.warmup_s, cpu=LOAD_CPU
+                        )
+                    except wrk.WrkError as exc:
+                        _fail(by_key[key], exc, log)
+            for round_index in range(plan.runs):
+                for key in rotation(live, round_index):
+                    if by_key[key].status != "ok":
+                        continue
+                    try:
+                        sample = measure_once(
+                            endpoints[key],
+                            backend,
+                            size=size,
+                            connections=connections,
+                            duration_s=plan.duration_s,
+                            round_index=round_index,
+                        )
+                    except (TargetError, wrk.WrkError) as exc:
+                        _fail(by_key[key], exc, log)
+                        continue
+                    samples[key].append(sample)
+                    rnd = f"{round_index + 1}/{plan.runs}"
+                    _log_sample(log, endpoints[key].name, size, connections, rnd, sample)
+            for key, taken in samples.items():
+                if taken:
+                    by_key[key].cells.append(
+                        Cell(
+                            target=endpoints[key].name,
+                            size=size,
+                            connections=connections,
+                            samples=tuple(taken),
+                        )
+                    )
+    return outcomes

@@ -177,3 +177,22 @@ class GaugeCollector(Collector):
         for labels, value in self._values():
             g.add_metric(labels, value)
         yield g
+
+
+class CounterCollector(Collector):
+    """Counters read at scrape time from a callback returning (labels, total) pairs."""
+
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        labels: list[str],
+        values: Callable[[], Iterable[tuple[list[str], float]]],
+    ) -> None:
+        self._name, self._doc, self._labels, self._values = name, doc, labels, values
+
+    def collect(self) -> Iterator[Metric]:
+        c = CounterMetricFamily(self._name, self._doc, labels=self._labels)
+        for labels, value in self._values():
+            c.add_metric(labels, value)
+        yield c

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter
@@ -18,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 from router.config.loader import Config, access_log_path
 from router.health.checker import HealthChecker, HttpProber, ProbeFn, ProbeResult
 from router.health.outlier import OutlierDetector
-from router.metrics import GaugeCollector, TrafficCollector, TrafficStats
+from router.metrics import CounterCollector, GaugeCollector, TrafficCollector, TrafficStats
 from router.proxy.accesslog import AccessLogger
 from router.proxy.core import ProxyCore
 from router.routing.load import LoadTable
@@ -27,6 +28,7 @@ from router.state.snapshot import (
     ELIGIBLE_STATES,
     MANUAL_STATES,
     RegionState,
+    RegionView,
     Snapshot,
     SnapshotHolder,
 )
@@ -80,14 +82,22 @@ class Runtime:
             self.config_reloads.labels(result)
         self.outliers = OutlierDetector(self.registry, self.record_transition)
         self.access_logger: AccessLogger | None = None  # opened by start()
-        self.core = ProxyCore(self.holder, loop=loop, observer=self.outliers.record)
+        self._loads = LoadTable()
+        self.core = ProxyCore(
+            self.holder, loop=loop, loads=self._loads, observer=self.outliers.record
+        )
         self.health = HealthChecker(
             self.registry,
-            probe or HttpProber(self.instance_id),
+            probe or HttpProber(self.instance_id, addresses=self.core.dns.rotation),
             on_transition=self.record_transition,
             on_result=self._count_probe,
         )
         self.metrics.register(TrafficCollector(self._traffic))
+        self._register_gauges()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _register_gauges(self) -> None:
+        """The region and panic gauges, read at scrape time from the snapshot and load table."""
         self.metrics.register(
             GaugeCollector(
                 "router_region_up",
@@ -135,20 +145,50 @@ class Runtime:
         )
         self.metrics.register(
             GaugeCollector(
+                "router_dns_stale",
+                "1 while a region's endpoint name serves its last good addresses (lookup failing)",
+                ["region"],
+                lambda: [([r.id], s) for r, s in self._dns_views(lambda st: float(st["stale"]))],
+            )
+        )
+        self.metrics.register(
+            GaugeCollector(
+                "router_dns_addresses",
+                "Addresses in the current answer for a region's endpoint name",
+                ["region"],
+                lambda: [
+                    ([r.id], n) for r, n in self._dns_views(lambda st: float(len(st["addresses"])))
+                ],
+            )
+        )
+        self.metrics.register(
+            CounterCollector(
+                "router_dns_lookups",
+                "DNS lookups of endpoint names by result",
+                ["host", "result"],
+                lambda: [
+                    ([e.host, result], float(n))
+                    for e in list(self.core.dns.entries.values())
+                    if e.task is not None
+                    for result, n in (("success", e.lookups_ok), ("error", e.lookups_failed))
+                ],
+            )
+        )
+        self.metrics.register(
+            GaugeCollector(
                 "router_panic",
                 "1 while the default route fails open",
                 [],
                 lambda: [([], 1.0 if self.holder.current.panic else 0.0)],
             )
         )
-        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def loads(self) -> LoadTable:
         """Per-region load (in flight, latency): what strategies, views and removal drains
         read. One process: the proxy core's own; with workers the supervisor folds their
         reports into it."""
-        return self.core.loads
+        return self._loads
 
     # -- wiring ------------------------------------------------------------------------
 
@@ -162,6 +202,18 @@ class Runtime:
             if core.config is not snapshot.config:
                 core.apply_config(snapshot.config)
             core.snapshot_changed(old, snapshot)  # rescue requests on regions that left
+
+    def _dns_views(
+        self, value: Callable[[dict[str, Any]], float]
+    ) -> list[tuple[RegionView, float]]:
+        """(region, value of its endpoint name's DNS status) for regions with a name."""
+        dns = self.core.dns
+        out = []
+        for r in self.holder.current.regions:
+            status = dns.status(r.endpoint.host)
+            if status is not None:
+                out.append((r, value(status)))
+        return out
 
     def _traffic(self) -> Iterable[TrafficStats]:
         # Looked up per scrape: a supervisor replaces traffic_sources after construction.
@@ -198,7 +250,7 @@ class Runtime:
             # Here, not in __init__: an unwritable log file is a start-up error (OSError).
             self.access_logger = AccessLogger(self.loop, access_log_path(config))
             self.access_logger.bind(self.core.stats)
-            self.core.access_log = self.access_logger
+            self.core.access_log = self.access_logger.record
         self.health.sync()
         self._tasks.append(self.loop.create_task(self._sweep_loop(), name="proxy-sweeper"))
         self._tasks.append(self.loop.create_task(self._tick_loop(), name="registry-tick"))
@@ -232,6 +284,7 @@ class Runtime:
         self._tasks.clear()
         if isinstance(self.health.probe, HttpProber):
             await self.health.probe.close()
+        await self.core.dns.close()
         if self.access_logger is not None:
             self.core.access_log = None
             self.access_logger.close()

@@ -25,6 +25,11 @@ class Cluster:
         self.quorum = HealthQuorum(runtime, store)
         self.leases = JobLeases(replication, store)
         self.applied = 0  # other instances' changes applied here
+        # The wiring, in one place: this instance's verdicts and the others' meet in the
+        # quorum, and replication jobs run only under a lease.
+        runtime.health.on_verdict = self.quorum.on_local_verdict
+        store.on_health = self.quorum.on_peer
+        replication.coordinator = self.leases
 
     def __repr__(self) -> str:
         return f"<Cluster {self.store.instance_id} applied={self.applied} {self.store!r}>"

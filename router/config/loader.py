@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import time
 from collections.abc import Hashable, Mapping
 from dataclasses import fields, is_dataclass, replace
 from typing import Any
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from router.config.edge import certificate_notes
 from router.config.model import (
     RETRY_CONDITIONS,
     STRATEGIES,
@@ -351,4 +353,5 @@ def config_notes(config: Config) -> list[str]:
             f"listen.admin {config.listen.admin} is not a loopback address and admin.token "
             "is empty: `run` refuses to start like this"
         )
+    notes.extend(certificate_notes(config.tls, time.time()))
     return notes

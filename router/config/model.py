@@ -238,6 +238,7 @@ class CertificatePair:
     cert: str  # PEM file: the leaf first, then intermediates
     key: str  # PEM file
     names: tuple[str, ...]  # the leaf's DNS SAN names, lower-case ("*.example.com" allowed)
+    not_after: float  # the leaf's expiry, Unix time (for the start-up and check notes)
     # sha256 of both files' bytes at load: a reload with new files is a config change.
     digest: str
 

@@ -1,14 +1,21 @@
-"""One JSON line per request, built as bytes and written off the event loop.
+"""One JSON line per request, recorded in ~0.2 us on the loop and written off it.
 
-The request path only formats a line and appends it to a batch: no syscall, no dict, no
-JSON encoder. A batch goes to a writer thread when it reaches ``FLUSH_BYTES`` or when it
-is ``FLUSH_INTERVAL_S`` old, so a request never waits for the log. The thread's queue is
-bounded by ``MAX_QUEUED_BYTES``: when the sink is slow, full or blocked (a pipe nobody
-reads), new batches are dropped and their lines counted in ``TrafficStats`` (rendered as
-``router_access_log_dropped_total``) instead of stalling the loop or growing memory.
+The request path only appends a tuple of the line's values to a batch: no syscall, no
+formatting, no encoder. A batch goes to a writer thread when it holds about
+``FLUSH_BYTES`` of log or is ``FLUSH_INTERVAL_S`` old; the thread turns it into JSON lines
+(one ``orjson.dumps`` per batch) and writes them in one call, so a request never waits for
+the log. At most ``MAX_QUEUED_BYTES`` of log wait for the thread: when the sink is slow, full or
+blocked (a pipe nobody reads), new batches are dropped and their lines counted in
+``TrafficStats`` (rendered as ``router_access_log_dropped_total``) instead of stalling the
+loop or growing memory.
+
+Why not format bytes on the loop: measured on this project's VM, ``bytes %`` formatting of
+the line costs as much as the old dict plus ``orjson.dumps`` (2.5 us each); recording a
+tuple costs 0.23 us, and one ``orjson.dumps`` over a whole batch 0.4 us a line.
 
 The sink is stdout (fd 1) or a file opened with ``O_APPEND`` (so worker processes can
-share it line-atomically); ``reopen()`` reopens the file by name, for logrotate's SIGUSR1.
+share it: each write is whole lines); ``reopen()`` reopens the file by name, for
+logrotate's SIGUSR1.
 """
 
 from __future__ import annotations
@@ -17,11 +24,10 @@ import asyncio
 import logging
 import os
 import queue
-import re
 import sys
 import threading
 import time
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
@@ -34,21 +40,62 @@ log = logging.getLogger("router.proxy.accesslog")
 
 FLUSH_BYTES = 64 * 1024
 FLUSH_INTERVAL_S = 1.0
-MAX_QUEUED_BYTES = 1024 * 1024  # handed to the writer but not yet written
+MAX_QUEUED_BYTES = 1024 * 1024  # of log handed to the writer but not yet written
 CLOSE_TIMEOUT_S = 2.0
 TARGET_MAX = 2048
+LINE_BASE_BYTES = 200  # a line's size besides its request line: for the size trigger
 
-# Bytes that may stand inside a JSON string as they are: printable ASCII but '"' and '\'.
-_NEEDS_ESCAPE = re.compile(rb"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+# (ts, request_id, client, method, request_line, status, region, attempts, duration_s,
+#  aborted, router_error): what one request leaves in the batch.
+Row = tuple[float, bytes, bytes, bytes, bytes, int, str | None, int, float, bool, str | None]
+
 _REOPEN = object()
 _STOP = object()
+# Inside a JSON string every '"' is escaped, so this only occurs between two objects.
+_BETWEEN = b'},{"ts":'
 
 
-def json_str(raw: bytes) -> bytes:
-    """``raw`` (read as latin-1, like the old encoder) as a JSON string literal."""
-    if _NEEDS_ESCAPE.search(raw) is None:
-        return b'"%b"' % raw
-    return orjson.dumps(raw.decode("latin-1"))
+def format_lines(rows: list[Row]) -> bytes:
+    """The rows as JSON lines, each with the fields of the old one-dict-per-line encoder.
+
+    Runs on the writer thread. Client addresses and methods repeat: their text is cached.
+    """
+    objects: list[dict[str, Any]] = []
+    texts = _texts
+    if len(texts) > _TEXTS_MAX:
+        texts.clear()
+    for ts, rid, client, method, line, status, region, attempts, dur, aborted, error in rows:
+        client_text = texts.get(client)
+        if client_text is None:
+            client_text = texts[client] = client.decode("latin-1")
+        method_text = texts.get(method)
+        if method_text is None:
+            method_text = texts[method] = method.decode("latin-1")
+        obj: dict[str, Any] = {
+            "ts": ts,
+            "request_id": rid.decode("latin-1"),
+            "client": client_text,
+            "method": method_text,
+            # "METHOD TARGET HTTP/1.1\r\n", as the client connection builds it
+            "target": line[len(method) + 1 : -11].decode("latin-1")[:TARGET_MAX],
+            "status": status,
+            "region": region,
+            "attempts": attempts,
+            # round(ms, 3) without round()'s decimal conversion (4x dearer)
+            "duration_ms": int(dur * 1e6 + 0.5) / 1000.0,
+        }
+        if aborted:
+            obj["aborted"] = True
+        if error:
+            obj["router_error"] = error
+        objects.append(obj)
+    if not objects:
+        return b""
+    return orjson.dumps(objects)[1:-1].replace(_BETWEEN, b'}\n{"ts":') + b"\n"
+
+
+_texts: dict[bytes, str] = {}  # client address / method -> text (writer thread only)
+_TEXTS_MAX = 4096
 
 
 class _Sink:
@@ -112,14 +159,14 @@ class AccessLogger:
         self.flush_interval_s = flush_interval_s
         self.max_queued_bytes = max_queued_bytes
         self._sink = _Sink(path, stream)  # opened here: a bad path fails at start-up
-        self._lines: list[bytes] = []
+        self._rows: list[Row] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._queued = 0  # bytes handed to the writer, not yet written (under _lock)
+        self._queued = 0  # bytes (estimated) handed to the writer, not written (under _lock)
+        self._pending = 0  # lines handed to the writer, not written (under _lock)
         self._lost = 0  # lines the writer failed to write (under _lock)
-        self._regions: dict[str, bytes] = {}
         self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
         self._thread.start()
 
@@ -130,46 +177,34 @@ class AccessLogger:
 
     # -- the request path ----------------------------------------------------------------
 
-    def __call__(
+    def record(
         self, ex: Exchange, status: int, duration_s: float, aborted: bool, error: str | None
     ) -> None:
+        """``ProxyCore.access_log``: a bound method, cheaper to call than ``__call__``."""
         region = ex.region
-        if region is None:
-            region_json = b"null"
-        else:
-            region_json = self._regions.get(region.id) or self._region_json(region.id)
-        line = (
-            b'{"ts":%r,"request_id":%b,"client":%b,"method":%b,"target":%b,"status":%d,'
-            b'"region":%b,"attempts":%d,"duration_ms":%r'
-            % (
+        line = ex.request_line
+        self._rows.append(
+            (
                 time.time(),
-                json_str(ex.request_id),
-                json_str(ex.client.peer),
-                json_str(ex.method),
-                json_str(ex.request_line.split(b" ", 2)[1][:TARGET_MAX]),
+                ex.request_id,
+                ex.client.peer,
+                ex.method,
+                line,
                 status,
-                region_json,
+                region.id if region is not None else None,
                 ex.attempts,
-                round(duration_s * 1000.0, 3),
+                duration_s,
+                aborted,
+                error,
             )
         )
-        if aborted:
-            line += b',"aborted":true'
-        if error:
-            line += b',"router_error":' + orjson.dumps(error)
-        line += b"}\n"
-        self._lines.append(line)
-        self._size += len(line)
+        self._size += LINE_BASE_BYTES + len(line)
         if self._size >= self.flush_bytes:
             self.flush()
         elif self._timer is None:
             self._timer = self.loop.call_later(self.flush_interval_s, self._on_timer)
 
-    def _region_json(self, region_id: str) -> bytes:
-        encoded = orjson.dumps(region_id)
-        if len(self._regions) < 1024:
-            self._regions[region_id] = encoded
-        return encoded
+    __call__ = record
 
     # -- batches -------------------------------------------------------------------------
 
@@ -182,19 +217,26 @@ class AccessLogger:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        rows, self._rows = self._rows, []
+        size, self._size = self._size, 0
         with self._lock:
             lost, self._lost = self._lost, 0
-            lines, self._lines = self._lines, []
-            size, self._size = self._size, 0
-            if lines and self._queued + size > self.max_queued_bytes:
-                lost += len(lines)
-                lines = []
-            elif lines:
+            if rows and self._queued + size > self.max_queued_bytes:
+                lost += len(rows)
+                rows = []
+            elif rows:
                 self._queued += size
+                self._pending += len(rows)
         if lost:
             self.stats.access_log_dropped += lost
-        if lines:
-            self._queue.put((b"".join(lines), len(lines)))
+        if rows:
+            self._queue.put((rows, size))
+
+    @property
+    def pending_lines(self) -> int:
+        """Lines handed to the writer and not yet written (the batch in memory not counted)."""
+        with self._lock:
+            return self._pending
 
     def reopen(self) -> None:
         """Reopen the file by name (after logrotate moved it); stdout: nothing to do."""
@@ -224,17 +266,18 @@ class AccessLogger:
                 except OSError as exc:
                     log.error("access log: cannot reopen %s: %s", self.path, exc)
                 continue
-            assert isinstance(item, tuple)  # (bytes, line count) from flush()
-            data: bytes = item[0]
-            count: int = item[1]
+            assert isinstance(item, tuple)  # (rows, estimated bytes) from flush()
+            rows: list[Row] = item[0]
+            size: int = item[1]
             try:
-                self._sink.write(data)
+                self._sink.write(format_lines(rows))
                 failing = False
             except (OSError, ValueError) as exc:
                 with self._lock:
-                    self._lost += count
+                    self._lost += len(rows)
                 if not failing:
                     log.error("access log: write failed, dropping lines: %s", exc)
                 failing = True
             with self._lock:
-                self._queued -= len(data)
+                self._queued -= size
+                self._pending -= len(rows)

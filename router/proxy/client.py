@@ -21,6 +21,7 @@ from router.proxy.exchange import Exchange
 from router.proxy.headers import (
     FRAMING_LOOKALIKES,
     IDEMPOTENT_METHODS,
+    TRAILER_DROP,
     connection_tokens,
     error_response,
     named_headers,
@@ -244,6 +245,13 @@ class ClientConnection(asyncio.Protocol):
         if self.head_bytes > core.max_header_bytes:
             raise HeadersTooLarge(f"request head exceeds {core.max_header_bytes} bytes")
         lname = name.lower()
+        if not self.in_head:
+            # A trailer of a chunked body: never read as a request header; passed on
+            # after the last chunk unless it is a framing or hop-by-hop field.
+            ex = self.parsing
+            if ex is not None and lname not in TRAILER_DROP:
+                ex.req_trailers.append(b"%b: %b\r\n" % (name, value))
+            return
         if lname not in core.interesting:
             self.lines.append(b"%b: %b\r\n" % (name, value))
             return
@@ -258,8 +266,6 @@ class ClientConnection(asyncio.Protocol):
                 self.geo_value = value
             self.lines.append(b"%b: %b\r\n" % (name, value))
             return
-        if not self.in_head:
-            return  # a trailer of a chunked body: never read as a request header (dropped)
         if lname == b"host":
             if self.host is not None:
                 raise BadRequest("more than one Host header")

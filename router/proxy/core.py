@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from router.config.loader import Config
 from router.metrics import TrafficStats
+from router.proxy.dns import Resolver
 from router.proxy.headers import KNOWN_METHODS, REQUEST_SPECIAL, RESPONSE_SPECIAL
 from router.proxy.rescue import rescue_departed
 from router.proxy.upstream import Pool
@@ -46,12 +47,15 @@ class ProxyCore:
         holder: SnapshotHolder,
         *,
         loop: asyncio.AbstractEventLoop,
+        loads: LoadTable,
         observer: Observer = _ignore,
         access_log: AccessLog | None = None,
     ) -> None:
+        """``loads`` is the process's load table, owned by its runtime (or worker): the
+        proxy core updates it on every request; strategies, views and drains read it."""
         self.holder = holder
         self.loop = loop
-        self.loads = LoadTable()
+        self.loads = loads
         self.selector = Selector(self.loads)
         self.stats = TrafficStats()
         self.observer = observer
@@ -69,8 +73,12 @@ class ProxyCore:
         # Called after each new config is applied (the TLS listener re-reads certificates).
         self.config_hooks: list[Callable[[Config], None]] = []
         cfg = holder.current.config
+        self.dns = Resolver(cfg.dns)
         self.pool = Pool(
-            connect_timeout_s=cfg.timeouts.connect_s, idle_timeout_s=cfg.timeouts.idle_s
+            connect_timeout_s=cfg.timeouts.connect_s,
+            idle_timeout_s=cfg.timeouts.idle_s,
+            dns=self.dns,
+            max_age_s=cfg.dns.max_connection_age_s,
         )
         self.apply_config(cfg)
 
@@ -106,6 +114,8 @@ class ProxyCore:
         self.retry_backoff_max_s = r.backoff_max_s
         self.pool.connect_timeout_s = cfg.timeouts.connect_s
         self.pool.idle_timeout_s = cfg.timeouts.idle_s
+        self.pool.max_age_s = cfg.dns.max_connection_age_s
+        self.dns.apply_config(cfg.dns)
         aff = cfg.affinity
         self.affinity_cookie = aff.cookie.encode() if aff and aff.cookie else None
         self.affinity_header = aff.header.lower().encode() if aff and aff.header else None
@@ -125,6 +135,7 @@ class ProxyCore:
         self.watched = frozenset(watch)
         self.interesting = REQUEST_SPECIAL | self.watched
         self.has_routes = bool(cfg.routes)
+        self.routes_by_host = any(rt.match.host is not None for rt in cfg.routes)
         for hook in self.config_hooks:
             hook(cfg)
 
@@ -150,7 +161,8 @@ class ProxyCore:
 
     def plan_for(self, snapshot: Snapshot, host: bytes, path: str) -> RoutePlan:
         """The first route whose match fits this request (the same rule /admin/route explains)."""
-        return match_plan(snapshot, _hostname(host), path)[1]
+        hostname = _hostname(host) if self.routes_by_host else ""  # only host routes read it
+        return match_plan(snapshot, hostname, path)[1]
 
     def request_info(
         self, cookie: bytes | None, affinity_value: bytes | None, geo_value: bytes | None

@@ -14,7 +14,13 @@ from time import monotonic
 from typing import TYPE_CHECKING
 
 from router.errors import BodyTooLarge, ProxyError
-from router.proxy.headers import CRLF, connection_tokens, error_response, named_headers
+from router.proxy.headers import (
+    CRLF,
+    TRAILER_DROP,
+    connection_tokens,
+    error_response,
+    named_headers,
+)
 from router.proxy.hedging import Hedges, arm, disarm, end_all
 from router.proxy.retries import (
     attempt_failed,
@@ -24,6 +30,7 @@ from router.proxy.retries import (
     retry_after_status,
 )
 from router.proxy.upstream import UpstreamConnection
+from router.routing.load import RegionLoad
 from router.routing.routes import current_plan
 from router.routing.strategies import RequestInfo
 from router.state.snapshot import RegionView, RoutePlan, Snapshot
@@ -59,18 +66,21 @@ class Exchange:
         "info",
         "is_head",
         "keep_alive",
+        "load",
         "method",
         "method_label",
         "pending",
         "pending_bytes",
         "plan",
         "region",
+        "req_trailers",
         "request_id",
         "request_line",
         "resp_chunked",
         "resp_headers",
         "resp_reason",
         "resp_started",
+        "resp_trailers",
         "resp_until_close",
         "retry_buffer",
         "retrying",
@@ -132,6 +142,7 @@ class Exchange:
         self.retry_buffer: list[bytes] | None = [] if idempotent and has_body else None
         self.body_too_large_for_retry = False
         self.region: RegionView | None = None
+        self.load: RegionLoad | None = None  # the region's live load, looked up once
         self.upstream: UpstreamConnection | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self.tried: set[str] = set()
@@ -143,6 +154,8 @@ class Exchange:
         self.status = 0
         self.resp_reason = b""
         self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.resp_trailers: list[bytes] = []  # of a chunked response, as "name: value" lines
+        self.req_trailers: list[bytes] = []  # of a chunked request body, the same
         self.resp_started = False
         self.resp_chunked = False
         self.resp_until_close = False  # the upstream's body ends when it closes
@@ -177,14 +190,15 @@ class Exchange:
             return
         self.region = region
         self.attempts += 1
-        core.loads.get(region.id).inflight += 1
+        load = self.load = core.loads.get(region.id)
+        load.inflight += 1
         core.inflight += 1
         self.counted = True
         if self.core.affinity_cookie is not None and (
             self.info is None or self.info.affinity_region != region.id
         ):
             self.set_cookie = core.affinity_cookie_header(region.id)
-        conn = core.pool.acquire_idle(region.endpoint.url)
+        conn = core.pool.acquire_idle(region.endpoint)
         if conn is not None:
             self._bind(conn)
         else:
@@ -234,7 +248,7 @@ class Exchange:
             self.pending_bytes = 0
             self.client.resume_reading_for("buffer")
         if self.body_done and self.chunked_request:
-            parts.append(_CHUNK_END)
+            parts.append(self._last_chunk(self.req_trailers))
         conn.write(b"".join(parts))
         if self.body_done:
             self._await_headers()
@@ -294,7 +308,7 @@ class Exchange:
         self.body_done = True
         if self.upstream is not None and not self.discard_response:
             if self.chunked_request:
-                self.upstream.write(_CHUNK_END)
+                self.upstream.write(self._last_chunk(self.req_trailers))
             if not self.resp_started:
                 self._await_headers()
 
@@ -315,13 +329,15 @@ class Exchange:
                 return
         core = self.core
         core.awaiting.discard(self)
+        self.resp_trailers = []  # a discarded attempt's must not reach the client
         region = self.region
         assert region is not None
         now = monotonic()
         # This attempt's time to headers (from when it was written), not the whole
         # exchange's: a retry must not charge the earlier attempts to this region.
         elapsed = now - self.sent_at
-        load = core.loads.get(region.id)
+        load = self.load
+        assert load is not None
         self.status = status
         if status >= 500:
             load.observe_failure(now)
@@ -410,6 +426,15 @@ class Exchange:
         else:
             self.client.write(data)
 
+    def on_response_trailer(self, name: bytes, value: bytes) -> None:
+        """A trailer field of a chunked response: passed on when the client gets chunks."""
+        if name.lower() not in TRAILER_DROP:
+            self.resp_trailers.append(b"%b: %b\r\n" % (name, value))
+
+    @staticmethod
+    def _last_chunk(trailers: list[bytes]) -> bytes:
+        return b"0\r\n%b\r\n" % b"".join(trailers) if trailers else _CHUNK_END
+
     def on_response_complete(self) -> None:
         if self._informational:
             self._informational = False
@@ -423,7 +448,7 @@ class Exchange:
         if self.done:
             return
         if self.resp_chunked:
-            self.client.write(_CHUNK_END)
+            self.client.write(self._last_chunk(self.resp_trailers))
         reusable = (
             conn is not None
             and self.body_done
@@ -504,8 +529,8 @@ class Exchange:
             disarm(self)
         if self.counted:
             self.counted = False
-            assert self.region is not None
-            self.core.loads.get(self.region.id).inflight -= 1
+            assert self.load is not None
+            self.load.inflight -= 1
             self.core.inflight -= 1
         conn = self.upstream
         self.upstream = None

@@ -199,7 +199,7 @@ class HedgeTry:
         ex.hedges.tries.append(self)
         core.hedges_active += 1
         core.loads.get(self.region.id).inflight += 1
-        conn = core.pool.acquire_idle(self.region.endpoint.url)
+        conn = core.pool.acquire_idle(self.region.endpoint)
         if conn is not None:
             self._bind(conn)
         else:
@@ -232,7 +232,7 @@ class HedgeTry:
         if ex.chunked_request:
             for chunk in body:
                 parts += (b"%x\r\n" % len(chunk), chunk, b"\r\n")
-            parts.append(b"0\r\n\r\n")
+            parts.append(ex._last_chunk(ex.req_trailers))  # the body is complete: so are they
         else:
             parts += body
         self.sent_at = monotonic()
@@ -259,6 +259,9 @@ class HedgeTry:
 
     def on_response_complete(self) -> None:
         return None
+
+    def on_response_trailer(self, name: bytes, value: bytes) -> None:
+        return None  # trailers follow a head, which either adopted or ended this try
 
     def on_upgrade_data(self, rest: bytes) -> None:
         self.failed("protocol")
@@ -342,6 +345,7 @@ def adopt(ex: Exchange, h: HedgeTry, *, won: bool) -> None:
     conn = h.conn
     h.conn = None
     ex.region = h.region
+    ex.load = core.loads.get(h.region.id)  # what release_upstream will count down
     ex.upstream = conn
     conn.exchange = ex
     ex.counted = True  # the hedge's in-flight count on its region is now the exchange's

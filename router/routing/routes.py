@@ -17,16 +17,19 @@ def host_matches(pattern: str, hostname: str) -> bool:
 
 
 def match_plan(snapshot: Snapshot, hostname: str, path: str) -> tuple[int | None, RoutePlan]:
-    """(route index or None, plan) for a lower-case host without port and a normalised path."""
-    for i, (route, plan) in enumerate(
-        zip(snapshot.config.routes, snapshot.route_plans, strict=True)
-    ):
-        m = route.match
-        if m.path_prefix is not None and not path.startswith(m.path_prefix):
+    """(route index or None, plan) for a lower-case host without port and a normalised path.
+
+    ``hostname`` is only read when a route matches on host (callers may pass "" otherwise).
+    """
+    routes = snapshot.config.routes
+    for i in range(len(routes)):  # indexing, not zip/enumerate: no tuple per route
+        m = routes[i].match
+        prefix = m.path_prefix
+        if prefix is not None and not path.startswith(prefix):
             continue
         if m.host is not None and not host_matches(m.host, hostname):
             continue
-        return i, plan
+        return i, snapshot.route_plans[i]
     return None, snapshot.default_plan
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from router.errors import RouterError
 from router.metrics import TrafficStats
 from router.runtime import Runtime
 from router.state.snapshot import Snapshot
@@ -35,8 +36,8 @@ BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 10.0
 STABLE_S = 30.0  # a worker alive this long resets its restart backoff
 
 
-class WorkerStartError(Exception):
-    pass
+class WorkerStartError(RouterError):
+    """A worker process did not start or did not report ready in time."""
 
 
 def _reserve(host: str, port: int) -> socket.socket:

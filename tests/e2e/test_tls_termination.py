@@ -4,6 +4,7 @@ handshake timeouts. Certificates are made per test by trustme."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import ssl
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import trustme
 import yaml
 from pytest_aiohttp import AiohttpServer
 
-from router.config.loader import load_config
+from router.config.loader import config_notes, load_config
 from router.service import RouterService
 from tests.backends import Region, raw_exchange, read_response, start_region
 from tests.cluster import eventually
@@ -44,13 +45,14 @@ async def tls_router(
     start_router: StartRouter,
     tmp_path: Path,
     tls: dict[str, Any],
+    reload: dict[str, Any] | None = None,
 ) -> tuple[Region, RouterService, Path]:
     """A region behind a router with https, started from a config file (so reload works)."""
     region = await start_region(aiohttp_server)
     data = {
         "listen": {"proxy": "127.0.0.1:0", "admin": "127.0.0.1:0", "https": "127.0.0.1:0"},
         "access_log": False,
-        "reload": {"watch": False},
+        "reload": reload or {"watch": False},
         "strategy": "round_robin",
         "state_dir": str(tmp_path / "state"),
         "health_check": {"path": "/health", "interval": "200ms", "timeout": "150ms"},
@@ -333,6 +335,18 @@ async def test_check_reports_a_mismatched_pair_and_a_missing_tls_section(
     ok = make_config(listen=listen, tls={"certificates": [api.config()], "min_version": 1.3})
     assert ok.tls is not None and ok.tls.min_version == "1.3"
     assert ok.tls.certificates[0].names == ("api.test", "localhost")
+    assert not [n for n in config_notes(ok) if "tls" in n]
+    # A certificate about to expire is worth a warning at start-up, reload and `check`.
+    soon = CertFiles(api.cert.with_name("soon.pem"), api.key.with_name("soon.key"))
+    in_3_days = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=3)
+    write_leaf(ca.issue_cert("soon.test", not_after=in_3_days), soon)
+    expiring = make_config(listen=listen, tls={"certificates": [api.config(), soon.config()]})
+    notes = [n for n in config_notes(expiring) if n.startswith("tls.")]
+    assert (
+        len(notes) == 1
+        and "tls.certificates[1]" in notes[0]
+        and "expires in 3.0 day(s)" in notes[0]
+    )
 
 
 async def test_workers_all_serve_tls_and_a_reload_reaches_every_one(
@@ -377,3 +391,76 @@ def _listeners(port: int) -> int:
     rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
     local = f"0100007F:{port:04X}"
     return sum(1 for row in rows if row.split()[1] == local and row.split()[3] == "0A")
+
+
+async def test_a_new_client_ca_on_reload_refuses_the_old_one_for_every_name(
+    aiohttp_server: AiohttpServer,
+    start_router: StartRouter,
+    tmp_path: Path,
+    ca: trustme.CA,
+    certs: tuple[CertFiles, CertFiles],
+) -> None:
+    first_ca, second_ca = new_ca(), new_ca()
+    ca_file = tmp_path / "client-ca.pem"
+    first_ca.cert_pem.write_to_path(str(ca_file))
+    _, service, path = await tls_router(
+        aiohttp_server, start_router, tmp_path, tls_section(certs, client_ca=str(ca_file))
+    )
+    port = https_port(service)
+    old_client, new_client = first_ca.issue_cert("c.test"), second_ca.issue_cert("c.test")
+    ok = await https_get(port, client_context(ca, client_cert=old_client), "api.test")
+    assert ok.response.status == 200
+    # Another CA in the same file: a CA store only grows, so the router must not keep
+    # trusting the first one on the default certificate's context.
+    second_ca.cert_pem.write_to_path(str(ca_file))
+    result = await service.control.reload("test")
+    assert result.ok, result.errors
+    for name in ("api.test", "x.wild.test", None):
+        ctx = client_context(ca, client_cert=new_client)
+        if name is None:
+            ctx.check_hostname = False
+        assert (await https_get(port, ctx, name, host="api.test")).response.status == 200
+        stale = client_context(ca, client_cert=old_client)
+        if name is None:
+            stale.check_hostname = False
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+            await https_get(port, stale, name, host="api.test")
+    assert path.exists()
+
+
+async def test_renewed_certificate_files_are_picked_up_by_the_watch(
+    aiohttp_server: AiohttpServer,
+    start_router: StartRouter,
+    tmp_path: Path,
+    ca: trustme.CA,
+    certs: tuple[CertFiles, CertFiles],
+) -> None:
+    api, _ = certs
+    _, service, _ = await tls_router(
+        aiohttp_server,
+        start_router,
+        tmp_path,
+        tls_section(certs),
+        reload={"watch": True, "debounce": "100ms"},
+    )
+    port = https_port(service)
+    # A renewal rewrites the files in place; config.yaml does not change.
+    write_leaf(ca.issue_cert("api.test", "localhost", "renewed.test"), api)
+
+    async def renewed() -> bool:
+        got = await https_get(port, client_context(ca), "api.test", host="api.test")
+        return got.names == ("api.test", "localhost", "renewed.test")
+
+    await eventually(renewed, 5, "the renewed certificate serves without a reload signal")
+    reloads = service.runtime.config_reloads
+    errors_before = reloads.labels("error")._value.get()  # the counter's value
+    # A key that does not match: one failed reload, not one per watch turn.
+    api.key.write_bytes(ca.issue_cert("api.test").private_key_pem.bytes())
+
+    async def rejected() -> bool:
+        return bool(reloads.labels("error")._value.get() > errors_before)
+
+    await eventually(rejected, 5, "the bad pair is a reload error")
+    await asyncio.sleep(1.0)  # several watch turns
+    assert reloads.labels("error")._value.get() == errors_before + 1
+    assert (await renewed()) is True  # the last good certificate keeps serving
