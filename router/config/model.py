@@ -174,6 +174,14 @@ class HedgingConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Http2Config:
+    """HTTP/2 to clients: h2c with prior knowledge on the plain listener, ALPN h2 on https."""
+
+    enabled: bool = False
+    max_concurrent_streams: int = 100  # per client connection (SETTINGS_MAX_CONCURRENT_STREAMS)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LimitsConfig:
     max_body_bytes: int = 100 * 1024 * 1024
     max_header_bytes: int = 16 * 1024
@@ -278,6 +286,7 @@ class Config:
     retries: RetriesConfig = RetriesConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
     hedging: HedgingConfig = HedgingConfig()
+    http2: Http2Config = Http2Config()
     limits: LimitsConfig = LimitsConfig()
     routes: tuple[RouteConfig, ...] = ()
     affinity: AffinityConfig | None = None

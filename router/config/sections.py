@@ -23,6 +23,7 @@ from router.config.model import (
     HealthCheckConfig,
     HedgingConfig,
     HostPort,
+    Http2Config,
     LimitsConfig,
     ListenConfig,
     OutlierDetectionConfig,
@@ -356,6 +357,17 @@ def _hedging(f: Fields) -> HedgingConfig:
         )
 
 
+def _http2(f: Fields) -> Http2Config:
+    d = Http2Config()
+    with f:
+        return Http2Config(
+            enabled=f.flag("enabled", d.enabled),
+            max_concurrent_streams=f.integer(
+                "max_concurrent_streams", d.max_concurrent_streams, lo=1, hi=10000
+            ),
+        )
+
+
 def _limits(f: Fields) -> LimitsConfig:
     d = LimitsConfig()
     with f:
@@ -399,6 +411,7 @@ def build_config(data: object, errors: list[FieldError]) -> Config:
             retries=_retries(f.section("retries")),
             timeouts=_timeouts(f.section("timeouts")),
             hedging=_hedging(f.section("hedging")),
+            http2=_http2(f.section("http2")),
             limits=_limits(f.section("limits")),
             routes=_routes(f, region_ids),
             affinity=_affinity(f),

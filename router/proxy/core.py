@@ -28,8 +28,8 @@ from router.routing.strategies import RequestInfo, Selector
 from router.state.snapshot import RoutePlan, Snapshot, SnapshotHolder
 
 if TYPE_CHECKING:
-    from router.proxy.client import ClientConnection
     from router.proxy.exchange import Exchange
+    from router.proxy.interfaces import ClientConnectionLike
 
 Observer = Callable[[str, bool, str], None]  # (region id, ok, failure kind)
 AccessLog = Callable[["Exchange", int, float, bool, str | None], None]
@@ -60,7 +60,7 @@ class ProxyCore:
         self.stats = TrafficStats()
         self.observer = observer
         self.access_log = access_log
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[ClientConnectionLike] = set()  # HTTP/1.1 and HTTP/2
         self.awaiting: set[Exchange] = set()  # exchanges waiting for response headers
         self.inflight = 0
         self.retries_active = 0

@@ -36,8 +36,8 @@ from router.routing.strategies import RequestInfo
 from router.state.snapshot import RegionView, RoutePlan, Snapshot
 
 if TYPE_CHECKING:
-    from router.proxy.client import ClientConnection
     from router.proxy.core import ProxyCore
+    from router.proxy.interfaces import ClientSide
 
 _CHUNK_END = b"0\r\n\r\n"
 _PENDING_PAUSE_BYTES = 256 * 1024
@@ -100,7 +100,7 @@ class Exchange:
     def __init__(
         self,
         core: ProxyCore,
-        client: ClientConnection,
+        client: ClientSide,
         *,
         method: bytes,
         method_label: str,

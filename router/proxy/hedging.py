@@ -27,9 +27,9 @@ from router.routing.routes import current_plan
 from router.state.snapshot import RegionView
 
 if TYPE_CHECKING:
-    from router.proxy.client import ClientConnection
     from router.proxy.core import ProxyCore
     from router.proxy.exchange import Exchange
+    from router.proxy.interfaces import ClientSide
 
 
 def replayable(ex: Exchange) -> bool:
@@ -179,7 +179,7 @@ class HedgeTry:
 
     def __init__(self, ex: Exchange, region: RegionView) -> None:
         self.ex = ex
-        self.client: ClientConnection = ex.client  # the upstream connection corks it
+        self.client: ClientSide = ex.client  # the upstream connection corks it
         self.region = region
         self.conn: UpstreamConnection | None = None
         self.connect_task: asyncio.Task[None] | None = None

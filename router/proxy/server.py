@@ -8,6 +8,7 @@ import socket
 from router.config.loader import Config
 from router.proxy.client import ClientConnection
 from router.proxy.core import ProxyCore
+from router.proxy.h2front import H2ClientConnection, Preface
 from router.proxy.redirect import RedirectConnection
 from router.proxy.tls import TlsTerminator
 
@@ -36,11 +37,10 @@ class ProxyServer:
         loop = self.core.loop
         cfg = self.core.config
         if cfg.listen.https is not None and cfg.tls is not None:
-            self.tls = TlsTerminator(cfg.tls)
+            self.tls = TlsTerminator(cfg.tls, http2=cfg.http2.enabled)
             self.core.config_hooks.append(self._apply_tls)
-            core = self.core
             self._https = await loop.create_server(
-                lambda: ClientConnection(core, tls=True),
+                self._secure,
                 cfg.listen.https.host,
                 cfg.listen.https.port if https_port is None else https_port,
                 backlog=4096,
@@ -67,7 +67,20 @@ class ProxyServer:
             return RedirectConnection(
                 self.https_port, self.core.max_header_bytes, self.core.idle_timeout_s
             )
+        if self.http2:
+            return Preface(self.core)  # h2c with prior knowledge, else HTTP/1.1
         return ClientConnection(self.core)
+
+    def _secure(self) -> asyncio.Protocol:
+        """A TLS connection: HTTP/2 when ALPN picked h2, else HTTP/1.1."""
+        if self.http2:
+            return Preface(self.core, tls=True)
+        return ClientConnection(self.core, tls=True)
+
+    @property
+    def http2(self) -> bool:
+        """HTTP/2 is on for new connections (read per connection: a reload may flip it)."""
+        return self.core.config.http2.enabled
 
     def _apply_tls(self, cfg: Config) -> None:
         if self.tls is not None and cfg.tls is not None:
@@ -91,7 +104,9 @@ class ProxyServer:
                 server.close()
         core.draining = True
         for conn in list(core.connections):
-            if conn.active is None and conn.tunnel is None:
+            if isinstance(conn, H2ClientConnection):
+                conn.goaway()  # no new streams; closes once its streams are done
+            elif conn.active is None and conn.tunnel is None:
                 conn.close()
         loop = core.loop
         deadline = loop.time() + grace_s
