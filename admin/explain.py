@@ -28,6 +28,7 @@ from router.routing.explain import (
     explain,
     explain_hedging,
     hypothetical_loads,
+    tiers_json,
     traffic_split,
     what_if,
 )
@@ -155,15 +156,7 @@ def _plan_json(snap: Snapshot, plan: RoutePlan, loads: Any, now: float) -> dict[
     return {
         "strategy": plan.strategy,
         "panic": plan.panic,
-        "tiers": [
-            {
-                "priority": t.priority,
-                "share": round(t.share, 4),
-                "health_percent": round(t.health_percent, 1),
-                "regions": [r.id for r in t.regions],
-            }
-            for t in plan.tiers
-        ],
+        "tiers": tiers_json(plan),
         "split": traffic_split(snap, loads, plan, now),
     }
 

@@ -42,6 +42,7 @@ from router.proxy.accesslog import AccessLogger
 from router.proxy.client import ClientConnection
 from router.proxy.core import ProxyCore
 from router.proxy.upstream import UpstreamConnection
+from router.routing.load import LoadTable
 from router.state.registry import Registry
 from router.state.snapshot import SnapshotHolder
 
@@ -110,14 +111,14 @@ def build(
     for region in config.regions:
         for _ in range(config.health_check.healthy_threshold):
             registry.set_probe_verdict(region.id, True, time.monotonic(), "ok", time.time())
-    core = ProxyCore(SnapshotHolder(registry.snapshot()), loop=loop)
+    core = ProxyCore(SnapshotHolder(registry.snapshot()), loop=loop, loads=LoadTable())
     access_log = None
     if config.access_log:
         # Unbounded here: a tight loop never lets the writer in, so a bound would drop lines
         # and hide their cost; measure() waits for the writer inside the timed window.
         access_log = AccessLogger(loop, os.devnull, max_queued_bytes=1 << 62)
         access_log.bind(core.stats)
-        core.access_log = access_log
+        core.access_log = access_log.record
     client = ClientConnection(core)
     client_transport = FakeTransport()
     client.connection_made(client_transport)  # type: ignore[arg-type]  # a fake transport

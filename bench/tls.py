@@ -5,7 +5,12 @@ VM's drift hits both alike; the ratio is taken per round and the median ratio re
 
 - keep-alive: wrk over HTTPS, 64 connections, the 100-byte /small response;
 - handshakes: wrk with `Connection: close`, so every request is a new TCP connection and a
-  new TLS handshake (new handshakes per second).
+  new TLS handshake (new handshakes per second; wrk resumes TLS 1.3 sessions, so most are
+  resumptions, for both targets alike);
+- plain: the same keep-alive load over plain HTTP to the same two processes, for reference.
+
+Besides requests/s, each run reports the proxy process's CPU time per request, which a
+busy machine distorts less than throughput.
 
 Both terminate TLS with the same ECDSA P-256 certificate (made here with openssl; the key
 lives only in the temp dir), TLS 1.2 and 1.3 allowed, and proxy to the same nginx backend
@@ -30,7 +35,7 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench import wrk
-from bench.process import Child, TargetError, free_ports, pinned
+from bench.process import Child, TargetError, cpu_seconds, free_ports, pinned
 from bench.targets import (
     LOAD_CPU,
     NGINX_PROXY_DIRECTIVES,
@@ -137,6 +142,7 @@ def router_https(workdir: Path, backend_port: int, cert: Path, key: Path) -> Ite
     )
     try:
         wait_https(child, https_port, ROUTER_READY_TIMEOUT_S)
+        PLAIN_PORTS["region-router"] = proxy_port
         yield Endpoint("region-router", https_port, child)
     finally:
         child.stop()
@@ -145,7 +151,7 @@ def router_https(workdir: Path, backend_port: int, cert: Path, key: Path) -> Ite
 @contextmanager
 def nginx_https(workdir: Path, backend_port: int, cert: Path, key: Path) -> Iterator[Endpoint]:
     prefix = workdir / "nginx"
-    (port,) = free_ports(1)
+    port, plain_port = free_ports(2)
     http_extra = f"""\
     upstream backend {{
         server 127.0.0.1:{backend_port};
@@ -154,6 +160,7 @@ def nginx_https(workdir: Path, backend_port: int, cert: Path, key: Path) -> Iter
         keepalive_timeout 75s;
     }}"""
     server_body = f"""\
+        listen 127.0.0.1:{plain_port} backlog=4096;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_protocols TLSv1.2 TLSv1.3;
@@ -165,14 +172,26 @@ def nginx_https(workdir: Path, backend_port: int, cert: Path, key: Path) -> Iter
     child = _start_nginx("nginx-https", prefix, port, conf, PROXY_CPU)
     try:
         wait_https(child, port, READY_TIMEOUT_S)
+        PLAIN_PORTS["nginx"] = plain_port
         yield Endpoint("nginx", port, child)
     finally:
         child.stop()
 
 
-def measure(endpoint: Endpoint, mode: str, duration_s: int) -> float:
+# The plain-HTTP port of each target (the same process), for the `plain` reference mode.
+PLAIN_PORTS: dict[str, int] = {}
+MODES = ("plain", "keepalive", "handshakes")
+
+
+def measure(endpoint: Endpoint, mode: str, duration_s: int) -> tuple[float, float]:
+    """(requests/s, CPU microseconds of the proxy process per request) for one wrk run."""
+    assert endpoint.child is not None
+    cpu_before = cpu_seconds(endpoint.child.pid)
     url = f"https://127.0.0.1:{endpoint.port}/small"
-    if mode == "keepalive":
+    if mode == "plain":
+        plain = f"http://127.0.0.1:{PLAIN_PORTS[endpoint.name]}/small"
+        result = wrk.run(plain, connections=64, duration_s=duration_s, cpu=LOAD_CPU)
+    elif mode == "keepalive":
         result = wrk.run(url, connections=64, duration_s=duration_s, cpu=LOAD_CPU)
     else:
         result = wrk.run(
@@ -182,16 +201,20 @@ def measure(endpoint: Endpoint, mode: str, duration_s: int) -> float:
             cpu=LOAD_CPU,
             headers=("Connection: close",),
         )
+    cpu_s = cpu_seconds(endpoint.child.pid) - cpu_before
     endpoint.ensure_alive()
     if result.non_2xx_3xx:
         raise TargetError(f"{endpoint.name}: {result.non_2xx_3xx} non-2xx answers in {mode}")
-    return result.requests_per_s
+    return result.requests_per_s, cpu_s * 1e6 / max(1, result.requests)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run")
+    parser.add_argument(
+        "--modes", default="plain,keepalive,handshakes", help=f"any of {','.join(MODES)}"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
         workdir = Path(tmp)
@@ -201,24 +224,28 @@ def main(argv: list[str] | None = None) -> int:
             router_https(workdir, backend.port, cert, key) as router,
             nginx_https(workdir, backend.port, cert, key) as nginx,
         ):
-            for mode in ("keepalive", "handshakes"):
+            for mode in args.modes.split(","):
                 # Warm both (the router's pool, nginx's upstream keep-alive).
                 measure(router, mode, 1)
                 measure(nginx, mode, 1)
                 ratios: list[float] = []
+                cpu_ratios: list[float] = []
                 for i in range(args.rounds):
                     pair = (router, nginx) if i % 2 == 0 else (nginx, router)
                     got = {ep.name: measure(ep, mode, args.duration) for ep in pair}
-                    ratio = got["region-router"] / got["nginx"]
-                    ratios.append(ratio)
+                    (r_rps, r_us), (n_rps, n_us) = got["region-router"], got["nginx"]
+                    ratios.append(r_rps / n_rps)
+                    cpu_ratios.append(n_us / r_us)
                     print(
-                        f"{mode:10s} round {i + 1}: router {got['region-router']:9.0f}/s  "
-                        f"nginx {got['nginx']:9.0f}/s  ratio {ratio:.2f}",
+                        f"{mode:10s} round {i + 1}: router {r_rps:8.0f}/s {r_us:6.1f} us/req  "
+                        f"nginx {n_rps:8.0f}/s {n_us:6.1f} us/req  ratio {ratios[-1]:.2f} "
+                        f"(cpu {cpu_ratios[-1]:.2f})",
                         flush=True,
                     )
                 print(
                     f"{mode:10s} median ratio {statistics.median(ratios):.2f} "
-                    f"(min {min(ratios):.2f}, max {max(ratios):.2f})",
+                    f"(min {min(ratios):.2f}, max {max(ratios):.2f}); "
+                    f"CPU per request, nginx/router: {statistics.median(cpu_ratios):.2f}",
                     flush=True,
                 )
     return 0

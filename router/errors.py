@@ -14,6 +14,7 @@
     ├── SpoolError               the local spool file failed (replication/transfer.py)
     ├── JobFailed                a replication job ends failed (replication/copier.py)
     ├── WorkerStartError         a worker process did not come up (workers/supervisor.py)
+    ├── ResolveError             an endpoint name has no address (proxy/dns.py; also an OSError)
     └── ProxyError               errors the proxy answers itself, rendered as JSON
         ├── BadRequest           400 malformed request
         ├── BodyTooLarge         413
@@ -25,6 +26,8 @@
 The classes outside this module live with the code that raises them; they derive from
 ``RouterError`` here (tests/router/test_errors.py checks that every exception class of
 ``router/`` is in this tree and in this picture).
+``ResolveError`` is also an ``OSError``, so a failed lookup takes the connect-failure path
+like any socket error.
 """
 
 from __future__ import annotations

@@ -82,7 +82,10 @@ class Runtime:
             self.config_reloads.labels(result)
         self.outliers = OutlierDetector(self.registry, self.record_transition)
         self.access_logger: AccessLogger | None = None  # opened by start()
-        self.core = ProxyCore(self.holder, loop=loop, observer=self.outliers.record)
+        self._loads = LoadTable()
+        self.core = ProxyCore(
+            self.holder, loop=loop, loads=self._loads, observer=self.outliers.record
+        )
         self.health = HealthChecker(
             self.registry,
             probe or HttpProber(self.instance_id, addresses=self.core.dns.rotation),
@@ -185,7 +188,7 @@ class Runtime:
         """Per-region load (in flight, latency): what strategies, views and removal drains
         read. One process: the proxy core's own; with workers the supervisor folds their
         reports into it."""
-        return self.core.loads
+        return self._loads
 
     # -- wiring ------------------------------------------------------------------------
 
@@ -247,7 +250,7 @@ class Runtime:
             # Here, not in __init__: an unwritable log file is a start-up error (OSError).
             self.access_logger = AccessLogger(self.loop, access_log_path(config))
             self.access_logger.bind(self.core.stats)
-            self.core.access_log = self.access_logger
+            self.core.access_log = self.access_logger.record
         self.health.sync()
         self._tasks.append(self.loop.create_task(self._sweep_loop(), name="proxy-sweeper"))
         self._tasks.append(self.loop.create_task(self._tick_loop(), name="registry-tick"))

@@ -91,7 +91,8 @@ def _free_port(addresses: list[str]) -> int:
             port = int(probe.getsockname()[1])
         try:
             for address in addresses[1:]:
-                with socket.socket() as s:
+                family = socket.AF_INET6 if ":" in address else socket.AF_INET
+                with socket.socket(family) as s:
                     s.bind((address, port))
         except OSError:
             continue
@@ -115,7 +116,10 @@ async def multi_region(addresses: list[str]) -> AsyncIterator[MultiRegion]:
     async def echo(request: web.Request) -> web.Response:
         address = local(request)
         region.hits[address] += 1
-        return web.json_response({"address": address})
+        response = web.json_response({"address": address})
+        if request.query.get("close"):
+            response.force_close()  # no keep-alive: every request is a new connection
+        return response
 
     app = web.Application()
     app.router.add_get("/health", health)

@@ -72,7 +72,7 @@ def _certificate(c: Fields) -> CertificatePair | None:
     if cert is None or key is None or not c.clean:
         return None
     try:
-        digest = hashlib.sha256(_read(cert) + _read(key)).hexdigest()
+        digest = pair_digest(cert, key)
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
         pem = _read(cert)
         names = san_names(pem)
@@ -106,6 +106,30 @@ def san_names(pem: bytes) -> tuple[str, ...]:
     except x509.ExtensionNotFound:
         return ()
     return tuple(name.lower() for name in ext.value.get_values_for_type(x509.DNSName))
+
+
+def pair_digest(cert: str, key: str) -> str:
+    """sha256 of a certificate file's bytes and its key's (OSError when unreadable)."""
+    return hashlib.sha256(_read(cert) + _read(key)).hexdigest()
+
+
+def tls_file_digests(tls: TlsConfig | None) -> tuple[str, ...]:
+    """The digests a config holds for the files it read: each pair's, then the client CA's."""
+    if tls is None:
+        return ()
+    return (*(pair.digest for pair in tls.certificates), tls.client_ca_digest)
+
+
+def current_tls_file_digests(tls: TlsConfig | None) -> tuple[str, ...] | None:
+    """The same digests for the files as they are now (None while one cannot be read)."""
+    if tls is None:
+        return ()
+    try:
+        pairs = [pair_digest(pair.cert, pair.key) for pair in tls.certificates]
+        ca = _digest(tls.client_ca) if tls.client_ca is not None else ""
+    except OSError:
+        return None
+    return (*pairs, ca)
 
 
 def _read(path: str) -> bytes:

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,10 @@ from router.cluster.core import Cluster
 from router.config.diff import ReloadResult, read_config_text
 from router.config.loader import Config, ConfigError, FieldError, RegionConfig, parse_config
 from router.control import remote
+from router.control.certwatch import CertificateWatcher
 from router.control.persist import ControlState
 from router.control.reload import plan_reload
+from router.control.removal import RemovalResult, Removals
 from router.control.watch import ConfigWatcher
 from router.errors import NotFound, RegionConflict, UnknownRegion
 from router.monitoring.alerts import AlertEngine
@@ -44,16 +45,8 @@ from router.store.redis import RedisStateStore
 log = logging.getLogger("router.control.core")
 
 HOUSEKEEPING_S = 0.25
-REMOVAL_POLL_S = 0.02
 
 __all__ = ["Control", "ReloadResult", "RemovalResult"]
-
-
-@dataclass(frozen=True, slots=True)
-class RemovalResult:
-    region: str
-    drained: bool  # no request was still in flight when the region went
-    waited_s: float
 
 
 class Control:
@@ -81,6 +74,7 @@ class Control:
         self.state = ControlState(
             self.registry, self.store, self.ops, runtime.record_transition, runtime.instance_id
         )
+        self.removals = Removals(runtime, self.lock, self.ops, self.state, wall)
         self.window = TrafficWindow()
         self.inventory = ArtifactInventory(self.registry, self.store, wall=wall)
         self.replication = ReplicationEngine(
@@ -96,7 +90,6 @@ class Control:
         self._ops_dirty = False  # an expiry applied here, not yet stored
         self._history_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._removals: dict[str, asyncio.Task[RemovalResult]] = {}
         self.watcher: ConfigWatcher | None = None
         self._reload_lock = asyncio.Lock()
         self._pending: set[asyncio.Task[ReloadResult]] = set()
@@ -111,7 +104,7 @@ class Control:
     def __repr__(self) -> str:
         return (
             f"<Control regions={len(self.registry.snapshot().regions)} "
-            f"operations={len(self.ops.active)} removing={len(self._removals)}>"
+            f"operations={len(self.ops.active)} removing={len(self.removals.pending)}>"
         )
 
     # -- start-up ----------------------------------------------------------------------
@@ -133,6 +126,8 @@ class Control:
                 self.config_path, lambda: self.registry.config.reload, lambda: self.reload("watch")
             )
             self._tasks.append(loop.create_task(self.watcher.run(), name="config-watch"))
+            certs = CertificateWatcher(lambda: self.registry.config, lambda: self.reload("watch"))
+            self._tasks.append(loop.create_task(certs.run(), name="certificate-watch"))
         await self.alerts.start()
         await self.replication.start()
         await self.store.start()
@@ -144,12 +139,12 @@ class Control:
             await self.cluster.stop()
         await self.replication.stop()
         await self.alerts.stop()
-        tasks = [*self._tasks, *self._removals.values(), *self._pending]
+        tasks = [*self._tasks, *self.removals.pending.values(), *self._pending]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
-        self._removals.clear()
+        self.removals.pending.clear()
         if self._history_dirty:
             with contextlib.suppress(StoreWriteError):
                 await self.state.save_history()
@@ -192,7 +187,7 @@ class Control:
         The removal is persisted first, so a crash while draining does not bring the region
         back. A second DELETE while one drains waits for the same removal.
         """
-        pending = self._removals.get(region_id)
+        pending = self.removals.pending.get(region_id)
         if pending is None:
             async with self.lock:
                 rec = self.registry.record(region_id)
@@ -201,7 +196,7 @@ class Control:
                         f"region {region_id!r} is defined in the config file: remove it from "
                         "the file and reload (POST /admin/reload)"
                     )
-                pending = self._removals.get(region_id)
+                pending = self.removals.pending.get(region_id)
                 if pending is None:
                     self.registry.set_removing(region_id, True)
                     try:
@@ -209,45 +204,8 @@ class Control:
                     except StoreWriteError:
                         self.registry.set_removing(region_id, False)
                         raise
-                    pending = self.begin_removal(region_id, grace_s, "removal requested")
+                    pending = self.removals.begin(region_id, grace_s, "removal requested")
         return await asyncio.shield(pending)
-
-    def begin_removal(
-        self, region_id: str, grace_s: float | None, reason: str
-    ) -> asyncio.Task[RemovalResult]:
-        """Drain the region now and remove it after its in-flight requests (persisted already)."""
-        self.registry.set_removing(region_id, True)
-        t = self.registry.set_manual(region_id, "draining", time.monotonic(), self.wall(), reason)
-        if t is not None:
-            self.runtime.record_transition(t)
-        grace = self.registry.config.shutdown_grace_s if grace_s is None else grace_s
-        pending = asyncio.get_running_loop().create_task(
-            self._finish_removal(region_id, grace), name=f"remove:{region_id}"
-        )
-        self._removals[region_id] = pending
-        return pending
-
-    async def _finish_removal(self, region_id: str, grace_s: float) -> RemovalResult:
-        started = time.monotonic()
-        deadline = started + grace_s
-        load = self.runtime.loads.get(region_id)
-        try:
-            while load.inflight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110  # hot-path counters: poll, no per-request signal
-                await asyncio.sleep(REMOVAL_POLL_S)
-            drained = load.inflight == 0
-            async with self.lock:
-                if self.ops.end(region_id, self.wall(), "region removed") is not None:
-                    try:
-                        await self.state.save_ops()
-                    except StoreWriteError as exc:
-                        log.error("region %s removed, but %s", region_id, exc)
-                with contextlib.suppress(UnknownRegion):
-                    self.registry.remove_region(region_id, time.monotonic())
-            self.runtime.health.sync()
-            log.info("region %s removed (drained=%s)", region_id, drained)
-            return RemovalResult(region_id, drained, round(time.monotonic() - started, 3))
-        finally:
-            self._removals.pop(region_id, None)
 
     def _writable(self, region_id: str) -> RegionRecord:
         rec = self.registry.record(region_id)
@@ -396,7 +354,7 @@ class Control:
         for region_id in effects.check_now:
             self.runtime.health.check_now(region_id)
         for region_id in effects.removals:
-            _ = self.begin_removal(region_id, None, "removed on another instance")
+            _ = self.removals.begin(region_id, None, "removed on another instance")
         if effects.sync_probes:
             self.runtime.health.sync()
         if effects.problems and self.cluster is not None:

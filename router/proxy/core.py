@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+from collections import deque
 from collections.abc import Callable
 from time import monotonic
 from typing import TYPE_CHECKING
@@ -46,12 +47,15 @@ class ProxyCore:
         holder: SnapshotHolder,
         *,
         loop: asyncio.AbstractEventLoop,
+        loads: LoadTable,
         observer: Observer = _ignore,
         access_log: AccessLog | None = None,
     ) -> None:
+        """``loads`` is the process's load table, owned by its runtime (or worker): the
+        proxy core updates it on every request; strategies, views and drains read it."""
         self.holder = holder
         self.loop = loop
-        self.loads = LoadTable()
+        self.loads = loads
         self.selector = Selector(self.loads)
         self.stats = TrafficStats()
         self.observer = observer
@@ -61,6 +65,7 @@ class ProxyCore:
         self.inflight = 0
         self.retries_active = 0
         self.hedges_active = 0
+        self.hedge_waiting: deque[Exchange] = deque()  # requests waiting for the hedge budget
         self.draining = False
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(6).hex().encode()
@@ -130,6 +135,7 @@ class ProxyCore:
         self.watched = frozenset(watch)
         self.interesting = REQUEST_SPECIAL | self.watched
         self.has_routes = bool(cfg.routes)
+        self.routes_by_host = any(rt.match.host is not None for rt in cfg.routes)
         for hook in self.config_hooks:
             hook(cfg)
 
@@ -155,7 +161,8 @@ class ProxyCore:
 
     def plan_for(self, snapshot: Snapshot, host: bytes, path: str) -> RoutePlan:
         """The first route whose match fits this request (the same rule /admin/route explains)."""
-        return match_plan(snapshot, _hostname(host), path)[1]
+        hostname = _hostname(host) if self.routes_by_host else ""  # only host routes read it
+        return match_plan(snapshot, hostname, path)[1]
 
     def request_info(
         self, cookie: bytes | None, affinity_value: bytes | None, geo_value: bytes | None
@@ -188,7 +195,7 @@ class ProxyCore:
             conn.idle_timeout()
         self.pool.sweep(now)
         # Requests still waiting for headers are latency evidence before they answer.
-        self.loads.observe_awaiting(self.awaiting, self.response_headers_timeout_s)
+        self.loads.observe_awaiting(self.awaiting)
         if self.hedge_auto:
             self.loads.refresh_p95(now)
 

@@ -21,6 +21,7 @@ from typing import Any
 import aiodns
 
 from router.config.loader import DnsConfig
+from router.errors import RouterError
 
 log = logging.getLogger("router.proxy.dns")
 
@@ -28,7 +29,7 @@ MIN_INTERVAL_S = 1.0  # a TTL of 0 or 1 must not turn into a query storm
 UNUSED_REFRESHES = 10  # refresh rounds without a use before a name is dropped
 
 
-class ResolveError(OSError):
+class ResolveError(RouterError, OSError):
     """No address for a name (an OSError, so a request counts it as a connect failure)."""
 
 
@@ -75,8 +76,13 @@ class Resolver:
 
     # -- reads (synchronous: the hot path) ----------------------------------------------
 
-    def pick(self, host: str) -> str | None:
-        """The next address for ``host`` in turn; None until the name has an answer."""
+    def pick(self, host: str, *, advance: bool = True) -> str | None:
+        """The next address for ``host`` in turn; None until the name has an answer.
+
+        ``advance=False`` only looks: the pool looks for an idle connection to the address
+        first and takes the turn (``advance``) only when it uses one, so a request that
+        must open a new connection does not skip an address.
+        """
         entry = self.entries.get(host)
         if entry is None:
             if not _is_ip(host):
@@ -90,8 +96,15 @@ class Resolver:
         if not addresses:
             return None
         i = entry.next_index
-        entry.next_index = i + 1
+        if advance:
+            entry.next_index = i + 1
         return addresses[i % len(addresses)]
+
+    def advance(self, host: str) -> None:
+        """Take the turn ``pick(host, advance=False)`` looked at."""
+        entry = self.entries.get(host)
+        if entry is not None:
+            entry.next_index += 1
 
     def current(self, host: str) -> tuple[str, ...] | None:
         """The addresses now in the answer (None: not a tracked name)."""
@@ -152,7 +165,9 @@ class Resolver:
         refresh_s = self.config.refresh_s
         try:
             addresses, ttl_s = await self._lookup(entry.host)
-        except (aiodns.error.DNSError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # any lookup failure: keep the last answer
+            if not isinstance(exc, aiodns.error.DNSError | OSError | TimeoutError):
+                log.exception("dns: unexpected error resolving %s", entry.host)
             entry.lookups_failed += 1
             entry.error = _error_text(exc)
             if entry.addresses and not entry.stale:

@@ -30,6 +30,8 @@ from router.proxy.retries import (
     retry_after_status,
 )
 from router.proxy.upstream import UpstreamConnection
+from router.routing.load import RegionLoad
+from router.routing.routes import current_plan
 from router.routing.strategies import RequestInfo
 from router.state.snapshot import RegionView, RoutePlan, Snapshot
 
@@ -64,6 +66,7 @@ class Exchange:
         "info",
         "is_head",
         "keep_alive",
+        "load",
         "method",
         "method_label",
         "pending",
@@ -81,6 +84,7 @@ class Exchange:
         "resp_until_close",
         "retry_buffer",
         "retrying",
+        "sent_at",
         "set_cookie",
         "snapshot",
         "started_at",
@@ -138,13 +142,15 @@ class Exchange:
         self.retry_buffer: list[bytes] | None = [] if idempotent and has_body else None
         self.body_too_large_for_retry = False
         self.region: RegionView | None = None
+        self.load: RegionLoad | None = None  # the region's live load, looked up once
         self.upstream: UpstreamConnection | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self.tried: set[str] = set()
         self.counted = False
         self.attempts = 0
         self.retrying = False
-        self.deadline = 0.0
+        self.deadline = 0.0  # response headers due (0: not waiting yet)
+        self.sent_at = 0.0  # this try's clock start: its latency sample is measured from here
         self.status = 0
         self.resp_reason = b""
         self.resp_headers: list[tuple[bytes, bytes]] = []
@@ -184,7 +190,8 @@ class Exchange:
             return
         self.region = region
         self.attempts += 1
-        core.loads.get(region.id).inflight += 1
+        load = self.load = core.loads.get(region.id)
+        load.inflight += 1
         core.inflight += 1
         self.counted = True
         if self.core.affinity_cookie is not None and (
@@ -248,7 +255,7 @@ class Exchange:
         else:
             # the response-headers clock starts when the body is complete: an upload may
             # take longer than timeouts.response_headers (idle covers one that stalls)
-            self.deadline = monotonic() + self.core.response_headers_timeout_s
+            self.sent_at = monotonic()
 
     def head_parts(self, region: RegionView) -> list[bytes]:
         """The request head as written to ``region`` (a list the caller may extend)."""
@@ -263,7 +270,11 @@ class Exchange:
     def _await_headers(self) -> None:
         core = self.core
         now = monotonic()
-        self.deadline = now + core.response_headers_timeout_s
+        self.sent_at = now
+        if not (core.per_try_s and self.deadline):
+            # With per_try, response_headers bounds the whole request (Envoy's route
+            # timeout); without, each try (a timed-out try may be retried).
+            self.deadline = now + core.response_headers_timeout_s
         core.awaiting.add(self)
         if core.tail_timers:
             arm(self, now)
@@ -324,8 +335,9 @@ class Exchange:
         now = monotonic()
         # This attempt's time to headers (from when it was written), not the whole
         # exchange's: a retry must not charge the earlier attempts to this region.
-        elapsed = now - (self.deadline - core.response_headers_timeout_s)
-        load = core.loads.get(region.id)
+        elapsed = now - self.sent_at
+        load = self.load
+        assert load is not None
         self.status = status
         if status >= 500:
             load.observe_failure(now)
@@ -490,7 +502,8 @@ class Exchange:
     def on_timeout(self) -> None:
         """The response-headers deadline passed (the core's sweeper calls this)."""
         if not self.done and not self.resp_started:
-            attempt_failed(self, "timeout", sent=True)
+            # With per_try on, this deadline is the whole request's: nothing follows it.
+            attempt_failed(self, "timeout", sent=True, final=bool(self.core.per_try_s))
 
     # -- failures and retries (policy in router/proxy/retries.py) ----------------------------
 
@@ -503,8 +516,8 @@ class Exchange:
         It chooses from the routing state of now, not of when the request arrived: a
         region ejected or failed over in between must not get the retry.
         """
-        if self.done or self.upstream is not None:
-            return  # finished, or a hedge took the request over meanwhile
+        if self.done or self.upstream is not None or self._connect_task is not None:
+            return  # finished, or already on another try (a hedge took it over, a rescue)
         current = self.core.holder.current
         if current is not self.snapshot:
             self.plan = current_plan(self.snapshot, current, self.plan)
@@ -516,8 +529,8 @@ class Exchange:
             disarm(self)
         if self.counted:
             self.counted = False
-            assert self.region is not None
-            self.core.loads.get(self.region.id).inflight -= 1
+            assert self.load is not None
+            self.load.inflight -= 1
             self.core.inflight -= 1
         conn = self.upstream
         self.upstream = None
@@ -592,16 +605,3 @@ class Exchange:
 
 def raise_body_too_large(limit: int) -> None:
     raise BodyTooLarge(f"request body exceeds {limit} bytes")
-
-
-def current_plan(old: Snapshot, new: Snapshot, plan: RoutePlan) -> RoutePlan:
-    """``plan`` (from ``old``) as it stands in ``new``; the old one if its route is gone."""
-    if plan.route is None:
-        return new.default_plan
-    for i, route in enumerate(old.config.routes):
-        if route is plan.route:
-            routes = new.config.routes
-            if i < len(routes) and routes[i] == route:
-                return new.route_plans[i]
-            break
-    return plan

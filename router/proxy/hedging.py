@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING
 
 from router.proxy.upstream import UpstreamConnection
 from router.routing.load import auto_hedge_delay
+from router.routing.routes import current_plan
 from router.state.snapshot import RegionView
 
 if TYPE_CHECKING:
+    from router.proxy.core import ProxyCore
     from router.proxy.exchange import Exchange
     from router.proxy.interfaces import ClientSide
 
@@ -91,15 +93,15 @@ def per_try_due(ex: Exchange, conn: UpstreamConnection) -> None:
     region = ex.region
     assert region is not None
     core = ex.core
-    core.loads.get(region.id).observe_failure(monotonic())
-    core.stats.upstream_error(region.id, "per_try_timeout")
-    core.observer(region.id, False, "timeout")
-    ex.tried.add(region.id)
-    if hand_over(ex, "per_try_timeout"):
-        return
     core.awaiting.discard(ex)
     ex.release_upstream(reuse=False)
-    schedule_retry(ex, "per_try_timeout")
+    core.loads.get(region.id).observe_failure(monotonic())
+    core.stats.upstream_error(region.id, "per_try_timeout")
+    ex.tried.add(region.id)
+    if not hand_over(ex, "per_try_timeout"):
+        schedule_retry(ex, "per_try_timeout")
+    # Last: an ejection it causes rescues what still waits on the region, not this request.
+    core.observer(region.id, False, "timeout")
 
 
 # -- hedges ----------------------------------------------------------------------------
@@ -127,31 +129,36 @@ def hedge_due(ex: Exchange) -> None:
         return
     if hedges.sent >= cfg.max_extra:
         return
-    delay = hedge_delay(ex)
     budget = max(1.0, core.hedge_budget_fraction * core.inflight)
     if core.hedges_active >= budget:
         if not hedges.skipped:
             hedges.skipped = True
             core.stats.hedge("skipped_budget")
-        hedges.timer = core.loop.call_later(delay, hedge_due, ex)  # budget may free up
+        core.hedge_waiting.append(ex)  # first in line when a hedge ends (_budget_freed)
         return
     assert ex.region is not None
     avoid = set(ex.tried)
     avoid.add(ex.region.id)
     avoid.update(h.region.id for h in hedges.tries)
     current = core.holder.current
-    plan = ex.plan if current is ex.snapshot else None
-    if plan is None:
-        from router.proxy.exchange import current_plan
-
-        plan = current_plan(ex.snapshot, current, ex.plan)
+    plan = ex.plan if current is ex.snapshot else current_plan(ex.snapshot, current, ex.plan)
     region = core.selector.choose(current, plan, ex.info, monotonic(), avoid)
     if region is None or region.id in avoid:
         return  # nowhere else to send a copy
     hedges.sent += 1
     HedgeTry(ex, region).start()
     if hedges.sent < cfg.max_extra:
-        hedges.timer = core.loop.call_later(delay, hedge_due, ex)
+        hedges.timer = core.loop.call_later(hedge_delay(ex), hedge_due, ex)
+
+
+def _budget_freed(core: ProxyCore) -> None:
+    """A hedge ended: the request that has waited longest for the budget goes next."""
+    waiting = core.hedge_waiting
+    while waiting:
+        ex = waiting.popleft()
+        if not (ex.done or ex.resp_started or ex.upstream is None):
+            core.loop.call_soon(hedge_due, ex)
+            return
 
 
 class HedgeTry:
@@ -277,9 +284,11 @@ class HedgeTry:
         now = monotonic()
         core.loads.get(self.region.id).observe_failure(now)
         core.stats.upstream_error(self.region.id, kind)
-        core.observer(self.region.id, False, kind)
         self.ex.tried.add(self.region.id)
         self.end("cancelled")
+        # Last: the observer may eject the region, and an ejection rescues requests at once
+        # (router/proxy/rescue.py), which must not find this copy still waiting.
+        core.observer(self.region.id, False, kind)
 
     def end(self, outcome: str) -> None:
         """Close this copy without its answer reaching the client."""
@@ -290,6 +299,7 @@ class HedgeTry:
         core = ex.core
         core.stats.hedge(outcome)
         core.hedges_active -= 1
+        _budget_freed(core)
         core.loads.get(self.region.id).inflight -= 1
         if ex.hedges is not None and self in ex.hedges.tries:
             ex.hedges.tries.remove(self)
@@ -310,12 +320,15 @@ def adopt(ex: Exchange, h: HedgeTry, *, won: bool) -> None:
     """
     assert h.conn is not None
     core = ex.core
+    loser: str | None = None
     if won and ex.upstream is not None and ex.region is not None and ex in core.awaiting:
-        # The try that lost is still unanswered: that is a latency sample of its region,
-        # or a region that answers nothing would keep looking as fast as its last answer.
+        # The try that lost is still unanswered: that is a latency sample of its region
+        # (or a region that answers nothing keeps looking as fast as its last answer), and
+        # for outlier detection a timed-out try, as Envoy counts a per-try timeout when it
+        # hedges: a region that loses every race is ejected after consecutive_failures.
         now = monotonic()
-        age = now - (ex.deadline - core.response_headers_timeout_s)
-        core.loads.get(ex.region.id).observe_outstanding(age, now)
+        core.loads.get(ex.region.id).observe_outstanding(now - ex.sent_at, now)
+        loser = ex.region.id
     core.awaiting.discard(ex)
     ex.release_upstream(reuse=False)
     ex.cancel_connect()
@@ -325,12 +338,14 @@ def adopt(ex: Exchange, h: HedgeTry, *, won: bool) -> None:
         end_all(ex, "lost", keep=h)
     h.done = True
     core.hedges_active -= 1
+    _budget_freed(core)
     assert ex.hedges is not None
     ex.hedges.tries.remove(h)
     core.stats.hedge("won")
     conn = h.conn
     h.conn = None
     ex.region = h.region
+    ex.load = core.loads.get(h.region.id)  # what release_upstream will count down
     ex.upstream = conn
     conn.exchange = ex
     ex.counted = True  # the hedge's in-flight count on its region is now the exchange's
@@ -338,20 +353,32 @@ def adopt(ex: Exchange, h: HedgeTry, *, won: bool) -> None:
     ex.attempts += 1
     ex.resp_reason = h.resp_reason
     ex.resp_headers = h.resp_headers
-    ex.deadline = h.sent_at + core.response_headers_timeout_s
+    ex.sent_at = h.sent_at
+    if not ex.deadline:  # the request's own headers deadline stands; a hedge does not extend it
+        ex.deadline = h.sent_at + core.response_headers_timeout_s
     if ex.client.writing_paused and conn.transport is not None:
         conn.transport.pause_reading()
+    if loser is not None:
+        # Last, with the exchange on its new try: an ejection rescues the requests still
+        # waiting on the loser's region, and this one must not be among them.
+        core.observer(loser, False, "hedge_lost")
 
 
 def hand_over(ex: Exchange, reason: str) -> bool:
     """The current try failed: a hedge still waiting takes the request over (no retry).
 
-    The caller has not released the failed try yet; on True it is closed here.
+    Only a copy already written to a region still in rotation qualifies. On True the
+    failed try is closed (if the caller has not released it yet).
     """
     hedges = ex.hedges
     if hedges is None:
         return False
-    ready = [h for h in hedges.tries if h.conn is not None and not h.done]
+    by_id = ex.core.holder.current.by_id
+    ready = [
+        h
+        for h in hedges.tries
+        if h.conn is not None and not h.done and (r := by_id.get(h.region.id)) and r.eligible
+    ]
     if not ready:
         return False
     h = ready[0]

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from router.proxy.exchange import current_plan
 from router.proxy.hedging import hand_over, replayable
+from router.routing.routes import current_plan
 from router.state.snapshot import RoutePlan, Snapshot
 
 if TYPE_CHECKING:

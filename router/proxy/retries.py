@@ -51,8 +51,15 @@ def may_retry(ex: Exchange, reason: str, *, unsent: bool = False, budgeted: bool
 
 
 def attempt_failed(
-    ex: Exchange, kind: str, *, sent: bool, stale: bool = False, detail: str = ""
+    ex: Exchange,
+    kind: str,
+    *,
+    sent: bool,
+    stale: bool = False,
+    detail: str = "",
+    final: bool = False,
 ) -> None:
+    """``final``: the request's own deadline passed, so no retry (nor hedge) may follow."""
     core = ex.core
     core.awaiting.discard(ex)
     region = ex.region
@@ -70,11 +77,11 @@ def attempt_failed(
     # Even a stale reset may mean the region just died: retry elsewhere while one is
     # eligible, or a dead region still in rotation takes the retry and refuses it.
     ex.tried.add(region.id)
-    if ex.hedges is not None and kind != "timeout" and hand_over(ex, kind):
+    if ex.hedges is not None and not final and kind != "timeout" and hand_over(ex, kind):
         return  # a copy of the request is already waiting elsewhere
     condition = "connect-failure" if kind.startswith("connect") else kind
     always = not sent or stale
-    allowed = always or condition in core.retry_conditions
+    allowed = not final and (always or condition in core.retry_conditions)
     reason = "connect-failure" if always else condition
     if allowed and may_retry(ex, reason, unsent=not sent, budgeted=not stale):
         schedule_retry(ex, "stale-connection" if stale else condition, budgeted=sent and not stale)

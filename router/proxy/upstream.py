@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
+from functools import partial
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -212,7 +213,8 @@ class Pool:
         dns.listeners.append(self._addresses_changed)
 
     def acquire_idle(self, endpoint: Endpoint) -> UpstreamConnection | None:
-        address = self.dns.pick(endpoint.host)
+        host = endpoint.host
+        address = self.dns.pick(host, advance=False)
         if address is None:
             return None  # not resolved yet: connect() waits for the answer
         idle = self._idle.get(f"{endpoint.url} {address}")
@@ -220,8 +222,9 @@ class Pool:
             conn = idle.pop()
             if conn.usable():
                 conn.reused = True
+                self.dns.advance(host)
                 return conn
-        return None
+        return None  # connect() takes this turn's address
 
     async def connect(self, endpoint: Endpoint, ca_file: str | None) -> UpstreamConnection:
         """A new connection to the endpoint's next address (resolving it first if needed)."""
@@ -230,16 +233,30 @@ class Pool:
         host = endpoint.host
 
         async def open_one() -> UpstreamConnection:
-            address = self.dns.pick(host) or await self.dns.resolve(host)
-            key = f"{endpoint.url} {address}"
-            _, conn = await loop.create_connection(
-                lambda: UpstreamConnection(key, host, address, self._forget),
-                address,
-                endpoint.port,
-                ssl=ctx,
-                server_hostname=host if ctx is not None else None,
-            )
-            return conn
+            first = self.dns.pick(host) or await self.dns.resolve(host)
+            current = self.dns.current(host) or (first,)
+            # The address in turn first, then the others (as a connect by name would):
+            # "localhost" is often ::1 and 127.0.0.1 with the region on one of them.
+            i = current.index(first) if first in current else 0
+            last: OSError | None = None
+            for address in current[i:] + current[:i]:
+                key = f"{endpoint.url} {address}"
+                try:
+                    _, conn = await loop.create_connection(
+                        partial(UpstreamConnection, key, host, address, self._forget),
+                        address,
+                        endpoint.port,
+                        ssl=ctx,
+                        server_hostname=host if ctx is not None else None,
+                    )
+                except OSError as exc:  # refused or unreachable: try the next address
+                    if isinstance(exc, ssl.SSLError):
+                        raise
+                    last = exc
+                    continue
+                return conn
+            assert last is not None
+            raise last
 
         conn = await asyncio.wait_for(open_one(), self.connect_timeout_s)
         self._all.add(conn)

@@ -97,15 +97,7 @@ def explain(
         "route": route_index,
         "strategy": plan.strategy,
         "panic": plan.panic,
-        "tiers": [
-            {
-                "priority": t.priority,
-                "share": round(t.share, 4),
-                "health_percent": round(t.health_percent, 1),
-                "regions": [r.id for r in t.regions],
-            }
-            for t in plan.tiers
-        ],
+        "tiers": tiers_json(plan),
         "candidates": candidates,
         "winner": winner.id if winner is not None else None,
         "reason": reason,
@@ -192,6 +184,19 @@ def _reason(
     return s
 
 
+def tiers_json(plan: RoutePlan) -> list[dict[str, Any]]:
+    """A plan's tiers as the admin API shows them (explain and what-if alike)."""
+    return [
+        {
+            "priority": t.priority,
+            "share": round(t.share, 4),
+            "health_percent": round(t.health_percent, 1),
+            "regions": [r.id for r in t.regions],
+        }
+        for t in plan.tiers
+    ]
+
+
 def plan_target_of(plan: RoutePlan, region_id: str) -> tuple[str, ...]:
     """The failover target of ``region_id`` (empty when it has none)."""
     r = next((r for r in plan.regions if r.id == region_id), None)
@@ -254,4 +259,4 @@ def hypothetical_loads(latencies_s: dict[str, float], base: LoadTable, now: floa
     return table
 
 
-__all__ = ["RegionLoad", "explain", "hypothetical_loads", "traffic_split"]
+__all__ = ["RegionLoad", "explain", "hypothetical_loads", "tiers_json", "traffic_split"]

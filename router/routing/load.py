@@ -41,7 +41,7 @@ class Awaiting(Protocol):
     def region(self) -> _Region | None: ...
 
     @property
-    def deadline(self) -> float: ...
+    def sent_at(self) -> float: ...
 
 
 QUANTILE_WINDOW_S = 10.0  # the p95 estimate covers the last one to two windows
@@ -210,20 +210,20 @@ class LoadTable:
     def items(self) -> list[tuple[str, RegionLoad]]:
         return list(self._loads.items())
 
-    def observe_awaiting(self, awaiting: Iterable[Awaiting], headers_timeout_s: float) -> None:
+    def observe_awaiting(self, awaiting: Iterable[Awaiting]) -> None:
         """Feed the age of the oldest request each region has not answered yet.
 
-        ``awaiting`` are exchanges whose request was sent and whose response headers are
-        due by ``deadline`` (sent at ``deadline - headers_timeout_s``). Called by the
-        sweeper ten times a second, so a region that stops answering looks slow within
-        ~100 ms, long before any response (or timeout) would tell.
+        ``awaiting`` are exchanges whose request was sent (at ``sent_at``) and whose
+        response headers have not arrived. Called by the sweeper ten times a second, so a
+        region that stops answering looks slow within ~100 ms, long before any response
+        (or timeout) would tell.
         """
         now = time.monotonic()
         oldest: dict[str, float] = {}
         for ex in awaiting:
             region = ex.region
             if region is not None:
-                age = now - (ex.deadline - headers_timeout_s)
+                age = now - ex.sent_at
                 if age > oldest.get(region.id, 0.0):
                     oldest[region.id] = age
         for region_id, age in oldest.items():

@@ -13,10 +13,15 @@ import math
 import random
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
+from math import exp
 
 from router.config.loader import GeoConfig
-from router.routing.load import LoadTable
+from router.routing.load import DECAY_S, DEFAULT_RTT_S, LoadTable, RegionLoad
 from router.state.snapshot import RegionState, RegionView, RoutePlan, Snapshot, Tier
+
+# One candidate of a tier, prepared once per snapshot: the region, its live load (stable
+# per region id) and its slow-start ramp factor.
+Candidate = tuple[RegionView, RegionLoad, float]
 
 
 @dataclass(slots=True)
@@ -35,6 +40,25 @@ def _effective_weight(r: RegionView) -> float:
 def ramp_factor(r: RegionView) -> float:
     """How far along its slow start a region is: 1.0 when fully in, down to 0.1 at the start."""
     return r.effective_weight / r.weight if r.weight > 0 else 0.0
+
+
+def candidate_cost(r: RegionView, load: RegionLoad, ramp: float, now: float) -> float:
+    """Peak-EWMA latency x (in-flight + 1), dearer while the region ramps up.
+
+    ``RegionLoad.latency_estimate`` inlined: this runs twice per request.
+    """
+    estimate = r.probe_latency_s
+    if estimate is None:
+        estimate = DEFAULT_RTT_S
+    cost = load.cost_s
+    if cost is not None:
+        idle = now - load.last_sample_at
+        w = exp(-idle / DECAY_S) if idle > 0.0 else 1.0
+        estimate = cost * w + estimate * (1.0 - w)
+    estimate *= load.inflight + 1
+    if ramp < 1.0:
+        estimate /= max(ramp, 0.05)  # slow start: look dearer
+    return estimate
 
 
 def smooth_wrr(
@@ -138,6 +162,11 @@ class Selector:
         self.capacity_share = 1.0
         # smooth-WRR state per route; kept across snapshots (region ids are stable)
         self._wrr: dict[int, dict[str, float]] = {}
+        # Candidates per tier of the current snapshot, built on first use (id(tier) -> the
+        # tier itself, kept alive so its id stays its own, and its candidates).
+        self._snapshot: Snapshot | None = None
+        self._prepared: dict[int, tuple[Tier, tuple[Candidate, ...]]] = {}
+        self._full: list[RegionView] = []  # scratch: regions at capacity, per choose()
 
     def __repr__(self) -> str:
         return f"<Selector routes={len(self._wrr)} {self.loads!r}>"
@@ -157,11 +186,29 @@ class Selector:
         tiers = plan.tiers
         if not tiers:
             return None
-        full: list[RegionView] = []
+        if len(tiers) == 1 and snapshot is self._snapshot and plan.strategy == "latency":
+            # The common case, without a Python call per step (each costs ~0.3 us here):
+            # one tier, candidates already prepared, every one usable.
+            tier = tiers[0]
+            found = self._prepared.get(id(tier))
+            if found is not None and found[0] is tier:
+                candidates = found[1]
+                for r, load, _ in candidates:
+                    if (
+                        load.not_before > now
+                        or (exclude and r.id in exclude)
+                        or (r.max_inflight and load.inflight >= self.capacity(r))
+                    ):
+                        break
+                else:
+                    if candidates:
+                        return self._p2c_latency(candidates, now)
+        full = self._full
+        full.clear()
         for tier in self._tier_order(plan, tiers):
-            candidates = self._usable(tier.regions, now, exclude, full)
-            if candidates:
-                return self._pick(snapshot, plan, candidates, info, now)
+            usable = self._usable(self._candidates(snapshot, tier), now, exclude, full)
+            if usable:
+                return self._pick(snapshot, plan, usable, info, now)
         if full:
             # Every region with room is excluded: capacity is a preference, not a wall, so
             # the least-utilised full region takes the request rather than nobody.
@@ -184,52 +231,119 @@ class Selector:
             return tiers
         return (tiers[chosen], *tiers[:chosen], *tiers[chosen + 1 :])
 
+    def _candidates(self, snapshot: Snapshot, tier: Tier) -> tuple[Candidate, ...]:
+        """The tier's regions with weight, their loads and ramps: built once per snapshot."""
+        if snapshot is not self._snapshot:
+            self._snapshot = snapshot
+            self._prepared = {}
+        found = self._prepared.get(id(tier))
+        if found is not None and found[0] is tier:
+            return found[1]
+        get = self.loads.get
+        prepared = tuple((r, get(r.id), ramp_factor(r)) for r in tier.regions if r.weight > 0)
+        self._prepared[id(tier)] = (tier, prepared)
+        return prepared
+
     def _usable(
         self,
-        regions: Sequence[RegionView],
+        candidates: tuple[Candidate, ...],
         now: float,
         exclude: frozenset[str] | set[str],
         full: list[RegionView],
-    ) -> list[RegionView]:
-        loads = self.loads
+    ) -> Sequence[Candidate]:
+        """The candidates that may take a request now; the prepared tuple itself when all may
+        (the common case: nothing allocated)."""
+        for r, load, _ in candidates:
+            if (
+                load.not_before > now
+                or (exclude and r.id in exclude)
+                or (r.max_inflight and load.inflight >= self.capacity(r))
+            ):
+                break
+        else:
+            return candidates
         out = []
-        for r in regions:
-            if r.id in exclude or r.weight <= 0:
+        for c in candidates:
+            r, load, _ = c
+            if r.id in exclude:
                 continue
-            load = loads.get(r.id)
             if load.not_before > now:
                 continue  # the region asked for a pause (Retry-After)
             if r.max_inflight and load.inflight >= self.capacity(r):
                 full.append(r)  # at capacity: spill to the next-best region
                 continue
-            out.append(r)
+            out.append(c)
         return out
 
     def _pick(
         self,
         snapshot: Snapshot,
         plan: RoutePlan,
-        candidates: list[RegionView],
+        candidates: Sequence[Candidate],
         info: RequestInfo | None,
         now: float,
     ) -> RegionView:
-        if len(candidates) == 1:
-            return candidates[0]
+        n = len(candidates)
+        if n == 1:
+            return candidates[0][0]
         strategy = plan.strategy
+        if strategy == "latency":
+            return self._p2c_latency(candidates, now)
+        regions = [c[0] for c in candidates]
         if strategy in ("weighted", "priority"):
-            return smooth_wrr(candidates, self._wrr_state(plan))
+            return smooth_wrr(regions, self._wrr_state(plan))
         if strategy == "round_robin":
             # equal turns, except that a region in slow start gets its ramped share
-            return smooth_wrr(candidates, self._wrr_state(plan), ramp_factor)
+            return smooth_wrr(regions, self._wrr_state(plan), ramp_factor)
         if strategy == "least_outstanding":
-            return power_of_two(candidates, self.outstanding_cost, self.rng)
+            return power_of_two(regions, self.outstanding_cost, self.rng)
         if strategy == "geo" and info is not None and info.client_region:
-            near = geo_candidates(info.client_region, snapshot.config.geo, candidates)
+            near = geo_candidates(info.client_region, snapshot.config.geo, regions)
             if len(near) == 1:
                 return near[0]
             if near:
-                candidates = near
-        return power_of_two(candidates, lambda r: self.latency_cost(r, now), self.rng)
+                regions = near
+        return power_of_two(regions, lambda r: self.latency_cost(r, now), self.rng)
+
+    def _p2c_latency(self, candidates: Sequence[Candidate], now: float) -> RegionView:
+        """P2C on peak-EWMA cost (``candidate_cost`` inlined): no closure, list or dict."""
+        n = len(candidates)
+        if n == 1:
+            return candidates[0][0]
+        random_ = self.rng.random
+        if n == 2:
+            a, b = candidates
+        else:
+            i = int(random_() * n)
+            j = int(random_() * (n - 1))
+            if j >= i:
+                j += 1
+            a, b = candidates[i], candidates[j]
+        # The same formula twice, written out: a helper call per candidate costs more here
+        # than the arithmetic (candidate_cost is the readable version; tests pin both).
+        r, load, ramp = a
+        ca = DEFAULT_RTT_S if r.probe_latency_s is None else r.probe_latency_s
+        cost = load.cost_s
+        if cost is not None:
+            idle = now - load.last_sample_at
+            w = exp(-idle / DECAY_S) if idle > 0.0 else 1.0
+            ca = cost * w + ca * (1.0 - w)
+        ca *= load.inflight + 1
+        if ramp < 1.0:
+            ca /= max(ramp, 0.05)
+        r, load, ramp = b
+        cb = DEFAULT_RTT_S if r.probe_latency_s is None else r.probe_latency_s
+        cost = load.cost_s
+        if cost is not None:
+            idle = now - load.last_sample_at
+            w = exp(-idle / DECAY_S) if idle > 0.0 else 1.0
+            cb = cost * w + cb * (1.0 - w)
+        cb *= load.inflight + 1
+        if ramp < 1.0:
+            cb /= max(ramp, 0.05)
+        if ca != cb:
+            return a[0] if ca < cb else b[0]
+        return a[0] if random_() < 0.5 else b[0]
 
     def _wrr_state(self, plan: RoutePlan) -> dict[str, float]:
         key = id(plan.route)
@@ -240,12 +354,7 @@ class Selector:
 
     def latency_cost(self, r: RegionView, now: float) -> float:
         """Peak-EWMA latency x (in-flight + 1), dearer while the region ramps up."""
-        load = self.loads.get(r.id)
-        cost = load.latency_estimate(r.probe_latency_s, now) * (load.inflight + 1)
-        ramp = ramp_factor(r)
-        if ramp < 1.0:
-            cost /= max(ramp, 0.05)  # slow start: look dearer
-        return cost
+        return candidate_cost(r, self.loads.get(r.id), ramp_factor(r), now)
 
     def outstanding_cost(self, r: RegionView) -> float:
         """(In-flight + 1) / effective weight: Envoy's weighted least-request with bias 1."""

@@ -22,6 +22,7 @@ from router.config.loader import access_log_path
 from router.proxy.accesslog import AccessLogger
 from router.proxy.core import ProxyCore
 from router.proxy.server import ProxyServer
+from router.routing.load import LoadTable
 from router.state.snapshot import Snapshot, SnapshotHolder
 from router.workers.channel import ACK, READY, REPORT, SNAPSHOT, ChannelProtocol
 
@@ -96,13 +97,13 @@ async def run_worker(
     assert holder is not None
     outcomes = OutcomeRecorder()
     config = snapshot.config
-    core = ProxyCore(holder, loop=loop, observer=outcomes)
+    core = ProxyCore(holder, loop=loop, loads=LoadTable(), observer=outcomes)
     access_log: AccessLogger | None = None
     if config.access_log:
         # Each worker appends its own lines to the same file (O_APPEND keeps them whole).
         access_log = AccessLogger(loop, access_log_path(config))
         access_log.bind(core.stats)
-        core.access_log = access_log
+        core.access_log = access_log.record
     core.selector.capacity_share = 1.0 / max(1, workers)
     server = ProxyServer(core)
     try:

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,6 +16,7 @@ import pytest
 
 from router.config.loader import ConfigError
 from router.service import RouterService
+from tests.backends import router_process
 from tests.cluster import eventually
 from tests.conftest import StartRouter, make_config
 from tests.dns_server import MultiRegion, Zone, dns_server, multi_region
@@ -48,12 +50,12 @@ class Load:
 
 
 @asynccontextmanager
-async def load(port: int, clients: int = 4) -> AsyncIterator[Load]:
+async def load(port: int, clients: int = 4, path: str = "/echo") -> AsyncIterator[Load]:
     state = Load(port)
 
     async def client(session: aiohttp.ClientSession) -> None:
         while not state.stop.is_set():
-            async with session.get(f"http://127.0.0.1:{port}/echo") as resp:
+            async with session.get(f"http://127.0.0.1:{port}{path}") as resp:
                 body = await resp.json() if resp.status == 200 else {}
                 state.results.append((time.monotonic(), resp.status, body.get("address", "")))
 
@@ -246,3 +248,74 @@ async def region_status(service: RouterService) -> dict[str, Any]:
 
 async def _true(value: object) -> bool:
     return bool(value)
+
+
+async def test_an_address_that_refuses_falls_through_to_the_next(
+    start_router: StartRouter,
+) -> None:
+    # Like "localhost" as ::1 and 127.0.0.1 with the region listening on one of them.
+    zone = Zone({"api.test": [ADDRESSES[0], "127.0.0.9"]}, ttl=60)
+    async with dns_server(zone) as ns, multi_region(ADDRESSES[:1]) as region:
+        service = await named_router(start_router, region, ns)
+        async with load(service.proxy_port, clients=2) as traffic:
+            await eventually(lambda: _true(len(traffic.results) > 40), 5, "40 answers")
+        assert traffic.failures() == []
+        assert traffic.addresses_since(0) == {ADDRESSES[0]}
+        errors = service.runtime.merged_stats().upstream_errors
+        assert not errors, errors
+
+
+async def test_workers_resolve_endpoint_names_too(tmp_path: Path) -> None:
+    zone = Zone({"api.test": ADDRESSES[:2]}, ttl=60)
+    async with dns_server(zone) as ns, multi_region(ADDRESSES) as region:
+        config = {
+            "regions": [{"id": "named", "endpoint": f"http://api.test:{region.port}"}],
+            "health_check": {"interval": "200ms", "timeout": "150ms"},
+            "dns": {"nameservers": [ns], "refresh": "1s"},
+        }
+        async with router_process(tmp_path, config, workers=2) as router:
+            async with load(router.proxy_port, clients=4) as traffic:
+
+                async def both() -> bool:
+                    return set(ADDRESSES[:2]) <= traffic.addresses_since(0)
+
+                await eventually(both, 10, "every worker's requests reach both addresses")
+                zone.records["api.test"] = [ADDRESSES[2]]
+                changed = time.monotonic()
+
+                async def moved() -> bool:
+                    now = time.monotonic()
+                    recent = traffic.addresses_since(now - 0.3)
+                    return now - 0.3 > changed and recent == {ADDRESSES[2]}
+
+                await eventually(moved, 3, "every worker follows the new answer")
+            assert traffic.failures() == []
+            assert region.probes[ADDRESSES[2]] > 0  # the supervisor's health checks too
+
+
+async def test_aaaa_answers_are_used_and_ipv4_comes_first(start_router: StartRouter) -> None:
+    zone = Zone({"api.test": [ADDRESSES[0]], "api.test/v6": ["::1"]}, ttl=60)
+    async with dns_server(zone) as ns, multi_region([ADDRESSES[0], "::1"]) as region:
+        service = await named_router(start_router, region, ns, refresh="1s")
+        status = await region_status(service)
+        assert status["dns"]["addresses"] == [ADDRESSES[0], "::1"]
+        async with load(service.proxy_port, clients=2) as traffic:
+
+            async def both() -> bool:
+                return traffic.addresses_since(0) == {ADDRESSES[0], "::1"}
+
+            await eventually(both, 5, "IPv4 and IPv6 addresses both get traffic")
+        assert traffic.failures() == []
+
+
+async def test_addresses_take_turns_when_the_region_closes_every_connection(
+    start_router: StartRouter,
+) -> None:
+    zone = Zone({"api.test": ADDRESSES[:2]}, ttl=60)
+    async with dns_server(zone) as ns, multi_region(ADDRESSES[:2]) as region:
+        service = await named_router(start_router, region, ns)
+        async with load(service.proxy_port, clients=1, path="/echo?close=1") as traffic:
+            await eventually(lambda: _true(len(traffic.results) >= 40), 5, "40 answers")
+        assert traffic.failures() == []
+        a, b = (region.hits[address] for address in ADDRESSES[:2])
+        assert abs(a - b) <= 2, (a, b)  # strictly alternating, one request at a time

@@ -192,3 +192,60 @@ async def test_a_failed_try_hands_the_request_to_its_waiting_hedge(
         assert len(spare.seen) == 1  # handed over, not retried: one copy only
         assert await _counter(service, "router_retries_total", 'reason="reset"') == 1
         assert await _counter(service, "router_hedges_total", 'outcome="won"') == 1
+
+
+async def test_with_per_try_response_headers_bounds_the_whole_request(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    """Both regions silent: per-try retries go on only until timeouts.response_headers."""
+    a = await start_region(aiohttp_server, "a")
+    b = await start_region(aiohttp_server, "b")
+    async with relay_to(a.port) as relay_a, relay_to(b.port) as relay_b:
+        config = make_config(
+            [{"id": "a", "endpoint": relay_a.url}, {"id": "b", "endpoint": relay_b.url}],
+            outlier_detection={"consecutive_failures": 1000},
+            timeouts={"per_try": "150ms", "response_headers": "1s"},
+            retries={"max_retries": 10},
+        )
+        service = await start_router(config, probe=probe_passes)
+        relay_a.blackhole()
+        relay_b.blackhole()
+        async with aiohttp.ClientSession() as session:
+            status, _, took = await _send(session, service)
+        assert status == 504
+        assert 1.0 <= took < 1.6  # eleven tries of 150 ms, plus backoff, would take longer
+        assert await _counter(service, "router_retries_total", 'reason="per_try_timeout"') >= 3
+
+
+async def test_a_region_that_loses_every_race_is_ejected_and_the_winner_unharmed(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    """The lost race that ejects the region is reported while the request moves to its
+    hedge: the ejection's rescue must not find the request half-moved."""
+    primary = await start_region(aiohttp_server, "primary")
+    spare = await start_region(aiohttp_server, "spare")
+    third = await start_region(aiohttp_server, "third")
+    async with relay_to(primary.port) as relay:
+        config = make_config(
+            [
+                {"id": "primary", "endpoint": relay.url, "priority": 0},
+                spare.config(priority=1),
+                third.config(priority=1),
+            ],
+            strategy="priority",
+            outlier_detection={"consecutive_failures": 2},
+            hedging={"enabled": True, "delay": "50ms"},
+        )
+        service = await start_router(config, probe=probe_passes)
+        relay.blackhole()
+        async with aiohttp.ClientSession() as session, asyncio.timeout(10):
+            first = await _send(session, service)
+            second = await _send(session, service)  # its lost race ejects "primary"
+            third_answer = await _send(session, service)  # no first try on "primary" now
+        assert [a[:2][0] for a in (first, second, third_answer)] == [200, 200, 200]
+        assert third_answer[2] < 0.05  # not hedged: it went to a region in rotation
+        state = service.runtime.holder.current.by_id["primary"].state
+        assert state.value == "ejected"
+        core = service.runtime.core
+        assert (core.hedges_active, core.inflight, len(core.awaiting)) == (0, 0, 0)
+        assert await _counter(service, "router_hedges_total", 'outcome="won"') == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import shutil
 import ssl
 from pathlib import Path
 from typing import Any
@@ -45,13 +46,14 @@ async def tls_router(
     start_router: StartRouter,
     tmp_path: Path,
     tls: dict[str, Any],
+    reload: dict[str, Any] | None = None,
 ) -> tuple[Region, RouterService, Path]:
     """A region behind a router with https, started from a config file (so reload works)."""
     region = await start_region(aiohttp_server)
     data = {
         "listen": {"proxy": "127.0.0.1:0", "admin": "127.0.0.1:0", "https": "127.0.0.1:0"},
         "access_log": False,
-        "reload": {"watch": False},
+        "reload": reload or {"watch": False},
         "strategy": "round_robin",
         "state_dir": str(tmp_path / "state"),
         "health_check": {"path": "/health", "interval": "200ms", "timeout": "150ms"},
@@ -267,6 +269,10 @@ def _client_hello() -> bytes:
     return outgoing.read()
 
 
+@pytest.mark.skipif(
+    not (shutil.which("curl") and shutil.which("openssl")),
+    reason="needs the curl and openssl command-line tools (.ci/run installs them)",
+)
 async def test_curl_and_openssl_s_client_speak_to_it(
     aiohttp_server: AiohttpServer,
     start_router: StartRouter,
@@ -425,3 +431,41 @@ async def test_a_new_client_ca_on_reload_refuses_the_old_one_for_every_name(
         with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
             await https_get(port, stale, name, host="api.test")
     assert path.exists()
+
+
+async def test_renewed_certificate_files_are_picked_up_by_the_watch(
+    aiohttp_server: AiohttpServer,
+    start_router: StartRouter,
+    tmp_path: Path,
+    ca: trustme.CA,
+    certs: tuple[CertFiles, CertFiles],
+) -> None:
+    api, _ = certs
+    _, service, _ = await tls_router(
+        aiohttp_server,
+        start_router,
+        tmp_path,
+        tls_section(certs),
+        reload={"watch": True, "debounce": "100ms"},
+    )
+    port = https_port(service)
+    # A renewal rewrites the files in place; config.yaml does not change.
+    write_leaf(ca.issue_cert("api.test", "localhost", "renewed.test"), api)
+
+    async def renewed() -> bool:
+        got = await https_get(port, client_context(ca), "api.test", host="api.test")
+        return got.names == ("api.test", "localhost", "renewed.test")
+
+    await eventually(renewed, 5, "the renewed certificate serves without a reload signal")
+    reloads = service.runtime.config_reloads
+    errors_before = reloads.labels("error")._value.get()  # the counter's value
+    # A key that does not match: one failed reload, not one per watch turn.
+    api.key.write_bytes(ca.issue_cert("api.test").private_key_pem.bytes())
+
+    async def rejected() -> bool:
+        return bool(reloads.labels("error")._value.get() > errors_before)
+
+    await eventually(rejected, 5, "the bad pair is a reload error")
+    await asyncio.sleep(1.0)  # several watch turns
+    assert reloads.labels("error")._value.get() == errors_before + 1
+    assert (await renewed()) is True  # the last good certificate keeps serving

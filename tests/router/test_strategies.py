@@ -243,15 +243,15 @@ def test_outstanding_requests_are_a_lower_bound() -> None:
 
 def test_observe_awaiting_takes_each_regions_oldest_request() -> None:
     class Ex:
-        def __init__(self, region: RegionView, age: float, timeout: float) -> None:
+        def __init__(self, region: RegionView, age: float) -> None:
             import time
 
             self.region = region
-            self.deadline = time.monotonic() - age + timeout
+            self.sent_at = time.monotonic() - age
 
     loads = LoadTable()
     a, b = view("a"), view("b")
-    loads.observe_awaiting([Ex(a, 0.8, 30.0), Ex(a, 0.2, 30.0), Ex(b, 0.01, 30.0)], 30.0)
+    loads.observe_awaiting([Ex(a, 0.8), Ex(a, 0.2), Ex(b, 0.01)])
     assert loads.get("a").cost_s == pytest.approx(0.8, abs=0.05)
     assert loads.get("b").cost_s == pytest.approx(0.01, abs=0.05)
 
@@ -417,3 +417,36 @@ def test_priority_strategy_is_strict_active_passive() -> None:
 def test_no_tiers_means_no_region() -> None:
     snap = snapshot([view("a", state=RegionState.UNKNOWN)])
     assert Selector(LoadTable()).choose(snap, snap.default_plan, None, 0.0) is None
+
+
+@pytest.mark.parametrize(
+    ("a_state", "b_state"),
+    [
+        # (cost sample s, sampled at, in flight, probe RTT, ramp) for each of two regions
+        ((0.010, 0.0, 3, None, 1.0), (0.030, 0.0, 0, None, 1.0)),
+        ((0.010, 0.0, 0, 0.050, 1.0), (None, 0.0, 0, 0.012, 1.0)),  # decayed toward the probe
+        ((0.200, 5.0, 0, 0.001, 1.0), (0.020, 29.0, 0, 0.090, 1.0)),
+        ((0.010, 30.0, 1, None, 0.3), (0.015, 30.0, 1, None, 1.0)),  # ramping looks dearer
+        ((None, 0.0, 2, None, 1.0), (None, 0.0, 1, 0.070, 1.0)),
+    ],
+)
+def test_the_selectors_latency_pick_agrees_with_latency_cost(
+    a_state: tuple[Any, ...], b_state: tuple[Any, ...]
+) -> None:
+    """choose() inlines the cost formula on its fast path: it must pick what
+    latency_cost (the readable formula /admin/route explains with) calls cheaper."""
+    loads = LoadTable()
+    regions = []
+    for rid, (sample, at, inflight, probe, ramp) in (("a", a_state), ("b", b_state)):
+        if sample is not None:
+            loads.get(rid).observe(sample, at)
+        loads.get(rid).inflight = inflight
+        state = H if ramp == 1.0 else RegionState.RECOVERING
+        regions.append(view(rid, probe_latency_s=probe, ramp=ramp, state=state))
+    snap = snapshot(regions)
+    sel = Selector(loads, random.Random(3))
+    now = 30.0
+    cost = {r.id: sel.latency_cost(snap.by_id[r.id], now) for r in regions}
+    assert cost["a"] != cost["b"]
+    cheaper = min(cost, key=lambda rid: cost[rid])
+    assert set(picks(sel, snap, 10, now=now)) == {cheaper}
