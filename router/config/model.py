@@ -113,6 +113,7 @@ class RegionConfig:
     metrics_path: str | None = None
     max_inflight: int = 0
     ca_file: str | None = None  # extra CA bundle for an https endpoint
+    protocol: Literal["http1", "h2"] = "http1"  # h2: HTTP/2 to the region (gRPC; docs/http2.md)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
