@@ -127,6 +127,9 @@ class HealthCheckConfig:
     expected_status: tuple[tuple[int, int], ...] = ((200, 399),)
     jitter_percent: float = 10.0
     body_contains: str | None = None
+    # regions with protocol h2: probe with grpc.health.v1.Health/Check for this service name
+    # ("" = the whole server) instead of an HTTP/2 GET of ``path``; None = GET
+    grpc_service: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,7 +12,8 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.backends import probe_passes
+from tests.backends import probe_passes, raw_exchange, start_region
+from tests.cluster import eventually
 from tests.conftest import StartRouter, make_config
 
 SERVICE = "test.Echo"
@@ -23,7 +24,13 @@ class Region:
 
     def __init__(self) -> None:
         self.cancelled = threading.Event()
+        self.serving = True  # what grpc.health.v1.Health/Check answers
+        self.health_checks = 0
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        health = grpc.method_handlers_generic_handler(
+            "grpc.health.v1.Health",
+            {"Check": grpc.unary_unary_rpc_method_handler(self.check)},
+        )
         handlers = grpc.method_handlers_generic_handler(
             SERVICE,
             {
@@ -35,7 +42,7 @@ class Region:
                 "Slow": grpc.unary_unary_rpc_method_handler(self.slow),
             },
         )
-        self.server.add_generic_rpc_handlers((handlers,))
+        self.server.add_generic_rpc_handlers((handlers, health))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
 
@@ -64,6 +71,12 @@ class Region:
         if done.wait(10) and not context.is_active():
             self.cancelled.set()
         return b"late"
+
+    def check(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        # HealthCheckRequest{service: "test.Echo"}; HealthCheckResponse{status: 1 or 2}
+        assert request == b"\x0a\x09test.Echo", request
+        self.health_checks += 1
+        return b"\x08\x01" if self.serving else b"\x08\x02"
 
     def stop(self) -> None:
         self.server.stop(grace=None)
@@ -130,3 +143,74 @@ async def test_cancellation_reaches_the_region(start_router: StartRouter, region
 
     await asyncio.to_thread(cancel)
     assert await asyncio.to_thread(region.cancelled.wait, 5)
+
+
+async def test_h2_regions_are_health_checked_with_grpc_health(
+    start_router: StartRouter, region: Region
+) -> None:
+    config = make_config(
+        [{"id": "g1", "endpoint": f"http://127.0.0.1:{region.port}", "protocol": "h2"}],
+        http2={"enabled": True},
+        health_check={
+            "path": "/health",
+            "interval": "100ms",
+            "timeout": "100ms",
+            "healthy_threshold": 1,
+            "unhealthy_threshold": 1,
+            "grpc_service": "test.Echo",
+        },
+    )
+    service = await start_router(config)  # the real prober
+
+    def state() -> str:
+        return str(service.runtime.holder.current.regions[0].state.value)
+
+    async def until(want: str) -> None:
+        async def holds() -> bool:
+            return state() == want or (want == "healthy" and state() == "recovering")
+
+        await eventually(holds, 5, f"region {want} (is {state()})")
+
+    await until("healthy")
+    assert region.health_checks > 0
+    out = await asyncio.to_thread(_calls, service.proxy_port)
+    assert out["unary"] == b"echo:hi"
+    region.serving = False
+    await until("unhealthy")
+    region.serving = True
+    await until("healthy")
+
+
+async def test_h2_regions_without_grpc_service_get_an_http2_get(
+    start_router: StartRouter, aiohttp_server: Any
+) -> None:
+    # The h2 region here is a second router with h2c on, fronting an HTTP/1.1 region.
+    origin = await start_region(aiohttp_server, "origin")
+    front = await start_router(
+        make_config([origin.config()], http2={"enabled": True}), probe=probe_passes
+    )
+    config = make_config(
+        [{"id": "h2r", "endpoint": f"http://127.0.0.1:{front.proxy_port}", "protocol": "h2"}],
+        health_check={
+            "path": "/health",
+            "interval": "100ms",
+            "timeout": "100ms",
+            "healthy_threshold": 1,
+            "unhealthy_threshold": 1,
+        },
+    )
+    service = await start_router(config)
+
+    async def state_is(want: str) -> bool:
+        state = str(service.runtime.holder.current.regions[0].state.value)
+        return state == want or (want == "healthy" and state == "recovering")
+
+    await eventually(lambda: state_is("healthy"), 5, "h2 region healthy")
+    origin.healthy = False  # /health answers 503 through the front router
+    await eventually(lambda: state_is("unhealthy"), 5, "h2 region unhealthy")
+    # and an HTTP/1.1 client's request goes to it over HTTP/2
+    origin.healthy = True
+    await eventually(lambda: state_is("healthy"), 5, "h2 region healthy again")
+    resp = await raw_exchange(service.proxy_port, b"GET /via-h2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert resp.status == 200
+    assert origin.seen[-1].raw_path == "/via-h2"
