@@ -7,12 +7,13 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from tests.backends import probe_passes, raw_exchange, start_region
+from tests.backends import probe_passes, raw_exchange, router_process, start_region
 from tests.cluster import eventually
 from tests.conftest import StartRouter, make_config
 
@@ -214,3 +215,25 @@ async def test_h2_regions_without_grpc_service_get_an_http2_get(
     resp = await raw_exchange(service.proxy_port, b"GET /via-h2 HTTP/1.1\r\nHost: a\r\n\r\n")
     assert resp.status == 200
     assert origin.seen[-1].raw_path == "/via-h2"
+
+
+async def test_grpc_suite_through_a_worker_mode_router(region: Region, tmp_path: Path) -> None:
+    config = {
+        "http2": {"enabled": True},
+        "health_check": {
+            "path": "/health",
+            "interval": "200ms",
+            "timeout": "200ms",
+            "healthy_threshold": 1,
+            "grpc_service": "test.Echo",
+        },
+        "regions": [{"id": "g1", "endpoint": f"http://127.0.0.1:{region.port}", "protocol": "h2"}],
+    }
+    async with router_process(tmp_path, config, workers=2) as router:
+        for _ in range(3):  # new channels: new connections, spread over the workers
+            out = await asyncio.to_thread(_calls, router.proxy_port)
+            assert out["unary"] == b"echo:hi"
+            assert out["server_stream"] == [b"s-0", b"s-1", b"s-2", b"s-3", b"s-4"]
+            assert out["client_stream"] == b"a|b|c"
+            assert out["bidi"] == [b"X", b"Y", b"Z"]
+            assert out["fail"] == (grpc.StatusCode.NOT_FOUND, "no such model: resnet")
