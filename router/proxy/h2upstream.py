@@ -138,6 +138,8 @@ class H2RegionConnection(asyncio.Protocol):
 
     def forget(self, stream: H2RegionStream) -> None:
         self.streams.pop(stream.stream_id, None)
+        if self.going_away and not self.streams:
+            self.close()  # replaced after the region's GOAWAY; its last stream is done
 
     def close(self) -> None:
         if not self.closed:
