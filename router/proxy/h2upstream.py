@@ -406,18 +406,29 @@ class H2Pool:
                 ctx.set_alpn_protocols(["h2"])
                 self._ssl[endpoint.url] = ctx
         dns = self.pool.dns
-        address = dns.pick(endpoint.host) or await dns.resolve(endpoint.host)
-        key = f"{endpoint.url} {address}"
+        first = dns.pick(endpoint.host) or await dns.resolve(endpoint.host)
+        addresses = dns.current(endpoint.host) or (first,)
 
         async def open_it() -> H2RegionConnection:
-            _, conn = await loop.create_connection(
-                partial(H2RegionConnection, key, endpoint.host, address),
-                address,
-                endpoint.port,
-                ssl=ctx,
-                server_hostname=endpoint.host if ctx is not None else None,
-            )
-            return conn
+            # Each address in turn, as a connect by name would ("localhost": ::1, 127.0.0.1).
+            last: OSError | None = None
+            for address in addresses:
+                try:
+                    _, conn = await loop.create_connection(
+                        partial(H2RegionConnection, endpoint.url, endpoint.host, address),
+                        address,
+                        endpoint.port,
+                        ssl=ctx,
+                        server_hostname=endpoint.host if ctx is not None else None,
+                    )
+                except OSError as exc:
+                    if isinstance(exc, ssl.SSLError):
+                        raise
+                    last = exc
+                    continue
+                return conn
+            assert last is not None
+            raise last
 
         return await asyncio.wait_for(open_it(), self.pool.connect_timeout_s)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+import trustme
 
 from tests.backends import probe_passes, raw_exchange, router_process, start_region
 from tests.cluster import eventually
@@ -23,7 +24,7 @@ SERVICE = "test.Echo"
 class Region:
     """A gRPC server on a free port, in its own threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, credentials: grpc.ServerCredentials | None = None) -> None:
         self.cancelled = threading.Event()
         self.serving = True  # what grpc.health.v1.Health/Check answers
         self.health_checks = 0
@@ -44,7 +45,10 @@ class Region:
             },
         )
         self.server.add_generic_rpc_handlers((handlers, health))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if credentials is None:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            self.port = self.server.add_secure_port("127.0.0.1:0", credentials)
         self.server.start()
 
     def unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -237,3 +241,32 @@ async def test_grpc_suite_through_a_worker_mode_router(region: Region, tmp_path:
             assert out["client_stream"] == b"a|b|c"
             assert out["bidi"] == [b"X", b"Y", b"Z"]
             assert out["fail"] == (grpc.StatusCode.NOT_FOUND, "no such model: resnet")
+
+
+async def test_h2_region_over_tls(start_router: StartRouter, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost")
+    key = leaf.private_key_pem.bytes()
+    chain = b"".join(blob.bytes() for blob in leaf.cert_chain_pems)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    region = Region(grpc.ssl_server_credentials([(key, chain)]))
+    try:
+        config = make_config(
+            [
+                {
+                    "id": "g1",
+                    "endpoint": f"https://localhost:{region.port}",
+                    "protocol": "h2",
+                    "ca_file": str(ca_file),
+                }
+            ],
+            http2={"enabled": True},
+        )
+        service = await start_router(config, probe=probe_passes)
+        out = await asyncio.to_thread(_calls, service.proxy_port)
+        assert out["unary"] == b"echo:hi"
+        assert out["bidi"] == [b"X", b"Y", b"Z"]
+        assert out["fail"] == (grpc.StatusCode.NOT_FOUND, "no such model: resnet")
+    finally:
+        region.stop()
