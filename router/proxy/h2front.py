@@ -229,6 +229,7 @@ class H2ClientConnection(asyncio.Protocol):
             return
         out = self.h2.data_to_send()
         if out:
+            self.last_active = monotonic()  # a long response to a quiet client is not idle
             self.transport.write(out)
 
     def send_headers(
