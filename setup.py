@@ -33,6 +33,7 @@ COMPILED = [
     "router/proxy/client.py",
     "router/proxy/core.py",
     "router/proxy/exchange.py",
+    "router/proxy/h2stream.py",  # H2Exchange subclasses the compiled Exchange
     "router/proxy/headers.py",
     "router/proxy/hedging.py",
     "router/proxy/paths.py",
