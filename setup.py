@@ -33,7 +33,10 @@ COMPILED = [
     "router/proxy/client.py",
     "router/proxy/core.py",
     "router/proxy/exchange.py",
-    "router/proxy/h2stream.py",  # H2Exchange subclasses the compiled Exchange
+    # h2front/h2stream: H2Exchange subclasses the compiled Exchange (an interpreted class
+    # cannot), and the HTTP/2 path is per-request code too.
+    "router/proxy/h2front.py",
+    "router/proxy/h2stream.py",
     "router/proxy/headers.py",
     "router/proxy/hedging.py",
     "router/proxy/paths.py",

@@ -299,6 +299,7 @@ class H2ClientConnection(asyncio.Protocol):
         self.flush()
 
     def stream_done(self, stream: H2Stream) -> None:
+        stream.ex = None  # no stream <-> exchange cycle left for the cyclic GC to find
         self.streams.pop(stream.stream_id, None)
         self.blocked.pop(stream.stream_id, None)
         if not self.streams and (self.going_away or self.core.draining):

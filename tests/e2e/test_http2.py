@@ -16,6 +16,7 @@ from tests.backends import (
     pattern_sha256,
     probe_passes,
     raw_exchange,
+    router_process,
     start_region,
 )
 from tests.cluster import eventually
@@ -265,3 +266,22 @@ async def test_1000_requests_over_100_streams_of_one_connection_under_2s(
         await region.wait()
     assert statuses == [200] * 1000
     assert elapsed < 2.0, elapsed
+
+
+async def test_h2c_through_worker_processes(aiohttp_server: AiohttpServer, tmp_path: Path) -> None:
+    region = await start_region(aiohttp_server, "r1")
+    config = {
+        "http2": H2,
+        "health_check": {"path": "/health", "interval": "300ms", "timeout": "200ms"},
+        "regions": [region.config()],
+    }
+    async with router_process(tmp_path, config, workers=2) as router:
+        clients = [await _h2(router.proxy_port) for _ in range(4)]  # spread over both workers
+        try:
+            for client in clients:
+                responses = await asyncio.gather(*(client.request(f"/w/{i}") for i in range(5)))
+                assert [r.status for r in responses] == [200] * 5
+                assert all(r.header("x-router-region") == "r1" for r in responses)
+        finally:
+            for client in clients:
+                await client.close()
