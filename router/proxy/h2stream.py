@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
-from router.errors import BadRequest, BodyTooLarge, ProxyError
+from router.errors import BadRequest, BodyTooLarge, ProxyError, RouterError
 from router.proxy.exchange import Exchange
 from router.proxy.headers import (
     FRAMING_LOOKALIKES,
@@ -67,7 +67,7 @@ _BAD_VALUE = re.compile(rb"[\r\n\x00]")
 _RESPONSE_NEVER = CONNECTION_SPECIFIC | {b"te", b"trailer", b"proxy-authenticate"}
 
 
-class StreamError(Exception):
+class StreamError(RouterError):
     """A malformed request: the stream is reset with PROTOCOL_ERROR, nothing is forwarded."""
 
 

@@ -249,3 +249,28 @@ async def test_a_region_that_loses_every_race_is_ejected_and_the_winner_unharmed
         core = service.runtime.core
         assert (core.hedges_active, core.inflight, len(core.awaiting)) == (0, 0, 0)
         assert await _counter(service, "router_hedges_total", 'outcome="won"') == 2
+
+
+async def test_http2_streams_are_hedged_like_http11_requests(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    from tests.h2client import H2Client
+
+    async with _setup(
+        aiohttp_server,
+        start_router,
+        http2={"enabled": True},
+        hedging={"enabled": True, "delay": "50ms"},
+    ) as (relay, _, spare, service):
+        relay.blackhole()
+        client = H2Client()
+        await client.connect(service.proxy_port)
+        try:
+            answers = await asyncio.gather(*(client.request(f"/s{i}") for i in range(3)))
+        finally:
+            await client.close()
+        assert [(r.status, r.header("x-router-region")) for r in answers] == [(200, "spare")] * 3
+        assert sorted(s.raw_path for s in spare.seen) == ["/s0", "/s1", "/s2"]
+        assert await _counter(service, "router_hedges_total", 'outcome="won"') == 3
+        core = service.runtime.core
+        assert (core.hedges_active, core.inflight) == (0, 0)
