@@ -13,7 +13,7 @@ from aiohttp import web
 
 from admin.errors import Handler
 from admin.status import STATUS_EXTRAS
-from router.control.remote import Cluster
+from router.cluster.core import Cluster
 
 CLUSTER = web.AppKey("cluster", Cluster)
 

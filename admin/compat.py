@@ -3,11 +3,13 @@
 Same operations, query parameters and body fields as the old API; answers keep its envelope,
 ``{"success": true, "data": ..., "timestamp": ISO-8601}`` or ``{"success": false, "error":
 "..."}`` with a 4xx/5xx status. Each operation is a handler in a per-application table, so
-a feature built later plugs in by registering its handler from the composition root::
+a feature plugs in by registering its handler::
 
     compat.register(app, "POST", "replicate-model", replicate_model)
 
-``replicate-model`` and ``aggregate-metrics`` answer 501 until their features register.
+``replicate-model`` (admin/replication.py), ``aggregate-metrics`` and ``global-dashboard``
+(admin/monitoring.py) are registered by their features; an operation nobody registered is
+unknown (400), and the listing (GET without ``operation``) shows what is registered.
 """
 
 from __future__ import annotations
@@ -204,15 +206,6 @@ async def failover_status(request: web.Request, params: dict[str, Any]) -> Any:
     return await failover_status_shared(request.app[CONTROL])
 
 
-async def dashboard_data(request: web.Request) -> Any:
-    """The global dashboard's data: the one function to swap for dashboard.json's builder."""
-    return status_data(request.app[CONTROL], request.app.get(STATUS_EXTRAS, []))
-
-
-async def global_dashboard(request: web.Request, params: dict[str, Any]) -> Any:
-    return await dashboard_data(request)
-
-
 # -- POST operations ---------------------------------------------------------------------
 
 
@@ -328,24 +321,14 @@ async def recover_region(request: web.Request, params: dict[str, Any]) -> Any:
     )
 
 
-def not_built(feature: str) -> CompatHandler:
-    async def handler(request: web.Request, params: dict[str, Any]) -> Any:
-        raise CompatError(501, f"{feature} is not available in this version of region-router")
-
-    return handler
-
-
 BUILT_IN: dict[tuple[str, str], CompatHandler] = {
     ("GET", "status"): region_status,
     ("GET", "global-status"): global_status,
     ("GET", "service-status"): service_status,
     ("GET", "best-region"): best_region,
     ("GET", "failover-status"): failover_status,
-    ("GET", "global-dashboard"): global_dashboard,
     ("POST", "register-region"): register_region,
     ("POST", "route-request"): route_request,
     ("POST", "initiate-failover"): initiate_failover,
     ("POST", "recover-region"): recover_region,
-    ("POST", "replicate-model"): not_built("replicate-model (model replication)"),
-    ("POST", "aggregate-metrics"): not_built("aggregate-metrics (cross-region metrics)"),
 }

@@ -11,7 +11,14 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from admin.views import operation_json, transition_json
+from admin.views import (
+    last_check_json,
+    latency_json,
+    ms,
+    operation_json,
+    region_head,
+    transition_json,
+)
 from router import __version__
 from router.control.core import Control
 
@@ -19,10 +26,6 @@ SERIES_S = 300.0  # chart span
 TRAFFIC_WINDOW_S = 60.0  # rps, error rate, percentiles and share over this
 TRANSITIONS_SHOWN = 30
 JOBS_SHOWN = 20
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000.0, 3)
 
 
 def dashboard_json(control: Control) -> dict[str, Any]:
@@ -37,16 +40,12 @@ def dashboard_json(control: Control) -> dict[str, Any]:
     regions = []
     for r in snap.regions:
         t = traffic[r.id]
-        load = runtime.core.loads.get(r.id)
+        load = runtime.loads.get(r.id)
         last = runtime.health.last_results.get(r.id)
         series = control.window.series(r.id, SERIES_S)
         regions.append(
             {
-                "id": r.id,
-                "name": r.name,
-                "endpoint": r.endpoint.url,
-                "state": r.state.value,
-                "eligible": r.eligible,
+                **region_head(r),
                 "tier": r.priority,
                 "weight": r.weight,
                 "effective_weight": round(r.effective_weight, 3),
@@ -56,16 +55,12 @@ def dashboard_json(control: Control) -> dict[str, Any]:
                 "requests": t.requests,
                 "errors": t.errors,
                 "error_rate": round(t.error_rate, 4),
-                "latency_ms": {"p50": _ms(t.p50_s), "p95": _ms(t.p95_s), "p99": _ms(t.p99_s)},
+                "latency_ms": latency_json(t),
                 "inflight": load.inflight,
-                "last_check": (
-                    {"at": last[0], "ok": last[1].ok, "error": last[1].error or None}
-                    if last is not None
-                    else None
-                ),
+                "last_check": last_check_json(last, detail=False),
                 # [wall time, rps, p95 ms] per sample; times from the monotonic samples
                 "series": [
-                    [round(wall - (mono - at), 3), round(rps, 3), _ms(p95)]
+                    [round(wall - (mono - at), 3), round(rps, 3), ms(p95)]
                     for at, rps, p95 in series
                 ],
             }

@@ -23,7 +23,15 @@ from router.config.validate import FieldError, Fields, ValidationError, as_choic
 from router.control.core import Control
 from router.errors import BadRequest
 from router.proxy.paths import normalize_path
-from router.routing.explain import SIM_STATES, explain, hypothetical_loads, traffic_split, what_if
+from router.routing.explain import (
+    SIM_STATES,
+    explain,
+    explain_hedging,
+    hypothetical_loads,
+    tiers_json,
+    traffic_split,
+    what_if,
+)
 from router.routing.strategies import RequestInfo
 from router.state.snapshot import RoutePlan, Snapshot
 
@@ -78,15 +86,16 @@ def explain_request(
 ) -> dict[str, Any]:
     """Which region would serve this request now, and why (shared with /api/multi-region)."""
     host, norm, info = request_info(control, path, headers)
-    result = explain(
-        snap or control.registry.snapshot(),
-        control.runtime.core.loads,
-        hostname=host,
-        path=norm,
-        info=info,
-        now=time.monotonic(),
-    )
+    snapshot = snap or control.registry.snapshot()
+    now = time.monotonic()
+    loads = control.runtime.loads
+    result = explain(snapshot, loads, hostname=host, path=norm, info=info, now=now)
     result["request"] = {"method": method, "path": norm, "host": host}
+    winner = snapshot.by_id.get(result["winner"]) if result["winner"] else None
+    keyed = any(h.split(":", 1)[0].strip().lower() == "idempotency-key" for h in headers)
+    result["hedging"] = explain_hedging(
+        snapshot.config, winner, loads, method=method, idempotency_key=keyed, now=now
+    )
     return result
 
 
@@ -118,7 +127,7 @@ def best_region_data(control: Control, strategy: str | None) -> dict[str, Any] |
     """The region the strategy picks now for a plain request; None when none is eligible."""
     snap = snapshot_for_strategy(control, strategy)
     result = explain(
-        snap, control.runtime.core.loads, hostname="", path="/", info=None, now=time.monotonic()
+        snap, control.runtime.loads, hostname="", path="/", info=None, now=time.monotonic()
     )
     winner = result["winner"]
     if winner is None:
@@ -147,15 +156,7 @@ def _plan_json(snap: Snapshot, plan: RoutePlan, loads: Any, now: float) -> dict[
     return {
         "strategy": plan.strategy,
         "panic": plan.panic,
-        "tiers": [
-            {
-                "priority": t.priority,
-                "share": round(t.share, 4),
-                "health_percent": round(t.health_percent, 1),
-                "regions": [r.id for r in t.regions],
-            }
-            for t in plan.tiers
-        ],
+        "tiers": tiers_json(plan),
         "split": traffic_split(snap, loads, plan, now),
     }
 
@@ -203,7 +204,7 @@ async def simulate(request: web.Request) -> web.StreamResponse:
     check(errors)
     side = what_if(control.registry, now, wall, config=base, states=states)
     snap = side.snapshot()
-    loads = hypothetical_loads(latencies, control.runtime.core.loads, now)
+    loads = hypothetical_loads(latencies, control.runtime.loads, now)
     return json_response(
         {
             "applied": False,

@@ -15,6 +15,7 @@ from admin.bodies import check, json_response
 from admin.dashboard import dashboard_json
 from admin.keys import CONTROL
 from admin.status import STATUS_EXTRAS
+from admin.views import ms
 from router.config.validate import FieldError, ValidationError, as_duration
 from router.control.core import Control
 from router.monitoring.scrape import aggregate
@@ -49,9 +50,9 @@ def router_view(control: Control, window_s: float) -> dict[str, Any]:
                 "errors": t.errors,
                 "error_rate": round(t.error_rate, 4),
                 "latency_ms": {
-                    "p50": _ms(t.p50_s),
-                    "p95": _ms(t.p95_s),
-                    "p99": _ms(t.p99_s),
+                    "p50": ms(t.p50_s),
+                    "p95": ms(t.p95_s),
+                    "p99": ms(t.p99_s),
                 },
             }
         )
@@ -149,10 +150,6 @@ def _duration(
     if value > most:
         errors.append(FieldError(name, f"at most {most:g}s"))
     return value
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000.0, 3)
 
 
 async def _scrape_session(app: web.Application) -> AsyncIterator[None]:

@@ -42,6 +42,7 @@ from router.proxy.accesslog import AccessLogger
 from router.proxy.client import ClientConnection
 from router.proxy.core import ProxyCore
 from router.proxy.upstream import UpstreamConnection
+from router.routing.load import LoadTable
 from router.state.registry import Registry
 from router.state.snapshot import SnapshotHolder
 
@@ -110,7 +111,7 @@ def build(
     for region in config.regions:
         for _ in range(config.health_check.healthy_threshold):
             registry.set_probe_verdict(region.id, True, time.monotonic(), "ok", time.time())
-    core = ProxyCore(SnapshotHolder(registry.snapshot()), loop=loop)
+    core = ProxyCore(SnapshotHolder(registry.snapshot()), loop=loop, loads=LoadTable())
     access_log = None
     if config.access_log:
         # Unbounded here: a tight loop never lets the writer in, so a bound would drop lines
@@ -123,7 +124,10 @@ def build(
     client.connection_made(client_transport)  # type: ignore[arg-type]  # a fake transport
     upstreams = []
     for region in config.regions:
-        upstream = UpstreamConnection(region.endpoint.url, lambda conn: None)
+        endpoint = region.endpoint
+        upstream = UpstreamConnection(
+            f"{endpoint.url} {endpoint.host}", endpoint.host, endpoint.host, lambda conn: None
+        )
         upstream.connection_made(FakeTransport())  # type: ignore[arg-type]  # a fake transport
         core.pool.release(upstream, time.monotonic())
         upstreams.append(upstream)

@@ -95,9 +95,19 @@ def parse(output: str) -> WrkResult:
     )
 
 
-def run(url: str, *, connections: int, duration_s: int, cpu: int | None) -> WrkResult:
-    """`wrk -t1 -c<connections> -d<duration>s --latency <url>`, pinned to `cpu`."""
-    argv = pinned(cpu, ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", url])
+def run(
+    url: str,
+    *,
+    connections: int,
+    duration_s: int,
+    cpu: int | None,
+    headers: tuple[str, ...] = (),
+) -> WrkResult:
+    """`wrk -t1 -c<connections> -d<duration>s --latency [-H h]... <url>`, pinned to `cpu`."""
+    extra = [arg for header in headers for arg in ("-H", header)]
+    argv = pinned(
+        cpu, ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", *extra, url]
+    )
     try:
         done = subprocess.run(
             argv,

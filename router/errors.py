@@ -1,10 +1,21 @@
 """The router's error tree; each proxy-made error knows its HTTP status and wire code.
 
-    RouterError
+    RouterError                  every error the router raises on purpose
+    ├── ValidationError          field errors with paths (config/validate.py; 400 in admin)
+    │   └── ConfigError          an invalid config file: nothing applied
     ├── RegistryError            registry mutations that cannot apply
     │   ├── NotFound             an unknown id (404 in the admin API)
     │   │   └── UnknownRegion    no region with that id
     │   └── RegionConflict       duplicate id, config-owned region, bad state change (409)
+    │       └── StoreConflict    an entry another instance created first (store/files.py)
+    ├── StoreWriteError          state not written, nothing changed (store/files.py; 503)
+    ├── StateFormatError         state written by a newer version: refused (store/files.py)
+    ├── TransferError            one replication request failed (replication/transfer.py)
+    ├── SpoolError               the local spool file failed (replication/transfer.py)
+    ├── JobFailed                a replication job ends failed (replication/copier.py)
+    ├── WorkerStartError         a worker process did not come up (workers/supervisor.py)
+    ├── ResolveError             an endpoint name has no address (proxy/dns.py; also an OSError)
+    ├── StreamError              a malformed HTTP/2 request: stream reset (proxy/h2stream.py)
     └── ProxyError               errors the proxy answers itself, rendered as JSON
         ├── BadRequest           400 malformed request
         ├── BodyTooLarge         413
@@ -13,7 +24,11 @@
         ├── UpstreamConnectError 502 (unreachable / reset after retries)
         └── UpstreamTimeout      504
 
-Config and admin-body validation errors live in router/config/validate.py (``ValidationError``).
+The classes outside this module live with the code that raises them; they derive from
+``RouterError`` here (tests/router/test_errors.py checks that every exception class of
+``router/`` is in this tree and in this picture).
+``ResolveError`` is also an ``OSError``, so a failed lookup takes the connect-failure path
+like any socket error.
 """
 
 from __future__ import annotations

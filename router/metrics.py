@@ -42,7 +42,14 @@ DURATION_BUCKETS_S: tuple[float, ...] = (
 class TrafficStats:
     """Counters of one process. Keys are small tuples of label values."""
 
-    __slots__ = ("access_log_dropped", "durations", "requests", "retries", "upstream_errors")
+    __slots__ = (
+        "access_log_dropped",
+        "durations",
+        "hedges",
+        "requests",
+        "retries",
+        "upstream_errors",
+    )
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, str], int] = {}  # (region, method, code)
@@ -50,6 +57,7 @@ class TrafficStats:
         self.durations: dict[str, list[float]] = {}
         self.upstream_errors: dict[tuple[str, str], int] = {}  # (region, kind)
         self.retries: dict[str, int] = {}  # reason
+        self.hedges: dict[str, int] = {}  # outcome: won | lost | cancelled | skipped_budget
         self.access_log_dropped = 0  # lines the access log could not write in time
 
     def record(self, region: str, method: str, code: str, duration_s: float) -> None:
@@ -68,6 +76,9 @@ class TrafficStats:
     def retry(self, reason: str) -> None:
         self.retries[reason] = self.retries.get(reason, 0) + 1
 
+    def hedge(self, outcome: str) -> None:
+        self.hedges[outcome] = self.hedges.get(outcome, 0) + 1
+
     def merge(self, other: TrafficStats) -> None:
         for k, v in other.requests.items():
             self.requests[k] = self.requests.get(k, 0) + v
@@ -79,6 +90,8 @@ class TrafficStats:
             self.upstream_errors[k2] = self.upstream_errors.get(k2, 0) + v
         for k3, v in other.retries.items():
             self.retries[k3] = self.retries.get(k3, 0) + v
+        for k4, v in other.hedges.items():
+            self.hedges[k4] = self.hedges.get(k4, 0) + v
         self.access_log_dropped += other.access_log_dropped
 
     def total_requests(self) -> int:
@@ -132,6 +145,14 @@ class TrafficCollector(Collector):
         for reason, n in sorted(total.retries.items()):
             retries.add_metric([reason], n)
         yield retries
+        hedges = CounterMetricFamily(
+            "router_hedges",
+            "Hedged copies of requests, by outcome (won, lost, cancelled, skipped_budget)",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(total.hedges.items()):
+            hedges.add_metric([outcome], n)
+        yield hedges
         yield CounterMetricFamily(
             "router_access_log_dropped",
             "Access log lines dropped because the log sink was too slow, full or blocked",
@@ -156,3 +177,22 @@ class GaugeCollector(Collector):
         for labels, value in self._values():
             g.add_metric(labels, value)
         yield g
+
+
+class CounterCollector(Collector):
+    """Counters read at scrape time from a callback returning (labels, total) pairs."""
+
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        labels: list[str],
+        values: Callable[[], Iterable[tuple[list[str], float]]],
+    ) -> None:
+        self._name, self._doc, self._labels, self._values = name, doc, labels, values
+
+    def collect(self) -> Iterator[Metric]:
+        c = CounterMetricFamily(self._name, self._doc, labels=self._labels)
+        for labels, value in self._values():
+            c.add_metric(labels, value)
+        yield c

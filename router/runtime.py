@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter
@@ -18,14 +19,16 @@ from prometheus_client import CollectorRegistry, Counter
 from router.config.loader import Config, access_log_path
 from router.health.checker import HealthChecker, HttpProber, ProbeFn, ProbeResult
 from router.health.outlier import OutlierDetector
-from router.metrics import GaugeCollector, TrafficCollector, TrafficStats
+from router.metrics import CounterCollector, GaugeCollector, TrafficCollector, TrafficStats
 from router.proxy.accesslog import AccessLogger
 from router.proxy.core import ProxyCore
+from router.routing.load import LoadTable
 from router.state.registry import Registry, Transition
 from router.state.snapshot import (
     ELIGIBLE_STATES,
     MANUAL_STATES,
     RegionState,
+    RegionView,
     Snapshot,
     SnapshotHolder,
 )
@@ -79,14 +82,22 @@ class Runtime:
             self.config_reloads.labels(result)
         self.outliers = OutlierDetector(self.registry, self.record_transition)
         self.access_logger: AccessLogger | None = None  # opened by start()
-        self.core = ProxyCore(self.holder, loop=loop, observer=self.outliers.record)
+        self._loads = LoadTable()
+        self.core = ProxyCore(
+            self.holder, loop=loop, loads=self._loads, observer=self.outliers.record
+        )
         self.health = HealthChecker(
             self.registry,
-            probe or HttpProber(self.instance_id),
+            probe or HttpProber(self.instance_id, addresses=self.core.dns.rotation),
             on_transition=self.record_transition,
             on_result=self._count_probe,
         )
         self.metrics.register(TrafficCollector(self._traffic))
+        self._register_gauges()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _register_gauges(self) -> None:
+        """The region and panic gauges, read at scrape time from the snapshot and load table."""
         self.metrics.register(
             GaugeCollector(
                 "router_region_up",
@@ -115,9 +126,7 @@ class Runtime:
                 lambda: [
                     (
                         [r.id],
-                        self.core.loads.get(r.id).latency_estimate(
-                            r.probe_latency_s, time.monotonic()
-                        ),
+                        self.loads.get(r.id).latency_estimate(r.probe_latency_s, time.monotonic()),
                     )
                     for r in self.holder.current.regions
                 ],
@@ -129,8 +138,39 @@ class Runtime:
                 "Requests in flight",
                 ["region"],
                 lambda: [
-                    ([r.id], float(self.core.loads.get(r.id).inflight))
+                    ([r.id], float(self.loads.get(r.id).inflight))
                     for r in self.holder.current.regions
+                ],
+            )
+        )
+        self.metrics.register(
+            GaugeCollector(
+                "router_dns_stale",
+                "1 while a region's endpoint name serves its last good addresses (lookup failing)",
+                ["region"],
+                lambda: [([r.id], s) for r, s in self._dns_views(lambda st: float(st["stale"]))],
+            )
+        )
+        self.metrics.register(
+            GaugeCollector(
+                "router_dns_addresses",
+                "Addresses in the current answer for a region's endpoint name",
+                ["region"],
+                lambda: [
+                    ([r.id], n) for r, n in self._dns_views(lambda st: float(len(st["addresses"])))
+                ],
+            )
+        )
+        self.metrics.register(
+            CounterCollector(
+                "router_dns_lookups",
+                "DNS lookups of endpoint names by result",
+                ["host", "result"],
+                lambda: [
+                    ([e.host, result], float(n))
+                    for e in list(self.core.dns.entries.values())
+                    if e.task is not None
+                    for result, n in (("success", e.lookups_ok), ("error", e.lookups_failed))
                 ],
             )
         )
@@ -142,17 +182,38 @@ class Runtime:
                 lambda: [([], 1.0 if self.holder.current.panic else 0.0)],
             )
         )
-        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def loads(self) -> LoadTable:
+        """Per-region load (in flight, latency): what strategies, views and removal drains
+        read. One process: the proxy core's own; with workers the supervisor folds their
+        reports into it."""
+        return self._loads
 
     # -- wiring ------------------------------------------------------------------------
 
     def _publish(self, snapshot: Snapshot) -> None:
+        old = self.holder.current
         self.holder.current = snapshot
         for hook in self.snapshot_hooks:
             hook(snapshot)
         core = getattr(self, "core", None)  # None while __init__ subscribes
-        if core is not None and core.config is not snapshot.config:
-            core.apply_config(snapshot.config)
+        if core is not None:
+            if core.config is not snapshot.config:
+                core.apply_config(snapshot.config)
+            core.snapshot_changed(old, snapshot)  # rescue requests on regions that left
+
+    def _dns_views(
+        self, value: Callable[[dict[str, Any]], float]
+    ) -> list[tuple[RegionView, float]]:
+        """(region, value of its endpoint name's DNS status) for regions with a name."""
+        dns = self.core.dns
+        out = []
+        for r in self.holder.current.regions:
+            status = dns.status(r.endpoint.host)
+            if status is not None:
+                out.append((r, value(status)))
+        return out
 
     def _traffic(self) -> Iterable[TrafficStats]:
         # Looked up per scrape: a supervisor replaces traffic_sources after construction.
@@ -201,7 +262,7 @@ class Runtime:
             core.sweep()
 
     async def _tick_loop(self) -> None:
-        loads = self.core.loads
+        loads = self.loads
         panic = self.holder.current.panic
         while True:
             await asyncio.sleep(0.5)
@@ -223,6 +284,7 @@ class Runtime:
         self._tasks.clear()
         if isinstance(self.health.probe, HttpProber):
             await self.health.probe.close()
+        await self.core.dns.close()
         if self.access_logger is not None:
             self.core.access_log = None
             self.access_logger.close()

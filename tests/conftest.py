@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import uvloop
 
-from router.cli import RouterService
 from router.config.loader import Config, config_from_mapping
+from router.service import RouterService
 
 
 def make_config(regions: list[dict[str, Any]] | None = None, **sections: Any) -> Config:

@@ -33,7 +33,7 @@ import aiohttp
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from router.cli import RouterService
+from router.service import RouterService
 
 CHUNK = 64 * 1024
 Report = Literal["digest", "json", "etag", "none"]

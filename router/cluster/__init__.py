@@ -1,4 +1,7 @@
-"""Several instances as one router: coordination on Redis, health quorum, job leases.
+"""Several instances as one router: ``Cluster`` (core.py), the health quorum, job leases and
+their coordination keys on the shared Redis store.
 
-May import: replication, monitoring, workers, ``router.runtime`` and everything below.
+Applying other instances' changes is not here but in ``router.control`` (it owns the write
+lock). May import: ``router.replication``, ``router.runtime``, ``router.store`` and
+everything below them; never ``router.control``.
 """

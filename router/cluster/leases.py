@@ -35,7 +35,6 @@ class JobLeases:
         self.coordination = Coordination(store)
         self.held: dict[str, float] = {}  # job id -> monotonic time of the last renewal
         self._task: asyncio.Task[None] | None = None
-        engine.coordinator = self
 
     def __repr__(self) -> str:
         return f"<JobLeases held={len(self.held)} lease={self.lease_s}s>"

@@ -78,8 +78,6 @@ class HealthQuorum:
         self._announce = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        runtime.health.on_verdict = self.on_local_verdict
-        store.on_health = self.on_peer
         metrics = runtime.metrics
         metrics.register(
             GaugeCollector(

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import time
 from collections.abc import Hashable, Mapping
 from dataclasses import fields, is_dataclass, replace
 from typing import Any
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from router.config.edge import certificate_notes
 from router.config.model import (
     RETRY_CONDITIONS,
     STRATEGIES,
@@ -27,12 +29,16 @@ from router.config.model import (
     AdminConfig,
     AffinityConfig,
     AlertsConfig,
+    CertificatePair,
     Config,
+    DnsConfig,
     Endpoint,
     FailoverConfig,
     GeoConfig,
     HealthCheckConfig,
+    HedgingConfig,
     HostPort,
+    Http2Config,
     LimitsConfig,
     ListenConfig,
     OutlierDetectionConfig,
@@ -46,6 +52,7 @@ from router.config.model import (
     StateConfig,
     StrategyName,
     TimeoutsConfig,
+    TlsConfig,
     access_log_path,
 )
 from router.config.regions import parse_region, parse_region_patch
@@ -68,14 +75,18 @@ __all__ = [
     "AdminConfig",
     "AffinityConfig",
     "AlertsConfig",
+    "CertificatePair",
     "Config",
     "ConfigError",
+    "DnsConfig",
     "Endpoint",
     "FailoverConfig",
     "FieldError",
     "GeoConfig",
     "HealthCheckConfig",
+    "HedgingConfig",
     "HostPort",
+    "Http2Config",
     "LimitsConfig",
     "ListenConfig",
     "OutlierDetectionConfig",
@@ -89,6 +100,7 @@ __all__ = [
     "StateConfig",
     "StrategyName",
     "TimeoutsConfig",
+    "TlsConfig",
     "ValidationError",
     "access_log_path",
     "config_from_mapping",
@@ -343,4 +355,5 @@ def config_notes(config: Config) -> list[str]:
             f"listen.admin {config.listen.admin} is not a loopback address and admin.token "
             "is empty: `run` refuses to start like this"
         )
+    notes.extend(certificate_notes(config.tls, time.time()))
     return notes

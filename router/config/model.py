@@ -40,6 +40,7 @@ class HostPort:
 class ListenConfig:
     proxy: HostPort = HostPort(host="0.0.0.0", port=8080)
     admin: HostPort = HostPort(host="127.0.0.1", port=9901)
+    https: HostPort | None = None  # the same proxy over TLS (needs ``tls``)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,6 +160,25 @@ class TimeoutsConfig:
     connect_s: float = 2.0
     response_headers_s: float = 30.0
     idle_s: float = 60.0
+    per_try_s: float = 0.0  # a try without response headers after this is retried; 0 = off
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HedgingConfig:
+    """Backup requests: a retryable request still without headers after ``delay`` gets a copy."""
+
+    enabled: bool = False
+    delay_s: float | None = None  # None: auto, the chosen region's current p95 estimate
+    max_extra: int = 1  # copies beyond the first try
+    budget_percent: float = 5.0  # hedges in flight, as a share of requests in flight
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Http2Config:
+    """HTTP/2 to clients: h2c with prior knowledge on the plain listener, ALPN h2 on https."""
+
+    enabled: bool = False
+    max_concurrent_streams: int = 100  # per client connection (SETTINGS_MAX_CONCURRENT_STREAMS)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -220,6 +240,35 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CertificatePair:
+    """One certificate chain and its key, checked to match when the config was read."""
+
+    cert: str  # PEM file: the leaf first, then intermediates
+    key: str  # PEM file
+    names: tuple[str, ...]  # the leaf's DNS SAN names, lower-case ("*.example.com" allowed)
+    not_after: float  # the leaf's expiry, Unix time (for the start-up and check notes)
+    # sha256 of both files' bytes at load: a reload with new files is a config change.
+    digest: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig:
+    certificates: tuple[CertificatePair, ...] = ()  # SNI picks by SAN; the first is the default
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    client_ca: str | None = None  # mTLS: client certificates must chain to this CA file
+    client_ca_digest: str = ""
+    redirect_http: bool = False  # the plain listener answers 308 to https
+    handshake_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DnsConfig:
+    refresh_s: float = 30.0
+    max_connection_age_s: float = 300.0
+    nameservers: tuple[HostPort, ...] = ()  # empty: the system's resolvers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     listen: ListenConfig = ListenConfig()
     admin: AdminConfig = AdminConfig()
@@ -236,6 +285,8 @@ class Config:
     failover: FailoverConfig = FailoverConfig()
     retries: RetriesConfig = RetriesConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
+    hedging: HedgingConfig = HedgingConfig()
+    http2: Http2Config = Http2Config()
     limits: LimitsConfig = LimitsConfig()
     routes: tuple[RouteConfig, ...] = ()
     affinity: AffinityConfig | None = None
@@ -244,6 +295,8 @@ class Config:
     alerts: AlertsConfig = AlertsConfig()
     access_log: bool | AccessLogConfig = True  # True: stdout
     shutdown_grace_s: float = 15.0
+    tls: TlsConfig | None = None  # set exactly when listen.https is
+    dns: DnsConfig = DnsConfig()
     # sha256 of the canonical effective config (secrets included, so a token change reloads)
     config_hash: str = ""
 

@@ -10,6 +10,7 @@ import re
 from collections.abc import Collection, Mapping
 from types import MappingProxyType
 
+from router.config.edge import dns_section, tls_section
 from router.config.model import (
     RETRY_CONDITIONS,
     AccessLogConfig,
@@ -20,6 +21,9 @@ from router.config.model import (
     FailoverConfig,
     GeoConfig,
     HealthCheckConfig,
+    HedgingConfig,
+    HostPort,
+    Http2Config,
     LimitsConfig,
     ListenConfig,
     OutlierDetectionConfig,
@@ -39,6 +43,7 @@ from router.config.validate import (
     FieldError,
     Fields,
     as_choice,
+    as_duration,
     as_str,
     list_items,
 )
@@ -69,9 +74,19 @@ def _listen(f: Fields) -> ListenConfig:
     with f:
         proxy = f.get("proxy", parse_hostport, d.proxy)
         admin = f.get("admin", parse_hostport, d.admin)
+        https = f.get("https", parse_optional_hostport, d.https)
     if f.clean and proxy == admin and proxy.port != 0:
         f.error("admin", f"same address as listen.proxy ({proxy})")
-    return ListenConfig(proxy=proxy, admin=admin)
+    if f.clean and https is not None and https.port != 0 and https in (proxy, admin):
+        f.error("https", f"same address as another listener ({https})")
+    return ListenConfig(proxy=proxy, admin=admin, https=https)
+
+
+def parse_optional_hostport(value: object) -> HostPort | None:
+    """A listen address, or ``""`` for none."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return parse_hostport(value)
 
 
 def _health_check(f: Fields) -> HealthCheckConfig:
@@ -311,10 +326,45 @@ def _response_headers(f: Fields) -> ResponseHeadersConfig:
 def _timeouts(f: Fields) -> TimeoutsConfig:
     d = TimeoutsConfig()
     with f:
-        return TimeoutsConfig(
+        tc = TimeoutsConfig(
             connect_s=f.duration("connect", d.connect_s),
             response_headers_s=f.duration("response_headers", d.response_headers_s),
             idle_s=f.duration("idle", d.idle_s),
+            per_try_s=f.duration("per_try", d.per_try_s, positive=False),
+        )
+    if f.clean and tc.per_try_s >= tc.response_headers_s:
+        f.error("per_try", "must be shorter than response_headers (0 turns it off)")
+    return tc
+
+
+def _hedge_delay(value: object) -> float | None:
+    if value == "auto":
+        return None
+    try:
+        return as_duration(positive=True)(value)
+    except ValueError:
+        raise ValueError(f'expected "auto" or a duration > 0, got {show(value)}') from None
+
+
+def _hedging(f: Fields) -> HedgingConfig:
+    d = HedgingConfig()
+    with f:
+        return HedgingConfig(
+            enabled=f.flag("enabled", d.enabled),
+            delay_s=f.get("delay", _hedge_delay, d.delay_s),
+            max_extra=f.integer("max_extra", d.max_extra, lo=1, hi=4),
+            budget_percent=f.percent("budget_percent", d.budget_percent),
+        )
+
+
+def _http2(f: Fields) -> Http2Config:
+    d = Http2Config()
+    with f:
+        return Http2Config(
+            enabled=f.flag("enabled", d.enabled),
+            max_concurrent_streams=f.integer(
+                "max_concurrent_streams", d.max_concurrent_streams, lo=1, hi=10000
+            ),
         )
 
 
@@ -360,6 +410,8 @@ def build_config(data: object, errors: list[FieldError]) -> Config:
             failover=_failover(f.section("failover")),
             retries=_retries(f.section("retries")),
             timeouts=_timeouts(f.section("timeouts")),
+            hedging=_hedging(f.section("hedging")),
+            http2=_http2(f.section("http2")),
             limits=_limits(f.section("limits")),
             routes=_routes(f, region_ids),
             affinity=_affinity(f),
@@ -368,4 +420,6 @@ def build_config(data: object, errors: list[FieldError]) -> Config:
             alerts=_alerts(f.section("alerts")),
             access_log=_access_log(f),
             shutdown_grace_s=f.duration("shutdown_grace", d.shutdown_grace_s, positive=False),
+            tls=tls_section(f, listen.https),
+            dns=dns_section(f.section("dns")),
         )

@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Final, TypeVar
 
 from router.config.units import is_number, parse_duration, parse_percent, parse_size, show
+from router.errors import RouterError
 
 T = TypeVar("T")
 S = TypeVar("S", bound=str)
@@ -44,7 +45,7 @@ class FieldError:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
-class ValidationError(Exception):
+class ValidationError(RouterError):
     """One or more field errors; ``str()`` is one "path: message" per line."""
 
     def __init__(self, errors: Sequence[FieldError]) -> None:

@@ -4,9 +4,10 @@ The admin API is HTTP glue over this class; with worker processes the supervisor
 Each write validates, changes the registry, persists, and only then answers; when the
 state cannot be written the change is rolled back (``StoreWriteError``), so an answer of
 "done" always means "done and stored". The store is ``state_dir`` files, or Redis shared
-with other instances (``state.backend: redis``; router/control/remote.py applies their changes
-here, under the same ``lock`` as the writes, so a write and its rollback are never
-interleaved with another instance's change).
+with other instances (``state.backend: redis``): their changes are applied here under the
+same ``lock`` as the writes, so a write and its rollback are never interleaved with another
+instance's change (router/control/remote.py decides what they change; this class does the
+locking and the I/O, as for a reload: router/control/reload.py).
 """
 
 from __future__ import annotations
@@ -16,14 +17,18 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-from router.config.diff import ReloadResult, file_digest
-from router.config.loader import Config, RegionConfig
-from router.control import reload as control_reload
+from router.cluster.core import Cluster
+from router.config.diff import ReloadResult, read_config_text
+from router.config.loader import Config, ConfigError, FieldError, RegionConfig, parse_config
+from router.control import remote
+from router.control.certwatch import CertificateWatcher
 from router.control.persist import ControlState
+from router.control.reload import plan_reload
+from router.control.removal import RemovalResult, Removals
+from router.control.watch import ConfigWatcher
 from router.errors import NotFound, RegionConflict, UnknownRegion
 from router.monitoring.alerts import AlertEngine
 from router.monitoring.window import TrafficWindow
@@ -37,22 +42,11 @@ from router.store.docs import operation_key, region_key
 from router.store.files import FileStateStore, StateStore, StoreConflict, StoreWriteError
 from router.store.redis import RedisStateStore
 
-if TYPE_CHECKING:
-    from router.control.remote import Cluster
-
 log = logging.getLogger("router.control.core")
 
 HOUSEKEEPING_S = 0.25
-REMOVAL_POLL_S = 0.02
 
 __all__ = ["Control", "ReloadResult", "RemovalResult"]
-
-
-@dataclass(frozen=True, slots=True)
-class RemovalResult:
-    region: str
-    drained: bool  # no request was still in flight when the region went
-    waited_s: float
 
 
 class Control:
@@ -80,6 +74,7 @@ class Control:
         self.state = ControlState(
             self.registry, self.store, self.ops, runtime.record_transition, runtime.instance_id
         )
+        self.removals = Removals(runtime, self.lock, self.ops, self.state, wall)
         self.window = TrafficWindow()
         self.inventory = ArtifactInventory(self.registry, self.store, wall=wall)
         self.replication = ReplicationEngine(
@@ -95,22 +90,21 @@ class Control:
         self._ops_dirty = False  # an expiry applied here, not yet stored
         self._history_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._removals: dict[str, asyncio.Task[RemovalResult]] = {}
-        self.watch_digest: str | None = None
+        self.watcher: ConfigWatcher | None = None
         self._reload_lock = asyncio.Lock()
         self._pending: set[asyncio.Task[ReloadResult]] = set()
         runtime.transition_hooks.append(self._on_transition)
         self.alerts = AlertEngine(self, wall=wall)
         self.cluster: Cluster | None = None
         if isinstance(self.store, RedisStateStore):
-            from router.control.remote import Cluster  # cluster imports control
-
-            self.cluster = Cluster(self, self.store)
+            self.cluster = Cluster(runtime, self.replication, self.store)
+            self.store.on_change = self._apply_remote
+            self.store.on_reconnect = self.cluster.quorum.recompute
 
     def __repr__(self) -> str:
         return (
             f"<Control regions={len(self.registry.snapshot().regions)} "
-            f"operations={len(self.ops.active)} removing={len(self._removals)}>"
+            f"operations={len(self.ops.active)} removing={len(self.removals.pending)}>"
         )
 
     # -- start-up ----------------------------------------------------------------------
@@ -128,10 +122,12 @@ class Control:
         self.window.sample(self.runtime.merged_stats(), time.monotonic())
         self._tasks.append(loop.create_task(self._housekeeping(), name="control-housekeeping"))
         if self.config_path:
-            self.watch_digest = file_digest(self.config_path)
-            self._tasks.append(
-                loop.create_task(control_reload.watch_config(self), name="config-watch")
+            self.watcher = ConfigWatcher(
+                self.config_path, lambda: self.registry.config.reload, lambda: self.reload("watch")
             )
+            self._tasks.append(loop.create_task(self.watcher.run(), name="config-watch"))
+            certs = CertificateWatcher(lambda: self.registry.config, lambda: self.reload("watch"))
+            self._tasks.append(loop.create_task(certs.run(), name="certificate-watch"))
         await self.alerts.start()
         await self.replication.start()
         await self.store.start()
@@ -143,12 +139,12 @@ class Control:
             await self.cluster.stop()
         await self.replication.stop()
         await self.alerts.stop()
-        tasks = [*self._tasks, *self._removals.values(), *self._pending]
+        tasks = [*self._tasks, *self.removals.pending.values(), *self._pending]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
-        self._removals.clear()
+        self.removals.pending.clear()
         if self._history_dirty:
             with contextlib.suppress(StoreWriteError):
                 await self.state.save_history()
@@ -175,14 +171,13 @@ class Control:
 
     async def patch(self, region_id: str, changes: dict[str, object]) -> RegionView:
         async with self.lock:
-            rec = self._writable(region_id)
-            old_config, old_overrides = rec.config, dict(rec.overrides)
+            self._writable(region_id)
+            old_config, old_overrides = self.registry.region_config(region_id)
             self.registry.update_region(region_id, time.monotonic(), **changes)
             try:
                 await self.state.save_regions()
             except StoreWriteError:
-                rec.config, rec.overrides = old_config, old_overrides
-                self.registry.publish(time.monotonic())
+                self.registry.restore_region(region_id, old_config, old_overrides, time.monotonic())
                 raise
         return self.registry.snapshot().by_id[region_id]
 
@@ -192,7 +187,7 @@ class Control:
         The removal is persisted first, so a crash while draining does not bring the region
         back. A second DELETE while one drains waits for the same removal.
         """
-        pending = self._removals.get(region_id)
+        pending = self.removals.pending.get(region_id)
         if pending is None:
             async with self.lock:
                 rec = self.registry.record(region_id)
@@ -201,53 +196,16 @@ class Control:
                         f"region {region_id!r} is defined in the config file: remove it from "
                         "the file and reload (POST /admin/reload)"
                     )
-                pending = self._removals.get(region_id)
+                pending = self.removals.pending.get(region_id)
                 if pending is None:
-                    rec.removing = True
+                    self.registry.set_removing(region_id, True)
                     try:
                         await self.state.save_regions()
                     except StoreWriteError:
-                        rec.removing = False
+                        self.registry.set_removing(region_id, False)
                         raise
-                    pending = self.begin_removal(region_id, grace_s, "removal requested")
+                    pending = self.removals.begin(region_id, grace_s, "removal requested")
         return await asyncio.shield(pending)
-
-    def begin_removal(
-        self, region_id: str, grace_s: float | None, reason: str
-    ) -> asyncio.Task[RemovalResult]:
-        """Drain the region now and remove it after its in-flight requests (persisted already)."""
-        self.registry.record(region_id).removing = True
-        t = self.registry.set_manual(region_id, "draining", time.monotonic(), self.wall(), reason)
-        if t is not None:
-            self.runtime.record_transition(t)
-        grace = self.registry.config.shutdown_grace_s if grace_s is None else grace_s
-        pending = asyncio.get_running_loop().create_task(
-            self._finish_removal(region_id, grace), name=f"remove:{region_id}"
-        )
-        self._removals[region_id] = pending
-        return pending
-
-    async def _finish_removal(self, region_id: str, grace_s: float) -> RemovalResult:
-        started = time.monotonic()
-        deadline = started + grace_s
-        load = self.runtime.core.loads.get(region_id)
-        try:
-            while load.inflight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110  # hot-path counters: poll, no per-request signal
-                await asyncio.sleep(REMOVAL_POLL_S)
-            drained = load.inflight == 0
-            async with self.lock:
-                if self.ops.end(region_id, self.wall(), "region removed") is not None:
-                    try:
-                        await self.state.save_ops()
-                    except StoreWriteError as exc:
-                        log.error("region %s removed, but %s", region_id, exc)
-                with contextlib.suppress(UnknownRegion):
-                    self.registry.remove_region(region_id, time.monotonic())
-            self.runtime.health.sync()
-            log.info("region %s removed (drained=%s)", region_id, drained)
-            return RemovalResult(region_id, drained, round(time.monotonic() - started, 3))
-        finally:
-            self._removals.pop(region_id, None)
 
     def _writable(self, region_id: str) -> RegionRecord:
         rec = self.registry.record(region_id)
@@ -365,11 +323,75 @@ class Control:
             self.ops.rollback(saved)
             raise
 
-    # -- reload (router/control/reload.py) ---------------------------------------------
+    # -- other instances' changes (router/control/remote.py) ----------------------------
+
+    async def _apply_remote(self, kind: str, entries: dict[str, Any], deleted: list[str]) -> None:
+        """The shared store's ``on_change``: another instance's change, under the write lock."""
+        assert self.cluster is not None
+        async with self.lock:
+            try:
+                now = time.monotonic()
+                if kind == "regions":
+                    self._carry_out(remote.apply_regions(self.registry, entries, deleted, now))
+                elif kind == "operations":
+                    self._carry_out(
+                        remote.apply_operations(
+                            self.registry, self.ops, entries, deleted, now, self.wall()
+                        )
+                    )
+                elif kind == "replications":
+                    self.replication.apply_remote(entries, deleted)
+                elif kind == "artifacts":
+                    self.inventory.apply_remote(entries, deleted)
+            except Exception:
+                log.exception("cannot apply a %s change from another instance", kind)
+                return
+            self.cluster.applied += 1
+
+    def _carry_out(self, effects: remote.Effects) -> None:
+        for t in effects.transitions:
+            self.runtime.record_transition(t)
+        for region_id in effects.check_now:
+            self.runtime.health.check_now(region_id)
+        for region_id in effects.removals:
+            _ = self.removals.begin(region_id, None, "removed on another instance")
+        if effects.sync_probes:
+            self.runtime.health.sync()
+        if effects.problems and self.cluster is not None:
+            self.cluster.store.problem("regions", "; ".join(map(str, effects.problems)))
+
+    # -- reload (router/control/reload.py, router/control/watch.py) ----------------------
 
     async def reload(self, source: str) -> ReloadResult:
+        """Read, validate and apply the config file; an invalid one changes nothing."""
         async with self._reload_lock:
-            return await control_reload.reload_from_file(self, source)
+            result = await self._reload_file(source)
+            self.last_reload = result
+            self.runtime.config_reloads.labels("success" if result.ok else "error").inc()
+            if result.ok:
+                diff = result.diff.to_json() if result.diff else {}
+                log.info("config reloaded (%s): %s", source, diff)
+            else:
+                log.error(
+                    "config reload (%s) rejected; the old config keeps serving: %s",
+                    source,
+                    "; ".join(str(e) for e in result.errors),
+                )
+            return result
+
+    async def _reload_file(self, source: str) -> ReloadResult:
+        old_hash = self.registry.config.config_hash
+        if not self.config_path:
+            errors = [FieldError("config", "this router was started without a config file")]
+            return ReloadResult(False, source, self.wall(), errors, config_hash=old_hash)
+        try:
+            text, digest = read_config_text(self.config_path)
+            if self.watcher is not None:
+                self.watcher.seen = digest  # this content has been seen, good or bad
+            new = parse_config(text)
+        except ConfigError as exc:
+            return ReloadResult(False, source, self.wall(), list(exc.errors), config_hash=old_hash)
+        return await self.apply_config(new, source)
 
     def request_reload(self, source: str) -> None:
         """Reload soon (from a signal handler): the task is kept until it is done."""
@@ -380,7 +402,17 @@ class Control:
     async def apply_config(self, new: Config, source: str) -> ReloadResult:
         """Swap in a validated config atomically; regions with unchanged endpoints keep state."""
         async with self.lock:
-            return await control_reload.apply_config(self, new, source)
+            plan = plan_reload(self.registry, self.ops, new, source, time.monotonic(), self.wall())
+            self.runtime.health.sync()
+            try:
+                if plan.ops_changed:
+                    await self.state.save_ops()
+                await self.state.save_regions()
+            except StoreWriteError as exc:
+                log.error("config applied, but the state files were not updated: %s", exc)
+                assert plan.result.diff is not None
+                plan.result.diff.notes.append(f"state not saved: {exc}")
+            return plan.result
 
     # -- housekeeping and persistence --------------------------------------------------
 

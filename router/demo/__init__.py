@@ -1,4 +1,5 @@
-"""``region-router demo``: simulated regions, the live table, and the packaged demo config.
+"""``region-router demo``: simulated regions (regions.py), the script of what goes down when
+(script.py), the live table (view.py), the run itself (run.py) and the packaged demo config.
 
 May import: ``router.service`` and everything below it.
 """

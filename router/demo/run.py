@@ -1,6 +1,6 @@
 """``region-router demo``: simulated regions, the router in front, traffic, and a live view.
 
-Like router/cli.py this is composition, not data plane: it runs the whole router in-process
+Like router/service.py this is composition, not data plane: it runs the whole router in-process
 (``RouterService``) between the regions and clients of router/demo/regions.py, takes one
 region down midway and brings it back, and shows where the traffic goes (router/demo/view.py).
 """
@@ -17,20 +17,12 @@ import statistics
 import sys
 import tempfile
 from collections import deque
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
-from importlib import resources
+from dataclasses import replace
 from typing import TextIO
 
-from router.cli import EXIT_CONFIG, EXIT_OK, EXIT_START, RouterService
 from router.config.loader import (
     Config,
     ConfigError,
-    HostPort,
-    config_hash,
-    load_config,
-    parse_config,
-    parse_endpoint,
 )
 from router.demo.regions import (
     PROFILES,
@@ -41,13 +33,13 @@ from router.demo.regions import (
     stop_task,
     url_host,
 )
+from router.demo.script import Step, demo_config, load_demo_config, scenario, seconds
 from router.demo.view import Frame, Outage, Row, TableStyle, Totals, status_line, summary, table
+from router.service import EXIT_CONFIG, EXIT_OK, EXIT_START, RouterService
 from router.state.snapshot import RegionState, Snapshot
 
 RATE_PER_S = 75.0
 WINDOW_S = 2.0  # traffic share and latency are computed over this many recent seconds
-DOWN_AT, UP_AT = 0.3, 0.6  # with --duration: fractions of the run
-CYCLE_S, CYCLE_DOWN_S, CYCLE_UP_S = 60.0, 20.0, 40.0  # until Ctrl-C: every minute
 READY_TIMEOUT_S = 10.0
 CLEAR, HOME, CLEAR_LINE, CLEAR_BELOW = "\x1b[2J", "\x1b[H", "\x1b[K", "\x1b[J"
 HIDE_CURSOR, SHOW_CURSOR = "\x1b[?25l", "\x1b[?25h"
@@ -72,66 +64,6 @@ def demo_command(config_path: str | None, duration: float, interactive: bool) ->
         return uvloop.run(demo.run())
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
         return EXIT_OK
-
-
-def load_demo_config(config_path: str | None) -> tuple[Config, str]:
-    """``-c FILE``, else ./config.yaml, else the copy packaged with region-router."""
-    path = config_path or ("config.yaml" if os.path.exists("config.yaml") else None)
-    if path is not None:
-        return load_config(path), path
-    text = resources.files("router.demo").joinpath("demo_config.yaml").read_text(encoding="utf-8")
-    return parse_config(text), "the packaged demo config"
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    at_s: float  # seconds since the traffic started
-    action: str  # "down" | "up"
-    region: str
-
-    def describe(self) -> str:
-        what = "take {} down" if self.action == "down" else "bring {} back"
-        return f"t={seconds(self.at_s)}s " + what.format(self.region)
-
-
-def seconds(value: float) -> str:
-    """``2.4`` or ``20``: a time on the demo's clock, as short as it can be."""
-    return f"{value:.1f}".removesuffix(".0")
-
-
-def scenario(region_ids: Sequence[str], duration_s: float) -> Iterator[Step]:
-    """When to take which region down and bring it back.
-
-    With a duration: the first region (the fastest, so the one with most traffic) goes down
-    at 30% of the run and comes back at 60%. Until Ctrl-C: every minute the next region in
-    turn goes down at :20 and comes back at :40.
-    """
-    if duration_s > 0:
-        yield Step(duration_s * DOWN_AT, "down", region_ids[0])
-        yield Step(duration_s * UP_AT, "up", region_ids[0])
-        return
-    for k in itertools.count():
-        victim = region_ids[k % len(region_ids)]
-        yield Step(k * CYCLE_S + CYCLE_DOWN_S, "down", victim)
-        yield Step(k * CYCLE_S + CYCLE_UP_S, "up", victim)
-
-
-def demo_config(
-    config: Config, endpoints: dict[str, str], state_dir: str, proxy: HostPort, admin: HostPort
-) -> Config:
-    """The config as the demo runs it: regions at the demo servers, state in a temp dir, no
-    file watching (the file's endpoints are not the demo's), no access log on the screen."""
-    regions = tuple(replace(rc, endpoint=parse_endpoint(endpoints[rc.id])) for rc in config.regions)
-    new = replace(
-        config,
-        listen=replace(config.listen, proxy=proxy, admin=admin),
-        state_dir=state_dir,
-        state=replace(config.state, backend="file"),
-        reload=replace(config.reload, watch=False),
-        access_log=False,
-        regions=regions,
-    )
-    return replace(new, config_hash=config_hash(new))
 
 
 class Demo:
@@ -404,7 +336,7 @@ class Demo:
         for r in runtime.holder.current.regions:
             latencies = [s.latency_s for s in window if s.region == r.id]
             demo_region = self.regions.get(r.id)
-            estimate_s = runtime.core.loads.get(r.id).latency_estimate(r.probe_latency_s, now)
+            estimate_s = runtime.loads.get(r.id).latency_estimate(r.probe_latency_s, now)
             rows.append(
                 Row(
                     id=r.id,

@@ -18,11 +18,13 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from router import __version__
 from router.config.loader import Endpoint, HealthCheckConfig, RegionConfig
@@ -54,10 +56,43 @@ def status_ok(status: int, ranges: tuple[tuple[int, int], ...]) -> bool:
     return any(lo <= status <= hi for lo, hi in ranges)
 
 
-class HttpProber:
-    """The real probe: aiohttp GET with the configured timeout and expectations."""
+Addresses = Callable[[str], Awaitable[tuple[str, ...]]]  # host name -> addresses to try
 
-    def __init__(self, instance_id: str) -> None:
+
+class _FollowingResolver(AbstractResolver):
+    """aiohttp's resolver hook: probes connect to the addresses the proxy uses right now."""
+
+    def __init__(self, addresses: Addresses) -> None:
+        self._addresses = addresses
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for address in await self._addresses(host)
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+class HttpProber:
+    """The real probe: aiohttp GET with the configured timeout and expectations.
+
+    Every probe opens a new connection (so none outlives ``dns.max_connection_age``), to
+    the endpoint's current addresses when ``addresses`` is given (else the system resolver).
+    """
+
+    def __init__(self, instance_id: str, addresses: Addresses | None = None) -> None:
+        self._addresses = addresses
         self._session: aiohttp.ClientSession | None = None
         self._headers = {
             "User-Agent": f"region-router/{__version__}",
@@ -68,7 +103,14 @@ class HttpProber:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 auto_decompress=False,
-                connector=aiohttp.TCPConnector(limit=0, force_close=True),
+                connector=aiohttp.TCPConnector(
+                    limit=0,
+                    force_close=True,
+                    use_dns_cache=self._addresses is None,
+                    resolver=(
+                        _FollowingResolver(self._addresses) if self._addresses is not None else None
+                    ),
+                ),
             )
         url = region.endpoint.url + hc.path
         started = time.monotonic()

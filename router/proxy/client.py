@@ -21,6 +21,7 @@ from router.proxy.exchange import Exchange
 from router.proxy.headers import (
     FRAMING_LOOKALIKES,
     IDEMPOTENT_METHODS,
+    TRAILER_DROP,
     connection_tokens,
     error_response,
     named_headers,
@@ -43,8 +44,10 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 class ClientConnection(asyncio.Protocol):
     """One client connection: parse, validate, pipeline, relay, tunnel."""
 
-    def __init__(self, core: ProxyCore) -> None:
+    def __init__(self, core: ProxyCore, *, tls: bool = False) -> None:
+        """``tls``: the connection came in over TLS (X-Forwarded-Proto: https)."""
         self.core = core
+        self.proto = b"https" if tls else b"http"
         self.loop = core.loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -242,6 +245,13 @@ class ClientConnection(asyncio.Protocol):
         if self.head_bytes > core.max_header_bytes:
             raise HeadersTooLarge(f"request head exceeds {core.max_header_bytes} bytes")
         lname = name.lower()
+        if not self.in_head:
+            # A trailer of a chunked body: never read as a request header; passed on
+            # after the last chunk unless it is a framing or hop-by-hop field.
+            ex = self.parsing
+            if ex is not None and lname not in TRAILER_DROP:
+                ex.req_trailers.append(b"%b: %b\r\n" % (name, value))
+            return
         if lname not in core.interesting:
             self.lines.append(b"%b: %b\r\n" % (name, value))
             return
@@ -256,8 +266,6 @@ class ClientConnection(asyncio.Protocol):
                 self.geo_value = value
             self.lines.append(b"%b: %b\r\n" % (name, value))
             return
-        if not self.in_head:
-            return  # a trailer of a chunked body: never read as a request header (dropped)
         if lname == b"host":
             if self.host is not None:
                 raise BadRequest("more than one Host header")
@@ -355,8 +363,8 @@ class ClientConnection(asyncio.Protocol):
                 lines = [ln for ln in lines if ln.split(b":", 1)[0].lower() not in named]
         xff = self.peer if self.xff is None else self.xff + b", " + self.peer
         lines.append(
-            b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: %b\r\n"
-            b"X-Request-ID: %b\r\n" % (xff, host, request_id)
+            b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n"
+            b"X-Request-ID: %b\r\n" % (xff, self.proto, host, request_id)
         )
         if self.chunked:
             lines.append(b"Transfer-Encoding: chunked\r\n")

@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+from collections import deque
 from collections.abc import Callable
 from time import monotonic
 from typing import TYPE_CHECKING
 
 from router.config.loader import Config
 from router.metrics import TrafficStats
+from router.proxy.dns import Resolver
 from router.proxy.headers import KNOWN_METHODS, REQUEST_SPECIAL, RESPONSE_SPECIAL
+from router.proxy.rescue import rescue_departed
 from router.proxy.upstream import Pool
 from router.routing.load import LoadTable
 from router.routing.routes import match_plan
@@ -25,8 +28,8 @@ from router.routing.strategies import RequestInfo, Selector
 from router.state.snapshot import RoutePlan, Snapshot, SnapshotHolder
 
 if TYPE_CHECKING:
-    from router.proxy.client import ClientConnection
     from router.proxy.exchange import Exchange
+    from router.proxy.interfaces import ClientConnectionLike
 
 Observer = Callable[[str, bool, str], None]  # (region id, ok, failure kind)
 AccessLog = Callable[["Exchange", int, float, bool, str | None], None]
@@ -44,27 +47,38 @@ class ProxyCore:
         holder: SnapshotHolder,
         *,
         loop: asyncio.AbstractEventLoop,
+        loads: LoadTable,
         observer: Observer = _ignore,
         access_log: AccessLog | None = None,
     ) -> None:
+        """``loads`` is the process's load table, owned by its runtime (or worker): the
+        proxy core updates it on every request; strategies, views and drains read it."""
         self.holder = holder
         self.loop = loop
-        self.loads = LoadTable()
+        self.loads = loads
         self.selector = Selector(self.loads)
         self.stats = TrafficStats()
         self.observer = observer
         self.access_log = access_log
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[ClientConnectionLike] = set()  # HTTP/1.1 and HTTP/2
         self.awaiting: set[Exchange] = set()  # exchanges waiting for response headers
         self.inflight = 0
         self.retries_active = 0
+        self.hedges_active = 0
+        self.hedge_waiting: deque[Exchange] = deque()  # requests waiting for the hedge budget
         self.draining = False
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(6).hex().encode()
         self._method_labels: dict[bytes, str] = {}
+        # Called after each new config is applied (the TLS listener re-reads certificates).
+        self.config_hooks: list[Callable[[Config], None]] = []
         cfg = holder.current.config
+        self.dns = Resolver(cfg.dns)
         self.pool = Pool(
-            connect_timeout_s=cfg.timeouts.connect_s, idle_timeout_s=cfg.timeouts.idle_s
+            connect_timeout_s=cfg.timeouts.connect_s,
+            idle_timeout_s=cfg.timeouts.idle_s,
+            dns=self.dns,
+            max_age_s=cfg.dns.max_connection_age_s,
         )
         self.apply_config(cfg)
 
@@ -91,10 +105,17 @@ class ProxyCore:
         self.retry_budget_fraction = r.budget_percent / 100.0
         self.retry_min_concurrent = r.min_concurrent
         self.buffer_body_max_bytes = r.buffer_body_max_bytes
+        self.per_try_s = cfg.timeouts.per_try_s
+        self.hedging = cfg.hedging if cfg.hedging.enabled else None
+        self.hedge_auto = self.hedging is not None and self.hedging.delay_s is None
+        self.hedge_budget_fraction = cfg.hedging.budget_percent / 100.0
+        self.tail_timers = bool(self.per_try_s) or self.hedging is not None
         self.retry_backoff_base_s = r.backoff_base_s
         self.retry_backoff_max_s = r.backoff_max_s
         self.pool.connect_timeout_s = cfg.timeouts.connect_s
         self.pool.idle_timeout_s = cfg.timeouts.idle_s
+        self.pool.max_age_s = cfg.dns.max_connection_age_s
+        self.dns.apply_config(cfg.dns)
         aff = cfg.affinity
         self.affinity_cookie = aff.cookie.encode() if aff and aff.cookie else None
         self.affinity_header = aff.header.lower().encode() if aff and aff.header else None
@@ -115,6 +136,8 @@ class ProxyCore:
         self.interesting = REQUEST_SPECIAL | self.watched
         self.has_routes = bool(cfg.routes)
         self.routes_by_host = any(rt.match.host is not None for rt in cfg.routes)
+        for hook in self.config_hooks:
+            hook(cfg)
 
     def next_request_id(self) -> bytes:
         return b"%b-%x" % (self._id_prefix, next(self._ids))
@@ -156,6 +179,11 @@ class ProxyCore:
             affinity_key=affinity_value.decode("latin-1") if affinity_value else None,
         )
 
+    def snapshot_changed(self, old: Snapshot, new: Snapshot) -> None:
+        """A new routing state took over: rescue requests waiting on regions that left."""
+        if self.awaiting:
+            rescue_departed(self, old, new)
+
     def sweep(self) -> None:
         """Timeouts without a timer per request: response-header deadlines, idle clients."""
         now = monotonic()
@@ -167,7 +195,9 @@ class ProxyCore:
             conn.idle_timeout()
         self.pool.sweep(now)
         # Requests still waiting for headers are latency evidence before they answer.
-        self.loads.observe_awaiting(self.awaiting, self.response_headers_timeout_s)
+        self.loads.observe_awaiting(self.awaiting)
+        if self.hedge_auto:
+            self.loads.refresh_p95(now)
 
     def __repr__(self) -> str:
         return (

@@ -14,7 +14,14 @@ from time import monotonic
 from typing import TYPE_CHECKING
 
 from router.errors import BodyTooLarge, ProxyError
-from router.proxy.headers import CRLF, connection_tokens, error_response, named_headers
+from router.proxy.headers import (
+    CRLF,
+    TRAILER_DROP,
+    connection_tokens,
+    error_response,
+    named_headers,
+)
+from router.proxy.hedging import Hedges, arm, disarm, end_all
 from router.proxy.retries import (
     attempt_failed,
     honour_retry_after,
@@ -24,12 +31,13 @@ from router.proxy.retries import (
 )
 from router.proxy.upstream import UpstreamConnection
 from router.routing.load import RegionLoad
+from router.routing.routes import current_plan
 from router.routing.strategies import RequestInfo
 from router.state.snapshot import RegionView, RoutePlan, Snapshot
 
 if TYPE_CHECKING:
-    from router.proxy.client import ClientConnection
     from router.proxy.core import ProxyCore
+    from router.proxy.interfaces import ClientSide
 
 _CHUNK_END = b"0\r\n\r\n"
 _PENDING_PAUSE_BYTES = 256 * 1024
@@ -53,6 +61,7 @@ class Exchange:
         "done",
         "head_common",
         "head_only_done",
+        "hedges",
         "idempotent",
         "info",
         "is_head",
@@ -64,20 +73,24 @@ class Exchange:
         "pending_bytes",
         "plan",
         "region",
+        "req_trailers",
         "request_id",
         "request_line",
         "resp_chunked",
         "resp_headers",
         "resp_reason",
         "resp_started",
+        "resp_trailers",
         "resp_until_close",
         "retry_buffer",
         "retrying",
+        "sent_at",
         "set_cookie",
         "snapshot",
         "started_at",
         "status",
         "tried",
+        "try_timer",
         "tunnel_pending",
         "upgrade",
         "upstream",
@@ -87,7 +100,7 @@ class Exchange:
     def __init__(
         self,
         core: ProxyCore,
-        client: ClientConnection,
+        client: ClientSide,
         *,
         method: bytes,
         method_label: str,
@@ -136,10 +149,13 @@ class Exchange:
         self.counted = False
         self.attempts = 0
         self.retrying = False
-        self.deadline = 0.0
+        self.deadline = 0.0  # response headers due (0: not waiting yet)
+        self.sent_at = 0.0  # this try's clock start: its latency sample is measured from here
         self.status = 0
         self.resp_reason = b""
         self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.resp_trailers: list[bytes] = []  # of a chunked response, as "name: value" lines
+        self.req_trailers: list[bytes] = []  # of a chunked request body, the same
         self.resp_started = False
         self.resp_chunked = False
         self.resp_until_close = False  # the upstream's body ends when it closes
@@ -151,6 +167,9 @@ class Exchange:
         self.done = False
         self.set_cookie: bytes | None = None
         self.tunnel_pending: list[bytes] = []
+        # tail-latency state (router/proxy/hedging.py), only when per_try or hedging is on
+        self.try_timer: asyncio.TimerHandle | None = None
+        self.hedges: Hedges | None = None
 
     def __repr__(self) -> str:
         region = self.region.id if self.region else None
@@ -179,7 +198,7 @@ class Exchange:
             self.info is None or self.info.affinity_region != region.id
         ):
             self.set_cookie = core.affinity_cookie_header(region.id)
-        conn = core.pool.acquire_idle(region.endpoint.url)
+        conn = core.pool.acquire_idle(region.endpoint)
         if conn is not None:
             self._bind(conn)
         else:
@@ -218,13 +237,7 @@ class Exchange:
         if client.writing_paused and conn.transport is not None:
             conn.transport.pause_reading()  # the client is not taking response bytes yet
         client.cork_upstream(conn)
-        endpoint = self.region.endpoint
-        host = self.upstream_host or endpoint.host_header_bytes
-        line = self.request_line
-        if endpoint.base_path_bytes:  # "GET /x HTTP/1.1" -> "GET /prefix/x HTTP/1.1"
-            cut = len(self.method) + 1
-            line = line[:cut] + endpoint.base_path_bytes + line[cut:]
-        parts = [line, b"Host: ", host, CRLF, self.head_common]
+        parts = self.head_parts(self.region)
         if self.pending:
             if self.chunked_request:
                 for chunk in self.pending:
@@ -235,13 +248,36 @@ class Exchange:
             self.pending_bytes = 0
             self.client.resume_reading_for("buffer")
         if self.body_done and self.chunked_request:
-            parts.append(_CHUNK_END)
+            parts.append(self._last_chunk(self.req_trailers))
         conn.write(b"".join(parts))
-        self.deadline = monotonic() + self.core.response_headers_timeout_s
         if self.body_done:
-            self.core.awaiting.add(self)
-        # else the response-headers clock starts when the body is complete: an upload may
-        # take longer than timeouts.response_headers (idle covers one that stalls)
+            self._await_headers()
+        else:
+            # the response-headers clock starts when the body is complete: an upload may
+            # take longer than timeouts.response_headers (idle covers one that stalls)
+            self.sent_at = monotonic()
+
+    def head_parts(self, region: RegionView) -> list[bytes]:
+        """The request head as written to ``region`` (a list the caller may extend)."""
+        endpoint = region.endpoint
+        host = self.upstream_host or endpoint.host_header_bytes
+        line = self.request_line
+        if endpoint.base_path_bytes:  # "GET /x HTTP/1.1" -> "GET /prefix/x HTTP/1.1"
+            cut = len(self.method) + 1
+            line = line[:cut] + endpoint.base_path_bytes + line[cut:]
+        return [line, b"Host: ", host, CRLF, self.head_common]
+
+    def _await_headers(self) -> None:
+        core = self.core
+        now = monotonic()
+        self.sent_at = now
+        if not (core.per_try_s and self.deadline):
+            # With per_try, response_headers bounds the whole request (Envoy's route
+            # timeout); without, each try (a timed-out try may be retried).
+            self.deadline = now + core.response_headers_timeout_s
+        core.awaiting.add(self)
+        if core.tail_timers:
+            arm(self, now)
 
     # -- request body (from the client connection) -------------------------------------
 
@@ -272,11 +308,9 @@ class Exchange:
         self.body_done = True
         if self.upstream is not None and not self.discard_response:
             if self.chunked_request:
-                self.upstream.write(_CHUNK_END)
+                self.upstream.write(self._last_chunk(self.req_trailers))
             if not self.resp_started:
-                core = self.core
-                self.deadline = monotonic() + core.response_headers_timeout_s
-                core.awaiting.add(self)
+                self._await_headers()
 
     def tunnel_data(self, data: bytes) -> None:
         """Client bytes after a WebSocket handshake, before the upstream accepted it."""
@@ -295,12 +329,13 @@ class Exchange:
                 return
         core = self.core
         core.awaiting.discard(self)
+        self.resp_trailers = []  # a discarded attempt's must not reach the client
         region = self.region
         assert region is not None
         now = monotonic()
         # This attempt's time to headers (from when it was written), not the whole
         # exchange's: a retry must not charge the earlier attempts to this region.
-        elapsed = now - (self.deadline - core.response_headers_timeout_s)
+        elapsed = now - self.sent_at
         load = self.load
         assert load is not None
         self.status = status
@@ -317,7 +352,11 @@ class Exchange:
             if status == 429:
                 honour_retry_after(self, load, now)
             load.observe(elapsed, now)
+            if core.hedge_auto:
+                load.record_time(elapsed, now)
             core.observer(region.id, True, "")
+        if self.hedges is not None:
+            end_all(self, "lost")  # this response goes to the client: every copy lost
         self._send_response_head(status)
 
     def _send_response_head(self, status: int) -> None:
@@ -387,6 +426,15 @@ class Exchange:
         else:
             self.client.write(data)
 
+    def on_response_trailer(self, name: bytes, value: bytes) -> None:
+        """A trailer field of a chunked response: passed on when the client gets chunks."""
+        if name.lower() not in TRAILER_DROP:
+            self.resp_trailers.append(b"%b: %b\r\n" % (name, value))
+
+    @staticmethod
+    def _last_chunk(trailers: list[bytes]) -> bytes:
+        return b"0\r\n%b\r\n" % b"".join(trailers) if trailers else _CHUNK_END
+
     def on_response_complete(self) -> None:
         if self._informational:
             self._informational = False
@@ -400,7 +448,7 @@ class Exchange:
         if self.done:
             return
         if self.resp_chunked:
-            self.client.write(_CHUNK_END)
+            self.client.write(self._last_chunk(self.resp_trailers))
         reusable = (
             conn is not None
             and self.body_done
@@ -454,7 +502,8 @@ class Exchange:
     def on_timeout(self) -> None:
         """The response-headers deadline passed (the core's sweeper calls this)."""
         if not self.done and not self.resp_started:
-            attempt_failed(self, "timeout", sent=True)
+            # With per_try on, this deadline is the whole request's: nothing follows it.
+            attempt_failed(self, "timeout", sent=True, final=bool(self.core.per_try_s))
 
     # -- failures and retries (policy in router/proxy/retries.py) ----------------------------
 
@@ -467,8 +516,8 @@ class Exchange:
         It chooses from the routing state of now, not of when the request arrived: a
         region ejected or failed over in between must not get the retry.
         """
-        if self.done:
-            return
+        if self.done or self.upstream is not None or self._connect_task is not None:
+            return  # finished, or already on another try (a hedge took it over, a rescue)
         current = self.core.holder.current
         if current is not self.snapshot:
             self.plan = current_plan(self.snapshot, current, self.plan)
@@ -476,6 +525,8 @@ class Exchange:
         self.start()
 
     def release_upstream(self, *, reuse: bool, keep_open: bool = False) -> None:
+        if self.try_timer is not None or self.hedges is not None:
+            disarm(self)
         if self.counted:
             self.counted = False
             assert self.load is not None
@@ -523,9 +574,9 @@ class Exchange:
         self.done = True
         core = self.core
         core.awaiting.discard(self)
-        if self._connect_task is not None:
-            self._connect_task.cancel()
-            self._connect_task = None
+        self.cancel_connect()
+        if self.hedges is not None:
+            end_all(self, "cancelled")
         if self.retrying:
             core.retries_active -= 1
             self.retrying = False
@@ -535,6 +586,11 @@ class Exchange:
         if core.access_log is not None:
             core.access_log(self, status, now - self.started_at, aborted, router_error)
         self.client.exchange_finished(self, self.close_client if close is None else close)
+
+    def cancel_connect(self) -> None:
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            self._connect_task = None
 
     def client_lost(self) -> None:
         """The client went away: cancel the upstream request (its connection is not reused)."""
@@ -549,16 +605,3 @@ class Exchange:
 
 def raise_body_too_large(limit: int) -> None:
     raise BodyTooLarge(f"request body exceeds {limit} bytes")
-
-
-def current_plan(old: Snapshot, new: Snapshot, plan: RoutePlan) -> RoutePlan:
-    """``plan`` (from ``old``) as it stands in ``new``; the old one if its route is gone."""
-    if plan.route is None:
-        return new.default_plan
-    for i, route in enumerate(old.config.routes):
-        if route is plan.route:
-            routes = new.config.routes
-            if i < len(routes) and routes[i] == route:
-                return new.route_plans[i]
-            break
-    return plan

@@ -21,6 +21,12 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+# Trailer fields never passed on (either way): framing, routing and hop-by-hop fields
+# (RFC 9110 6.5.1), which a recipient could mistake for the message's own.
+TRAILER_DROP = HOP_BY_HOP | frozenset(
+    {b"content-length", b"host", b"content_length", b"transfer_encoding"}
+)
+
 # Names a region may read as a framing header (CGI-style servers map "_" to "-"): a request
 # carrying one is refused, since the region could frame its body differently from us.
 FRAMING_LOOKALIKES = frozenset({b"content_length", b"transfer_encoding"})

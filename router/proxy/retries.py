@@ -17,6 +17,7 @@ from time import monotonic
 from typing import TYPE_CHECKING
 
 from router.errors import NoEligibleRegion, ProxyError, UpstreamConnectError, UpstreamTimeout
+from router.proxy.hedging import hand_over
 from router.proxy.upstream import UpstreamConnection
 from router.routing.load import RegionLoad
 from router.state.snapshot import Snapshot
@@ -25,8 +26,12 @@ if TYPE_CHECKING:
     from router.proxy.exchange import Exchange
 
 
-def may_retry(ex: Exchange, reason: str, *, unsent: bool = False) -> bool:
-    """``unsent``: no byte reached a region, so ``pending`` still holds the whole body."""
+def may_retry(ex: Exchange, reason: str, *, unsent: bool = False, budgeted: bool = True) -> bool:
+    """``unsent``: no byte reached a region, so ``pending`` still holds the whole body.
+
+    ``budgeted``: the retry adds load (the failed try may have been served), so the retry
+    budget applies; a try on a connection that was dead before it was written adds none.
+    """
     core = ex.core
     if ex.attempts > core.max_retries:
         return False
@@ -36,7 +41,7 @@ def may_retry(ex: Exchange, reason: str, *, unsent: bool = False) -> bool:
         if ex.body_too_large_for_retry:
             core.stats.retry("skipped_body_too_large")
         return False
-    if unsent:
+    if unsent or not budgeted:
         return True  # re-sending what no region saw adds no load: outside the budget
     budget = max(core.retry_min_concurrent, core.retry_budget_fraction * core.inflight)
     if core.retries_active >= budget:
@@ -46,8 +51,15 @@ def may_retry(ex: Exchange, reason: str, *, unsent: bool = False) -> bool:
 
 
 def attempt_failed(
-    ex: Exchange, kind: str, *, sent: bool, stale: bool = False, detail: str = ""
+    ex: Exchange,
+    kind: str,
+    *,
+    sent: bool,
+    stale: bool = False,
+    detail: str = "",
+    final: bool = False,
 ) -> None:
+    """``final``: the request's own deadline passed, so no retry (nor hedge) may follow."""
     core = ex.core
     core.awaiting.discard(ex)
     region = ex.region
@@ -58,12 +70,21 @@ def attempt_failed(
         core.loads.get(region.id).observe_failure(now)
         core.stats.upstream_error(region.id, kind)
         core.observer(region.id, False, kind)
-        ex.tried.add(region.id)
+    elif region.id not in ex.tried:
+        # A pooled connection the region had already closed: the try never counted, so
+        # it spends none of the request's retries (once per region, which bounds it).
+        ex.attempts -= 1
+    # Even a stale reset may mean the region just died: retry elsewhere while one is
+    # eligible, or a dead region still in rotation takes the retry and refuses it.
+    ex.tried.add(region.id)
+    if ex.hedges is not None and not final and kind != "timeout" and hand_over(ex, kind):
+        return  # a copy of the request is already waiting elsewhere
     condition = "connect-failure" if kind.startswith("connect") else kind
     always = not sent or stale
-    allowed = always or condition in core.retry_conditions
-    if allowed and may_retry(ex, "connect-failure" if always else condition, unsent=not sent):
-        schedule_retry(ex, "stale-connection" if stale else condition, budgeted=sent)
+    allowed = not final and (always or condition in core.retry_conditions)
+    reason = "connect-failure" if always else condition
+    if allowed and may_retry(ex, reason, unsent=not sent, budgeted=not stale):
+        schedule_retry(ex, "stale-connection" if stale else condition, budgeted=sent and not stale)
         return
     error: ProxyError
     if kind == "timeout":
@@ -87,6 +108,8 @@ def retry_after_status(ex: Exchange, conn: UpstreamConnection | None) -> None:
     assert ex.region is not None
     ex.core.stats.upstream_error(ex.region.id, str(ex.status))
     ex.tried.add(ex.region.id)
+    if ex.hedges is not None and hand_over(ex, str(ex.status)):
+        return
     schedule_retry(ex, str(ex.status))
 
 

@@ -11,24 +11,31 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
+from functools import partial
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import httptools
 
 from router.config.loader import Endpoint
+from router.proxy.dns import Resolver
 
 if TYPE_CHECKING:
     from router.proxy.exchange import Exchange
+    from router.proxy.hedging import HedgeTry
 
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_on_lost",
+        "address",
+        "born",
         "closed",
         "corked",
         "exchange",
+        "host",
         "idle_since",
+        "in_trailers",
         "key",
         "parser",
         "reused",
@@ -36,13 +43,19 @@ class UpstreamConnection(asyncio.Protocol):
         "tunnel",
     )
 
-    def __init__(self, key: str, on_lost: Callable[[UpstreamConnection], None]) -> None:
-        self.key = key
+    def __init__(
+        self, key: str, host: str, address: str, on_lost: Callable[[UpstreamConnection], None]
+    ) -> None:
+        self.key = key  # the pool's idle list: endpoint URL and address
+        self.host = host
+        self.address = address
+        self.born = monotonic()  # dns.max_connection_age counts from here
         self._on_lost = on_lost
         self.transport: asyncio.Transport | None = None
-        self.exchange: Exchange | None = None
+        self.exchange: Exchange | HedgeTry | None = None  # a hedge until it wins
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
+        self.in_trailers = False  # past the head: header fields now are chunked trailers
         self.reused = False
         self.idle_since = 0.0
         self.tunnel: Any = None  # the client connection once a WebSocket is tunnelled
@@ -68,11 +81,15 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            ex.on_upgrade_data(data[upgrade.args[0] :])
+            if self.exchange is not None:
+                self.exchange.on_upgrade_data(data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:
-            ex.on_upstream_protocol_error(f"invalid response from upstream: {exc}")
+            if self.exchange is not None:
+                self.exchange.on_upstream_protocol_error(f"invalid response from upstream: {exc}")
         else:
-            if ex.head_only_done:
+            # Read again: a hedge that won hands this connection to its exchange mid-feed.
+            ex = self.exchange
+            if ex is not None and ex.head_only_done:
                 ex.on_response_complete()
         finally:
             client.uncork()
@@ -109,11 +126,18 @@ class UpstreamConnection(asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.resp_reason = reason
 
+    def on_message_begin(self) -> None:
+        self.in_trailers = False
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.exchange is not None:
-            self.exchange.resp_headers.append((name, value))
+            if self.in_trailers:
+                self.exchange.on_response_trailer(name, value)
+            else:
+                self.exchange.resp_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self.in_trailers = True
         if self.exchange is not None:
             self.exchange.on_response_head(self.parser.get_status_code())
 
@@ -161,44 +185,88 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class Pool:
-    """Idle keep-alive connections per endpoint; the pool covers any client concurrency."""
+    """Idle keep-alive connections per endpoint address; covers any client concurrency.
 
-    def __init__(self, *, connect_timeout_s: float, idle_timeout_s: float, max_idle: int = 1024):
+    Each request takes the next address of its endpoint's DNS answer (``Resolver.pick``), so
+    every address gets traffic, and reuses an idle connection to that address. A connection
+    to an address that left the answer, or older than ``dns.max_connection_age``, is closed
+    instead of reused (idle ones at once, busy ones when their request ends).
+    """
+
+    def __init__(
+        self,
+        *,
+        connect_timeout_s: float,
+        idle_timeout_s: float,
+        dns: Resolver,
+        max_age_s: float,
+        max_idle: int = 1024,
+    ):
         self.connect_timeout_s = connect_timeout_s
         self.idle_timeout_s = idle_timeout_s
+        self.dns = dns
+        self.max_age_s = max_age_s
         self.max_idle = max_idle
         self._idle: dict[str, list[UpstreamConnection]] = {}
         self._all: set[UpstreamConnection] = set()
         self._ssl: dict[str, ssl.SSLContext] = {}
+        dns.listeners.append(self._addresses_changed)
 
-    def acquire_idle(self, key: str) -> UpstreamConnection | None:
-        idle = self._idle.get(key)
+    def acquire_idle(self, endpoint: Endpoint) -> UpstreamConnection | None:
+        host = endpoint.host
+        address = self.dns.pick(host, advance=False)
+        if address is None:
+            return None  # not resolved yet: connect() waits for the answer
+        idle = self._idle.get(f"{endpoint.url} {address}")
         while idle:
             conn = idle.pop()
             if conn.usable():
                 conn.reused = True
+                self.dns.advance(host)
                 return conn
-        return None
+        return None  # connect() takes this turn's address
 
     async def connect(self, endpoint: Endpoint, ca_file: str | None) -> UpstreamConnection:
+        """A new connection to the endpoint's next address (resolving it first if needed)."""
         loop = asyncio.get_running_loop()
-        key = endpoint.url
         ctx = self._ssl_context(endpoint, ca_file) if endpoint.scheme == "https" else None
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(
-                lambda: UpstreamConnection(key, self._forget),
-                endpoint.host,
-                endpoint.port,
-                ssl=ctx,
-                server_hostname=endpoint.host if ctx is not None else None,
-            ),
-            self.connect_timeout_s,
-        )
+        host = endpoint.host
+
+        async def open_one() -> UpstreamConnection:
+            first = self.dns.pick(host) or await self.dns.resolve(host)
+            current = self.dns.current(host) or (first,)
+            # The address in turn first, then the others (as a connect by name would):
+            # "localhost" is often ::1 and 127.0.0.1 with the region on one of them.
+            i = current.index(first) if first in current else 0
+            last: OSError | None = None
+            for address in current[i:] + current[:i]:
+                key = f"{endpoint.url} {address}"
+                try:
+                    _, conn = await loop.create_connection(
+                        partial(UpstreamConnection, key, host, address, self._forget),
+                        address,
+                        endpoint.port,
+                        ssl=ctx,
+                        server_hostname=host if ctx is not None else None,
+                    )
+                except OSError as exc:  # refused or unreachable: try the next address
+                    if isinstance(exc, ssl.SSLError):
+                        raise
+                    last = exc
+                    continue
+                return conn
+            assert last is not None
+            raise last
+
+        conn = await asyncio.wait_for(open_one(), self.connect_timeout_s)
         self._all.add(conn)
         return conn
 
     def release(self, conn: UpstreamConnection, now: float) -> None:
         if conn.closed:
+            return
+        if now - conn.born > self.max_age_s or not self._in_answer(conn):
+            conn.close()
             return
         idle = self._idle.setdefault(conn.key, [])
         if len(idle) >= self.max_idle:
@@ -207,6 +275,18 @@ class Pool:
         conn.idle_since = now
         idle.append(conn)
 
+    def _in_answer(self, conn: UpstreamConnection) -> bool:
+        current = self.dns.current(conn.host)
+        return current is None or conn.address in current
+
+    def _addresses_changed(self, host: str, addresses: tuple[str, ...]) -> None:
+        """Idle connections to addresses that left the answer close now."""
+        for idle in self._idle.values():
+            gone = [c for c in idle if c.host == host and c.address not in addresses]
+            for conn in gone:
+                idle.remove(conn)
+                conn.close()
+
     def _forget(self, conn: UpstreamConnection) -> None:
         self._all.discard(conn)
         idle = self._idle.get(conn.key)
@@ -214,11 +294,16 @@ class Pool:
             idle.remove(conn)
 
     def sweep(self, now: float) -> None:
-        """Close connections idle past the idle timeout."""
+        """Close connections idle past the idle timeout or older than the maximum age."""
         limit = now - self.idle_timeout_s
+        born_limit = now - self.max_age_s
         for idle in self._idle.values():
             while idle and idle[0].idle_since < limit:
                 idle.pop(0).close()
+            old = [c for c in idle if c.born < born_limit]
+            for conn in old:
+                idle.remove(conn)
+                conn.close()
 
     def close(self) -> None:
         for conn in list(self._all):

@@ -21,6 +21,7 @@ from typing import TypeVar
 import aiohttp
 
 from router.config.loader import ReplicationConfig
+from router.errors import RouterError
 from router.replication.jobs import Job
 from router.replication.transfer import (
     Progress,
@@ -44,7 +45,7 @@ BACKOFF_MAX_S = 60.0
 SslFor = Callable[[RegionView], ssl.SSLContext | bool]
 
 
-class JobFailed(Exception):
+class JobFailed(RouterError):
     """Ends a whole job as failed (source missing or changed, spool unwritable)."""
 
 

@@ -23,6 +23,8 @@ from typing import IO, Any
 import aiohttp
 import orjson
 
+from router.errors import RouterError
+
 CHUNK_BYTES = 256 * 1024
 BODY_PEEK_BYTES = 64 * 1024  # how much of a PUT/HEAD answer we read looking for a digest
 _HEX64 = frozenset("0123456789abcdef")
@@ -30,7 +32,7 @@ _HEX64 = frozenset("0123456789abcdef")
 Progress = Callable[[int], None]
 
 
-class TransferError(Exception):
+class TransferError(RouterError):
     """A network or HTTP failure of one request; ``retryable`` says whether to try again."""
 
     def __init__(self, message: str, *, retryable: bool = True, status: int = 0) -> None:
@@ -39,7 +41,7 @@ class TransferError(Exception):
         self.status = status
 
 
-class SpoolError(Exception):
+class SpoolError(RouterError):
     """The local spool file could not be written or read (disk full, permissions)."""
 
 

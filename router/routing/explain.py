@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from router.config.loader import Config
-from router.routing.load import LoadTable, RegionLoad
+from router.routing.load import LoadTable, RegionLoad, auto_hedge_delay
 from router.routing.routes import match_plan
 from router.routing.strategies import RequestInfo, Selector
 from router.state.registry import Registry
@@ -97,19 +97,52 @@ def explain(
         "route": route_index,
         "strategy": plan.strategy,
         "panic": plan.panic,
-        "tiers": [
-            {
-                "priority": t.priority,
-                "share": round(t.share, 4),
-                "health_percent": round(t.health_percent, 1),
-                "regions": [r.id for r in t.regions],
-            }
-            for t in plan.tiers
-        ],
+        "tiers": tiers_json(plan),
         "candidates": candidates,
         "winner": winner.id if winner is not None else None,
         "reason": reason,
     }
+
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+def explain_hedging(
+    config: Config,
+    winner: RegionView | None,
+    loads: LoadTable,
+    *,
+    method: str,
+    idempotency_key: bool,
+    now: float,
+) -> dict[str, Any]:
+    """Whether this request would be hedged, after what delay, and where the delay comes from."""
+    h = config.hedging
+    out: dict[str, Any] = {
+        "enabled": h.enabled,
+        "delay": "auto" if h.delay_s is None else f"{h.delay_s * 1000:g}ms",
+        "max_extra": h.max_extra,
+        "budget_percent": h.budget_percent,
+        "per_try_ms": round(config.timeouts.per_try_s * 1000, 3),
+    }
+    if not h.enabled:
+        out["applies"], out["why"] = False, "hedging is off"
+    elif method.upper() not in IDEMPOTENT and not idempotency_key:
+        out["applies"], out["why"] = False, "not idempotent and no Idempotency-Key"
+    elif winner is None:
+        out["applies"], out["why"] = False, "no region would serve it"
+    else:
+        out["applies"] = True
+        if h.delay_s is not None:
+            delay, source = h.delay_s, "fixed hedging.delay"
+        else:
+            delay, source = auto_hedge_delay(loads.get(winner.id), winner.probe_latency_s, now)
+        out["delay_ms"] = round(delay * 1000, 3)
+        out["why"] = (
+            f"a copy goes to another region if {winner.id} sends no response headers within "
+            f"{delay * 1000:.1f}ms ({source}; body must fit retries.buffer_body_max)"
+        )
+    return out
 
 
 def _reason(
@@ -151,6 +184,19 @@ def _reason(
     return s
 
 
+def tiers_json(plan: RoutePlan) -> list[dict[str, Any]]:
+    """A plan's tiers as the admin API shows them (explain and what-if alike)."""
+    return [
+        {
+            "priority": t.priority,
+            "share": round(t.share, 4),
+            "health_percent": round(t.health_percent, 1),
+            "regions": [r.id for r in t.regions],
+        }
+        for t in plan.tiers
+    ]
+
+
 def plan_target_of(plan: RoutePlan, region_id: str) -> tuple[str, ...]:
     """The failover target of ``region_id`` (empty when it has none)."""
     r = next((r for r in plan.regions if r.id == region_id), None)
@@ -179,17 +225,7 @@ def what_if(
             if id(rec) not in kept:
                 side.set_probe_verdict(rec.config.id, True, now, "what-if: new region", wall)
     for region_id, state in (states or {}).items():
-        rec = side.record(region_id)
-        rec.manual, rec.drain_until, rec.ramp_started_at, rec.ramp = None, None, None, 1.0
-        rec.probed, rec.probe_up, rec.ejected_until = True, True, None
-        if state in ("unhealthy", "down"):
-            rec.probe_up = False
-        elif state == "ejected":
-            rec.ejected_until = now + 3600.0
-        elif state in ("failed_over", "draining"):
-            rec.manual = state
-        elif state not in ("healthy", "up"):
-            raise ValueError(f"unknown hypothetical state {state!r}")
+        side.assume_state(region_id, state, now)
     side.tick(now, wall)  # derive every region's state from the forced facts
     side.publish(now)
     return side
@@ -223,4 +259,4 @@ def hypothetical_loads(latencies_s: dict[str, float], base: LoadTable, now: floa
     return table
 
 
-__all__ = ["RegionLoad", "explain", "hypothetical_loads", "traffic_split"]
+__all__ = ["RegionLoad", "explain", "hypothetical_loads", "tiers_json", "traffic_split"]

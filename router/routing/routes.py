@@ -1,4 +1,8 @@
-"""Route matching: the first route whose path prefix and host match wins, else the default."""
+"""Route matching: the first route whose path prefix and host match wins, else the default.
+
+``current_plan`` carries a request's plan over to a newer snapshot (for a retry, a hedge
+or a rescue, which choose from the routing state of now).
+"""
 
 from __future__ import annotations
 
@@ -27,3 +31,16 @@ def match_plan(snapshot: Snapshot, hostname: str, path: str) -> tuple[int | None
             continue
         return i, snapshot.route_plans[i]
     return None, snapshot.default_plan
+
+
+def current_plan(old: Snapshot, new: Snapshot, plan: RoutePlan) -> RoutePlan:
+    """``plan`` (from ``old``) as it stands in ``new``; the old one if its route is gone."""
+    if plan.route is None:
+        return new.default_plan
+    for i, route in enumerate(old.config.routes):
+        if route is plan.route:
+            routes = new.config.routes
+            if i < len(routes) and routes[i] == route:
+                return new.route_plans[i]
+            break
+    return plan

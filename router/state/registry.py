@@ -11,57 +11,18 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from types import MappingProxyType
-from typing import Literal
 
-from router.state.artifacts import artifact_candidates
-from router.config.loader import Config, RegionConfig, RouteConfig
+from router.config.loader import Config, RegionConfig
 from router.errors import RegionConflict, UnknownRegion
-from router.state.snapshot import ArtifactInfo, RegionState, RegionView, RoutePlan, Snapshot
-from router.state.tiers import plan_tiers
+from router.state.build import LOCAL_DOUBT_FACTOR, build_snapshot
+from router.state.records import RegionRecord, Transition
+from router.state.snapshot import ArtifactInfo, RegionState, Snapshot
 
 HISTORY_LIMIT = 1000
-# Weight share kept by a region this instance's own probes find down while the cluster's
-# quorum finds it up: still in rotation, but others are preferred from this vantage point.
-LOCAL_DOUBT_FACTOR = 0.1
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Transition:
-    at: float  # wall-clock seconds (time.time())
-    region: str
-    from_state: RegionState
-    to_state: RegionState
-    reason: str
-    instance: str = ""  # the instance that saw it ("": this one); set when shared
-
-
-@dataclass(slots=True, kw_only=True)
-class RegionRecord:
-    """Mutable per-region state, private to the registry."""
-
-    config: RegionConfig  # effective: the file's (or registration's) values plus overrides
-    source: Literal["config", "runtime"]
-    base: RegionConfig | None = None  # config regions: the file's values, before overrides
-    overrides: dict[str, object] = field(default_factory=dict)
-    failover_target: str | None = None  # where pinned sessions go while failed over
-    state: RegionState = RegionState.UNKNOWN
-    probed: bool = False  # at least one probe verdict
-    probe_up: bool = False  # active-check verdict after thresholds (this instance's probes)
-    quorum_up: bool | None = None  # several instances: the quorum's verdict, which wins
-    ejected_until: float | None = None  # monotonic
-    eject_sticky: bool = False  # guarded-failback ejection: a passing probe does not end it
-    times_ejected: int = 0  # ejection multiplier; drops by 1 per base_ejection_time back in
-    ejections_decay_at: float | None = None  # monotonic; when times_ejected next drops
-    ever_up: bool = False  # has served: only such a region slow-starts when it comes back
-    ramp_started_at: float | None = None  # monotonic; slow start in progress
-    ramp: float = 1.0
-    manual: str | None = None  # "draining" | "failed_over" while an operator holds it out
-    drain_until: float | None = None  # monotonic end of the drain period
-    removing: bool = False
-    probe_latency_s: float | None = None
-    artifacts: dict[str, str] = field(default_factory=dict)
+__all__ = ["HISTORY_LIMIT", "LOCAL_DOUBT_FACTOR", "RegionRecord", "Registry", "Transition"]
 
 
 class Registry:
@@ -74,7 +35,7 @@ class Registry:
         self._artifacts: dict[str, ArtifactInfo] = {}  # replication's catalog, by name
         for rc in config.regions:
             self._records[rc.id] = RegionRecord(config=rc, source="config", base=rc)
-        self._snapshot = self._build(now)
+        self._snapshot = self._build()
 
     # -- reading -----------------------------------------------------------------------
 
@@ -134,6 +95,48 @@ class Registry:
         rec.config = replace(rec.config, **changes)  # type: ignore[arg-type]  # validated by caller
         self.publish(now)
         return rec.config
+
+    def set_overrides(self, region_id: str, overrides: Mapping[str, object], now: float) -> None:
+        """A config region's overrides, replaced as a whole (another instance's, validated)."""
+        rec = self.record(region_id)
+        if rec.source != "config" or rec.base is None:
+            raise RegionConflict(f"region {region_id!r} is not defined in the config file")
+        rec.overrides = dict(overrides)
+        rec.config = replace(rec.base, **rec.overrides)  # type: ignore[arg-type]  # validated fields
+        self.publish(now)
+
+    def restore_region(
+        self, region_id: str, config: RegionConfig, overrides: Mapping[str, object], now: float
+    ) -> None:
+        """Put back what ``region_config`` returned: the rollback of an unstored change."""
+        rec = self.record(region_id)
+        rec.config, rec.overrides = config, dict(overrides)
+        self.publish(now)
+
+    def region_config(self, region_id: str) -> tuple[RegionConfig, dict[str, object]]:
+        """The region's effective config and a copy of its overrides (see restore_region)."""
+        rec = self.record(region_id)
+        return rec.config, dict(rec.overrides)
+
+    def assume_state(self, region_id: str, state: str, now: float) -> None:
+        """What-if questions only (on a ``clone``): set the facts from which the next ``tick``
+        derives ``state`` ("healthy"/"up", "unhealthy"/"down", "ejected", "failed_over",
+        "draining"); ``ValueError`` for any other."""
+        rec = self.record(region_id)
+        rec.manual, rec.drain_until, rec.ramp_started_at, rec.ramp = None, None, None, 1.0
+        rec.probed, rec.probe_up, rec.ejected_until = True, True, None
+        if state in ("unhealthy", "down"):
+            rec.probe_up = False
+        elif state == "ejected":
+            rec.ejected_until = now + 3600.0
+        elif state in ("failed_over", "draining"):
+            rec.manual = state
+        elif state not in ("healthy", "up"):
+            raise ValueError(f"unknown hypothetical state {state!r}")
+
+    def set_removing(self, region_id: str, removing: bool) -> None:
+        """Mark a runtime region as on its way out (writes refuse it); not in the snapshot."""
+        self.record(region_id).removing = removing
 
     def remove_region(self, region_id: str, now: float) -> None:
         rec = self.record(region_id)
@@ -372,63 +375,13 @@ class Registry:
         return t
 
     def publish(self, now: float) -> None:
-        self._snapshot = self._build(now)
+        self._snapshot = self._build()
         for listener in self._listeners:
             listener(self._snapshot)
 
-    def _build(self, now: float) -> Snapshot:
-        cfg = self._config
-        views: list[RegionView] = []
-        for i, rec in enumerate(self._records.values()):
-            rc = rec.config
-            ramp = max(0.1, rec.ramp) if rec.ramp_started_at is not None else 1.0
-            if rec.quorum_up and rec.probed and not rec.probe_up:
-                ramp *= LOCAL_DOUBT_FACTOR
-            views.append(
-                RegionView(
-                    index=i,
-                    id=rc.id,
-                    name=rc.name,
-                    endpoint=rc.endpoint,
-                    weight=rc.weight,
-                    priority=rc.priority,
-                    labels=rc.labels,
-                    max_inflight=rc.max_inflight,
-                    ca_file=rc.ca_file,
-                    metrics_path=rc.metrics_path,
-                    source=rec.source,
-                    state=rec.state,
-                    effective_weight=rc.weight * ramp,
-                    probe_latency_s=rec.probe_latency_s,
-                    artifacts=MappingProxyType(dict(rec.artifacts)),
-                    failover_target=rec.failover_target,
-                )
-            )
-        regions = tuple(views)
-        by_id: Mapping[str, RegionView] = MappingProxyType({r.id: r for r in regions})
-        catalog = MappingProxyType(dict(self._artifacts))
-        default_plan = _plan(None, cfg.strategy, regions, cfg, catalog)
-        route_plans = tuple(
-            _plan(
-                route,
-                route.strategy or cfg.strategy,
-                tuple(by_id[r] for r in route.regions if r in by_id) if route.regions else regions,
-                cfg,
-                catalog,
-            )
-            for route in cfg.routes
-        )
-        wake = [r.ejected_until for r in self._records.values() if r.ejected_until is not None]
-        return Snapshot(
-            version=next(self._version),
-            config=cfg,
-            regions=regions,
-            by_id=by_id,
-            default_plan=default_plan,
-            route_plans=route_plans,
-            panic=default_plan.panic,
-            next_eligible_at=min(wake) if wake else None,
-            artifacts=catalog,
+    def _build(self) -> Snapshot:
+        return build_snapshot(
+            next(self._version), self._config, self._records.values(), self._artifacts
         )
 
 
@@ -437,29 +390,3 @@ def _effective_up(rec: RegionRecord) -> bool:
     if rec.quorum_up is not None:
         return rec.quorum_up
     return rec.probed and rec.probe_up
-
-
-def _plan(
-    route: RouteConfig | None,
-    strategy: str,
-    regions: tuple[RegionView, ...],
-    cfg: Config,
-    catalog: Mapping[str, ArtifactInfo],
-) -> RoutePlan:
-    artifact = None
-    if route is not None and route.requires_artifact:
-        # Only holders of a verified copy (or the fallback source) are candidates at all.
-        artifact = artifact_candidates(route, regions, catalog)
-        regions = artifact.regions
-    tiers, panic = plan_tiers(
-        regions, cfg.failover.overprovisioning_factor, cfg.failover.panic_threshold_percent
-    )
-    return RoutePlan(
-        route=route,
-        strategy=strategy,
-        regions=regions,
-        tiers=tiers,
-        panic=panic,
-        artifact_sha256=artifact.sha256 if artifact is not None else None,
-        artifact_fallback=artifact.fallback if artifact is not None else None,
-    )

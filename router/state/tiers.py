@@ -21,20 +21,18 @@ from itertools import groupby
 from router.state.snapshot import MANUAL_STATES, RegionState, RegionView, Tier
 
 
+def counts_for_tier(r: RegionView) -> bool:
+    """Whether a region counts in its tier's health: probed, not held out by hand, weight > 0."""
+    return r.state not in MANUAL_STATES and r.state is not RegionState.UNKNOWN and r.weight > 0
+
+
 def plan_tiers(
     regions: tuple[RegionView, ...],
     overprovisioning_factor: float,
     panic_threshold_percent: float,
 ) -> tuple[tuple[Tier, ...], bool]:
     """Return (tiers with traffic shares, panic) for the given candidate regions."""
-    counted = sorted(
-        (
-            r
-            for r in regions
-            if r.state not in MANUAL_STATES and r.state is not RegionState.UNKNOWN and r.weight > 0
-        ),
-        key=lambda r: r.priority,
-    )
+    counted = sorted(filter(counts_for_tier, regions), key=lambda r: r.priority)
     groups = [(p, tuple(g)) for p, g in groupby(counted, key=lambda r: r.priority)]
     if not groups:
         return (), False

@@ -1,4 +1,5 @@
 """Persistent state: the ``StateStore`` interface, the file store and the Redis store.
 
-May import: ``router.config``, ``router.errors`` (documents, not live objects).
+Documents, not live objects: the control plane decides what they hold. May import:
+``router.config``, ``router.errors``, ``router.metrics`` (the Redis store's gauges).
 """

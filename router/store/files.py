@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from router.errors import RegionConflict
+from router.errors import RegionConflict, RouterError
 
 log = logging.getLogger("router.store.files")
 
@@ -32,11 +32,11 @@ FORMAT_VERSION = 1
 KINDS = ("regions", "operations", "history", "replications", "artifacts")
 
 
-class StateFormatError(Exception):
+class StateFormatError(RouterError):
     """A state file written by a newer region-router: refuse rather than lose data."""
 
 
-class StoreWriteError(Exception):
+class StoreWriteError(RouterError):
     """A state file could not be written (disk full, permissions): nothing was changed."""
 
 

@@ -133,6 +133,9 @@ class RedisStateStore:
         self.last_error: str | None = None
         self.writes = 0
         self.propagation_s: deque[float] = deque(maxlen=1000)
+        self._register_metrics(metrics)
+
+    def _register_metrics(self, metrics: CollectorRegistry) -> None:
         self.errors = Counter(
             "router_state_store_errors",
             "Failed calls to the shared state store, by operation",

@@ -23,6 +23,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from router.errors import RouterError
 from router.metrics import TrafficStats
 from router.runtime import Runtime
 from router.state.snapshot import Snapshot
@@ -35,8 +36,21 @@ BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 10.0
 STABLE_S = 30.0  # a worker alive this long resets its restart backoff
 
 
-class WorkerStartError(Exception):
-    pass
+class WorkerStartError(RouterError):
+    """A worker process did not start or did not report ready in time."""
+
+
+def _reserve(host: str, port: int) -> socket.socket:
+    """A bound, never listening SO_REUSEPORT socket: holds the port the workers share."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 @dataclass(slots=True)
@@ -62,6 +76,7 @@ class Supervisor:
         self.count = workers
         self.workers = [WorkerHandle(i) for i in range(workers)]
         self.sock: socket.socket | None = None
+        self.https_sock: socket.socket | None = None
         self.host = ""
         self.retired = TrafficStats()  # counters of workers that exited
         self.stopping = False
@@ -84,12 +99,15 @@ class Supervisor:
         # connections evenly (one shared accept queue lets the first worker to wake take
         # nearly all of them). This socket only reserves the port (and learns it for
         # port 0): it is bound but never listens, so it receives no connections.
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        self.sock = sock
+        self.sock = _reserve(host, port)
         self.host = host
+        https = self.runtime.holder.current.config.listen.https
+        if https is not None:  # every worker serves TLS on it too
+            try:
+                self.https_sock = _reserve(https.host, https.port)
+            except OSError:
+                self.sock.close()
+                raise
         self.runtime.snapshot_hooks.append(self.broadcast)
         for w in self.workers:
             await self._spawn(w)
@@ -109,12 +127,18 @@ class Supervisor:
         assert self.sock is not None
         return int(self.sock.getsockname()[1])
 
+    @property
+    def https_port(self) -> int | None:
+        sock = self.https_sock
+        return None if sock is None else int(sock.getsockname()[1])
+
     async def _spawn(self, w: WorkerHandle) -> None:
         assert self.sock is not None
         loop = asyncio.get_running_loop()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         w.ready = asyncio.Event()
         w.acked_version = 0
+        https = [] if self.https_port is None else ["--https-port", str(self.https_port)]
         w.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -127,6 +151,7 @@ class Supervisor:
             str(w.index),
             "--workers",
             str(self.count),
+            *https,
             pass_fds=(child.fileno(),),
             stdin=asyncio.subprocess.DEVNULL,
         )
@@ -196,8 +221,9 @@ class Supervisor:
         for t in self._monitors:
             t.cancel()
         await asyncio.gather(*self._monitors, return_exceptions=True)
-        if self.sock is not None:
-            self.sock.close()
+        for sock in (self.sock, self.https_sock):
+            if sock is not None:
+                sock.close()
 
     # -- channel -----------------------------------------------------------------------
 
@@ -251,7 +277,7 @@ class Supervisor:
     def _on_report(self, w: WorkerHandle, report: dict[str, Any]) -> None:
         stats: TrafficStats = report["stats"]
         now = time.monotonic()
-        loads = self.runtime.core.loads
+        loads = self.runtime.loads
         # Mean latency per region over the report interval feeds the shared estimate.
         for region, hist in stats.durations.items():
             count, total = sum(hist[:-1]), hist[-1]
@@ -275,7 +301,7 @@ class Supervisor:
         for w in self.workers:
             for rid, n in w.inflight.items():
                 totals[rid] = totals.get(rid, 0) + n
-        loads = self.runtime.core.loads
+        loads = self.runtime.loads
         for rid, load in loads.items():
             load.inflight = totals.get(rid, 0)
         for rid, n in totals.items():

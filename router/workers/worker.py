@@ -22,6 +22,7 @@ from router.config.loader import access_log_path
 from router.proxy.accesslog import AccessLogger
 from router.proxy.core import ProxyCore
 from router.proxy.server import ProxyServer
+from router.routing.load import LoadTable
 from router.state.snapshot import Snapshot, SnapshotHolder
 from router.workers.channel import ACK, READY, REPORT, SNAPSHOT, ChannelProtocol
 
@@ -54,7 +55,12 @@ class OutcomeRecorder:
 
 
 async def run_worker(
-    host: str, port: int, channel_fd: int, worker_id: int, workers: int = 1
+    host: str,
+    port: int,
+    channel_fd: int,
+    worker_id: int,
+    workers: int = 1,
+    https_port: int | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     # SIGUSR1 (reopen the access log) must not kill a worker before its handler is set.
@@ -72,10 +78,12 @@ async def run_worker(
                 holder = SnapshotHolder(payload)
                 first.set_result(payload)
             else:
-                holder.current = payload
+                old, holder.current = holder.current, payload
                 # Every message unpickles a fresh Config: compare by content hash.
                 if core is not None and core.config.config_hash != payload.config.config_hash:
                     core.apply_config(payload.config)
+                if core is not None:
+                    core.snapshot_changed(old, payload)
             channel.send(ACK, payload.version)
 
     def on_lost() -> None:
@@ -89,7 +97,7 @@ async def run_worker(
     assert holder is not None
     outcomes = OutcomeRecorder()
     config = snapshot.config
-    core = ProxyCore(holder, loop=loop, observer=outcomes)
+    core = ProxyCore(holder, loop=loop, loads=LoadTable(), observer=outcomes)
     access_log: AccessLogger | None = None
     if config.access_log:
         # Each worker appends its own lines to the same file (O_APPEND keeps them whole).
@@ -99,7 +107,7 @@ async def run_worker(
     core.selector.capacity_share = 1.0 / max(1, workers)
     server = ProxyServer(core)
     try:
-        await server.start(host, port, reuse_port=True)
+        await server.start(host, port, reuse_port=True, https_port=https_port)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", host, port, exc)
         return 2
@@ -125,6 +133,7 @@ async def run_worker(
     tasks = [loop.create_task(report()), loop.create_task(sweep())]
     await stop.wait()
     drained = await server.drain(holder.current.config.shutdown_grace_s)
+    await core.dns.close()
     channel.send(REPORT, _report(core, outcomes))
     for t in tasks:
         t.cancel()
@@ -153,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channel-fd", type=int, required=True)
     parser.add_argument("--id", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="how many workers share the port")
+    parser.add_argument("--https-port", type=int, default=None, help="listen.https's port")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -163,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
 
     host, _, port = args.listen.rpartition(":")
     return uvloop.run(
-        run_worker(host.strip("[]"), int(port), args.channel_fd, args.id, args.workers)
+        run_worker(
+            host.strip("[]"), int(port), args.channel_fd, args.id, args.workers, args.https_port
+        )
     )
 
 

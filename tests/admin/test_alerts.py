@@ -19,15 +19,10 @@ import yaml
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from router.cli import RouterService
 from router.config.loader import load_config
-from router.monitoring.alerts import (
-    REGION_DOWN,
-    AlertBook,
-    Condition,
-    replication_failures,
-    webhook_payload,
-)
+from router.monitoring.alerts import AlertBook, webhook_payload
+from router.monitoring.rules import REGION_DOWN, Condition, replication_failures
+from router.service import RouterService
 from tests.conftest import StartRouter, make_config
 
 FAST_HEALTH = {

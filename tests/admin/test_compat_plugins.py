@@ -1,4 +1,5 @@
-"""The compatibility endpoint's handler table: stubs answer 501 until a feature registers."""
+"""The compatibility endpoint's handler table: an operation is unknown until its feature
+registers it, and listed once it is."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pytest_aiohttp import AiohttpClient
 from admin import compat
 
 
-async def test_unbuilt_operations_answer_501_until_a_handler_is_registered(
+async def test_an_operation_is_unknown_until_a_handler_is_registered(
     aiohttp_client: AiohttpClient,
 ) -> None:
     app = web.Application()
@@ -22,13 +23,19 @@ async def test_unbuilt_operations_answer_501_until_a_handler_is_registered(
     client = await aiohttp_client(app)
     body = {"operation": "replicate-model", "modelId": "fraud", "regionId": "eu-west-1"}
     resp = await client.post(compat.PATH, json=body)
-    assert resp.status == 501
+    assert resp.status == 400
     answer = await resp.json()
-    assert answer["success"] is False and "replicate-model" in answer["error"]
-    resp = await client.post(compat.PATH, json={"operation": "aggregate-metrics"})
-    assert resp.status == 501
+    assert answer == {
+        "success": False,
+        "error": "Unknown operation: replicate-model",
+        "timestamp": answer["timestamp"],
+    }
+    listing = await (await client.get(compat.PATH)).json()
+    assert "replicate-model" not in listing["data"]["post"]
 
     compat.register(app, "POST", "replicate-model", replicate)
+    listing = await (await client.get(compat.PATH)).json()
+    assert "replicate-model" in listing["data"]["post"]
     resp = await client.post(compat.PATH, json=body)
     assert resp.status == 202
     answer = await resp.json()

@@ -15,8 +15,8 @@ import aiohttp
 import orjson
 from pytest_aiohttp import AiohttpServer
 
-from router.cli import RouterService
 from router.config.loader import Config
+from router.service import RouterService
 from router.store.files import FORMAT_VERSION, KINDS
 from tests.admin.client import Admin, steady_config, summary
 from tests.backends import router_process, run_cli, start_region, write_config

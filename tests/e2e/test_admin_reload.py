@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 from pytest_aiohttp import AiohttpServer
 
-from router.cli import RouterService
 from router.config.loader import load_config
+from router.service import RouterService
 from tests.admin.client import STEADY_CHECKS, Admin, eventually, spread, steady_load
 from tests.backends import Region, router_process, start_region, write_config
 from tests.conftest import StartRouter

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 from pytest_aiohttp import AiohttpServer
 
-from router.cli import RouterService
+from router.service import RouterService
 from tests.conftest import StartRouter, make_config
 from tests.stores import admin_call, start_store, wait_job, write_payload
 

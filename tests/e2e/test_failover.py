@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from router.cli import RouterService
+from router.service import RouterService
 from router.state.snapshot import RegionState
 from tests.conftest import StartRouter, make_config
 
@@ -545,7 +545,7 @@ async def test_a_retried_attempt_is_timed_from_its_own_start(
         started = time.monotonic()
         assert (await get(s, service))[:2] == (200, "b")
         assert time.monotonic() - started >= 0.3
-    loads = service.runtime.core.loads
+    loads = service.runtime.loads
     mean_b = loads.get("b").mean_s
     assert mean_b is not None and mean_b < 0.1  # b answered fast; a's timeout is not b's
     assert (loads.get("a").cost_s or 0.0) >= 0.3

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 from pytest_aiohttp import AiohttpServer
 
-from router.cli import RouterService
+from router.service import RouterService
 from tests.backends import (
     Region,
     free_port,

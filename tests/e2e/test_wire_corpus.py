@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from router.cli import RouterService
+from router.service import RouterService
 from tests.backends import probe_passes, raw_exchange
 from tests.conftest import StartRouter, make_config
 from tests.e2e.test_proxy_errors import assert_router_error

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from router.cli import RouterService
+from router.service import RouterService
 from tests.backends import RawResponse, probe_passes
 from tests.cluster import eventually
 from tests.conftest import StartRouter, make_config

@@ -6,8 +6,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from router.proxy.exchange import current_plan
 from router.proxy.retries import retry_after_seconds
+from router.routing.routes import current_plan
 from router.state.registry import Registry
 from tests.conftest import make_config
 

@@ -243,15 +243,15 @@ def test_outstanding_requests_are_a_lower_bound() -> None:
 
 def test_observe_awaiting_takes_each_regions_oldest_request() -> None:
     class Ex:
-        def __init__(self, region: RegionView, age: float, timeout: float) -> None:
+        def __init__(self, region: RegionView, age: float) -> None:
             import time
 
             self.region = region
-            self.deadline = time.monotonic() - age + timeout
+            self.sent_at = time.monotonic() - age
 
     loads = LoadTable()
     a, b = view("a"), view("b")
-    loads.observe_awaiting([Ex(a, 0.8, 30.0), Ex(a, 0.2, 30.0), Ex(b, 0.01, 30.0)], 30.0)
+    loads.observe_awaiting([Ex(a, 0.8), Ex(a, 0.2), Ex(b, 0.01)])
     assert loads.get("a").cost_s == pytest.approx(0.8, abs=0.05)
     assert loads.get("b").cost_s == pytest.approx(0.01, abs=0.05)
 

@@ -1,0 +1,471 @@
+"""TLS termination on ``listen.https``: SNI, min version, ALPN, mTLS, redirect, reload,
+handshake timeouts. Certificates are made per test by trustme."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import shutil
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+import yaml
+from pytest_aiohttp import AiohttpServer
+
+from router.config.loader import config_notes, load_config
+from router.service import RouterService
+from tests.backends import Region, raw_exchange, read_response, start_region
+from tests.cluster import eventually
+from tests.conftest import StartRouter, make_config
+from tests.tls import CertFiles, client_context, https_get, issue, new_ca, write_leaf
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return new_ca()
+
+
+@pytest.fixture
+def certs(ca: trustme.CA, tmp_path: Path) -> tuple[CertFiles, CertFiles]:
+    """``api``: api.test and localhost (the default); ``wild``: *.wild.test."""
+    return (
+        issue(ca, tmp_path, "api", "api.test", "localhost"),
+        issue(ca, tmp_path, "wild", "*.wild.test"),
+    )
+
+
+def tls_section(certs: tuple[CertFiles, ...], **extra: Any) -> dict[str, Any]:
+    return {"certificates": [c.config() for c in certs], **extra}
+
+
+async def tls_router(
+    aiohttp_server: AiohttpServer,
+    start_router: StartRouter,
+    tmp_path: Path,
+    tls: dict[str, Any],
+    reload: dict[str, Any] | None = None,
+) -> tuple[Region, RouterService, Path]:
+    """A region behind a router with https, started from a config file (so reload works)."""
+    region = await start_region(aiohttp_server)
+    data = {
+        "listen": {"proxy": "127.0.0.1:0", "admin": "127.0.0.1:0", "https": "127.0.0.1:0"},
+        "access_log": False,
+        "reload": reload or {"watch": False},
+        "strategy": "round_robin",
+        "state_dir": str(tmp_path / "state"),
+        "health_check": {"path": "/health", "interval": "200ms", "timeout": "150ms"},
+        "regions": [region.config()],
+        "tls": tls,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    service = await start_router(load_config(path), config_path=str(path))
+    return region, service, path
+
+
+def https_port(service: RouterService) -> int:
+    port = service.https_port
+    assert port is not None
+    return port
+
+
+async def test_sni_picks_by_san_wildcards_too_and_the_first_is_the_default(
+    aiohttp_server: AiohttpServer,
+    start_router: StartRouter,
+    tmp_path: Path,
+    ca: trustme.CA,
+    certs: tuple[CertFiles, CertFiles],
+) -> None:
+    tls = tls_section(certs)
+    region, service, _ = await tls_router(aiohttp_server, start_router, tmp_path, tls)
+    port, ctx = https_port(service), client_context(ca)
+    api = await https_get(port, ctx, "api.test", host="api.test")
+    assert api.names == ("api.test", "localhost")
+    assert api.response.status == 200
+    # What the region saw: the request came over TLS.
+    assert region.seen[-1].header("X-Forwarded-Proto") == "https"
+    assert region.seen[-1].header("X-Forwarded-Host") == "api.test"
+    wild = await https_get(port, ctx, "a.wild.test", host="a.wild.test")
+    assert wild.names == ("*.wild.test",)
+    assert wild.response.status == 200
+    # A wildcard covers one label only; unknown names and no SNI get the default.
+    unverified = ssl.create_default_context()
+    unverified.check_hostname = False
+    unverified.verify_mode = ssl.CERT_NONE
+    assert (await https_get(port, unverified, "a.b.wild.test")).names == ("api.test", "localhost")
+    assert (await https_get(port, unverified, "other.test")).names == ("api.test", "localhost")
+    assert (await https_get(port, unverified, None)).names == ("api.test", "localhost")
+    # The plain listener still says http.
+    plain = await raw_exchange(
+        service.proxy_port, b"GET /p HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert plain.status == 200
+    assert region.seen[-1].header("X-Forwarded-Proto") == "http"
+
+
+async def test_min_version_and_alpn_hold_on_every_sni_context(
+    aiohttp_server: AiohttpServer,
+    start_router: StartRouter,
+    tmp_path: Path,
+    ca: trustme.CA,
+    certs: tuple[CertFiles, CertFiles],
+) -> None:
+    _, service, _ = await tls_router(
+        aiohttp_server, start_router, tmp_path, tls_section(certs, min_version="1.3")
+    )
+    port = https_port(service)
+    for name in ("api.test", "x.wild.test"):
+        # HTTP/2 is not served yet: ALPN must not offer h2, only http/1.1.
+        ok = await https_get(port, client_context(ca, alpn=["h2", "http/1.1"]), name, host=name)
+        assert (ok.alpn, ok.version, ok.response.status) == ("http/1.1", "TLSv1.3", 200)
+        old = client_context(ca, max_version=ssl.TLSVersion.TLSv1_2)
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await https_get(port, old, name, host=name)
+
+
+async def test_mtls_requires_a_client_certificate_from_client_ca_on_every_context(
+    aiohttp_server: AiohttpServer,
+    start_router: StartRouter,
+    tmp_path: Path,
+    ca: trustme.CA,
+    certs: tuple[CertFiles, CertFiles],
+) -> None:
+    client_ca = new_ca()
+    ca_file = tmp_path / "client-ca.pem"
+    client_ca.cert_pem.write_to_path(str(ca_file))
+    _, service, _ = await tls_router(
+        aiohttp_server, start_router, tmp_path, tls_section(certs, client_ca=str(ca_file))
+    )
+    port = https_port(service)
+    good = client_ca.issue_cert("client.test")
+    stranger = new_ca().issue_cert("client.test")
+    for name in ("api.test", "x.wild.test"):
+        ok = await https_get(port, client_context(ca, client_cert=good), name, host=name)
+        assert ok.response.status == 200
+        for ctx in (client_context(ca), client_context(ca, client_cert=stranger)):
+            # TLS 1.3: the server's refusal arrives after the client's handshake ends.
+            with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+                await https_get(port, ctx, name, host=name)
+
+
+async def test_redirect_http_answers_308_to_https_with_host_path_and_query(
+    aiohttp_server: AiohttpServer,
+    start_router: StartRouter,
+    tmp_path: Path,
+    certs: tuple[CertFiles, CertFiles],
+) -> None:
+    region, service, _ = await tls_router(
+        aiohttp_server, start_router, tmp_path, tls_section(certs, redirect_http=True)
+    )
+    port = https_port(service)
+    before = len(region.seen)
+    r = await raw_exchange(
+        service.proxy_port,
+        b"POST /a/b%20c?x=1&y=%2F HTTP/1.1\r\nHost: API.test:8080\r\nContent-Length: 3\r\n\r\nabc",
+    )
+    assert r.status == 308
+    assert r.header("Location") == f"https://api.test:{port}/a/b%20c?x=1&y=%2F"
+    v6 = await raw_exchange(service.proxy_port, b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n")
+    assert v6.header("Location") == f"https://[::1]:{port}/"
+    missing = await raw_exchange(service.proxy_port, b"GET / HTTP/1.0\r\n\r\n")
+    assert missing.status == 400
+    assert len(region.seen) == before  # nothing reached a region
+
+
+async def test_reload_rereads_certificates_and_a_bad_pair_keeps_the_old_ones(
+    aiohttp_server: AiohttpServer,
+    start_router: StartRouter,
+    tmp_path: Path,
+    ca: trustme.CA,
+    certs: tuple[CertFiles, CertFiles],
+) -> None:
+    api, wild = certs
+    _, service, _ = await tls_router(aiohttp_server, start_router, tmp_path, tls_section(certs))
+    port = https_port(service)
+    # A keep-alive connection opened before the reload.
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=client_context(ca), server_hostname="api.test"
+    )
+    try:
+        # New certificate, same files: a reload picks it up for new handshakes.
+        write_leaf(ca.issue_cert("api.test", "localhost", "new.test"), api)
+        result = await service.control.reload("test")
+        assert result.ok, result.errors
+        fresh = await https_get(port, client_context(ca), "api.test", host="api.test")
+        assert fresh.names == ("api.test", "localhost", "new.test")
+        assert (await https_get(port, client_context(ca), "new.test")).response.status == 200
+
+        # A key that does not match its certificate: a reload error, the old ones serve.
+        api.key.write_bytes(ca.issue_cert("api.test").private_key_pem.bytes())
+        bad = await service.control.reload("test")
+        assert not bad.ok
+        assert any("certificates[0]" in str(e) for e in bad.errors), bad.errors
+        again = await https_get(port, client_context(ca), "api.test", host="api.test")
+        assert again.names == ("api.test", "localhost", "new.test")
+        assert (await https_get(port, client_context(ca), "x.wild.test")).names == ("*.wild.test",)
+        # The connection opened before both reloads still serves.
+        writer.write(b"GET /kept HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        assert (await read_response(reader)).status == 200
+    finally:
+        writer.close()
+    assert wild.cert.exists()
+
+
+async def test_stalled_handshakes_never_block_other_clients_and_time_out(
+    aiohttp_server: AiohttpServer,
+    start_router: StartRouter,
+    tmp_path: Path,
+    ca: trustme.CA,
+    certs: tuple[CertFiles, CertFiles],
+) -> None:
+    _, service, _ = await tls_router(
+        aiohttp_server,
+        start_router,
+        tmp_path,
+        tls_section(certs, handshake_timeout="500ms"),
+    )
+    port = https_port(service)
+    # A ClientHello cut short, plain HTTP, and silence: 20 of each.
+    hello = _client_hello()
+    stalls = [hello[: len(hello) // 2], b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b""]
+    opened = []
+    for i in range(60):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(stalls[i % 3])
+        opened.append((reader, writer))
+    try:
+        # Meanwhile a real client is served at once.
+        started = asyncio.get_running_loop().time()
+        ok = await https_get(port, client_context(ca), "api.test", host="api.test")
+        assert ok.response.status == 200
+        assert asyncio.get_running_loop().time() - started < 0.4
+        # Every stalled connection is closed once the handshake timeout passes.
+        for reader, _ in opened:
+            async with asyncio.timeout(5):
+                while await _read_or_reset(reader):
+                    pass
+    finally:
+        for _, writer in opened:
+            writer.close()
+
+
+async def _read_or_reset(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await reader.read(65536)
+    except ConnectionError:
+        return b""
+
+
+def _client_hello() -> bytes:
+    """The first flight of a real TLS client (a memory BIO handshake that never completes)."""
+    ctx = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="api.test")
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.skipif(
+    not (shutil.which("curl") and shutil.which("openssl")),
+    reason="needs the curl and openssl command-line tools (.ci/run installs them)",
+)
+async def test_curl_and_openssl_s_client_speak_to_it(
+    aiohttp_server: AiohttpServer,
+    start_router: StartRouter,
+    tmp_path: Path,
+    ca: trustme.CA,
+    certs: tuple[CertFiles, CertFiles],
+) -> None:
+    _, service, _ = await tls_router(aiohttp_server, start_router, tmp_path, tls_section(certs))
+    port = https_port(service)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    curl = await asyncio.create_subprocess_exec(
+        "curl",
+        "-sS",
+        "--cacert",
+        str(ca_file),
+        "--resolve",
+        f"x.wild.test:{port}:127.0.0.1",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{http_version} %{ssl_verify_result}",
+        f"https://x.wild.test:{port}/echo",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(curl.communicate(), 20)
+    assert out.decode() == "200 1.1 0", err.decode()
+    s_client = await asyncio.create_subprocess_exec(
+        "openssl",
+        "s_client",
+        "-connect",
+        f"127.0.0.1:{port}",
+        "-servername",
+        "api.test",
+        "-CAfile",
+        str(ca_file),
+        "-verify_return_error",
+        "-alpn",
+        "h2,http/1.1",
+        "-quiet",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    request = b"GET /sc HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n"
+    out, err = await asyncio.wait_for(s_client.communicate(request), 20)
+    assert out.startswith(b"HTTP/1.1 200"), (out[:200], err.decode())
+    assert b"verify return:1" in err or b"depth=0" in err, err.decode()
+
+
+async def test_check_reports_a_mismatched_pair_and_a_missing_tls_section(
+    tmp_path: Path, ca: trustme.CA, certs: tuple[CertFiles, CertFiles]
+) -> None:
+    api, wild = certs
+    listen = {"proxy": "127.0.0.1:0", "admin": "127.0.0.1:0", "https": "127.0.0.1:0"}
+    mixed = {"cert": str(api.cert), "key": str(wild.key)}
+    with pytest.raises(Exception) as bad:
+        make_config(listen=listen, tls={"certificates": [mixed]})
+    assert "tls.certificates[0]" in str(bad.value)
+    assert "KEY_VALUES_MISMATCH" in str(bad.value) or "mismatch" in str(bad.value).lower()
+    with pytest.raises(Exception) as missing:
+        make_config(listen=listen)
+    assert "tls: required when listen.https is set" in str(missing.value)
+    ok = make_config(listen=listen, tls={"certificates": [api.config()], "min_version": 1.3})
+    assert ok.tls is not None and ok.tls.min_version == "1.3"
+    assert ok.tls.certificates[0].names == ("api.test", "localhost")
+    assert not [n for n in config_notes(ok) if "tls" in n]
+    # A certificate about to expire is worth a warning at start-up, reload and `check`.
+    soon = CertFiles(api.cert.with_name("soon.pem"), api.key.with_name("soon.key"))
+    in_3_days = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=3)
+    write_leaf(ca.issue_cert("soon.test", not_after=in_3_days), soon)
+    expiring = make_config(listen=listen, tls={"certificates": [api.config(), soon.config()]})
+    notes = [n for n in config_notes(expiring) if n.startswith("tls.")]
+    assert (
+        len(notes) == 1
+        and "tls.certificates[1]" in notes[0]
+        and "expires in 3.0 day(s)" in notes[0]
+    )
+
+
+async def test_workers_all_serve_tls_and_a_reload_reaches_every_one(
+    tmp_path: Path, aiohttp_server: AiohttpServer, ca: trustme.CA
+) -> None:
+    from tests.backends import free_ports, router_process
+
+    region = await start_region(aiohttp_server)
+    api = issue(ca, tmp_path, "api", "api.test")
+    proxy, admin, https = free_ports(3)
+    config = {
+        "listen": {
+            "proxy": f"127.0.0.1:{proxy}",
+            "admin": f"127.0.0.1:{admin}",
+            "https": f"127.0.0.1:{https}",
+        },
+        "regions": [region.config()],
+        "health_check": {"interval": "200ms", "timeout": "150ms"},
+        "tls": {"certificates": [api.config()]},
+    }
+    async with router_process(tmp_path, config, workers=2) as router:
+        # Each worker listens on its own SO_REUSEPORT socket (the supervisor's only
+        # reserves the port): two TLS listeners.
+        assert _listeners(https) == 2
+        ok = await https_get(https, client_context(ca), "api.test", host="api.test")
+        assert ok.response.status == 200
+        write_leaf(ca.issue_cert("api.test", "reloaded.test"), api)
+        router.process.send_signal(1)  # SIGHUP
+
+        async def every_new_handshake_sees_the_new_cert() -> bool:
+            names = [
+                (await https_get(https, client_context(ca), "api.test", host="api.test")).names
+                for _ in range(12)
+            ]
+            return all(n == ("api.test", "reloaded.test") for n in names)
+
+        await eventually(every_new_handshake_sees_the_new_cert, 20, "every worker reloaded")
+
+
+def _listeners(port: int) -> int:
+    """Sockets listening on 127.0.0.1:port (from /proc/net/tcp; state 0A is LISTEN)."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    local = f"0100007F:{port:04X}"
+    return sum(1 for row in rows if row.split()[1] == local and row.split()[3] == "0A")
+
+
+async def test_a_new_client_ca_on_reload_refuses_the_old_one_for_every_name(
+    aiohttp_server: AiohttpServer,
+    start_router: StartRouter,
+    tmp_path: Path,
+    ca: trustme.CA,
+    certs: tuple[CertFiles, CertFiles],
+) -> None:
+    first_ca, second_ca = new_ca(), new_ca()
+    ca_file = tmp_path / "client-ca.pem"
+    first_ca.cert_pem.write_to_path(str(ca_file))
+    _, service, path = await tls_router(
+        aiohttp_server, start_router, tmp_path, tls_section(certs, client_ca=str(ca_file))
+    )
+    port = https_port(service)
+    old_client, new_client = first_ca.issue_cert("c.test"), second_ca.issue_cert("c.test")
+    ok = await https_get(port, client_context(ca, client_cert=old_client), "api.test")
+    assert ok.response.status == 200
+    # Another CA in the same file: a CA store only grows, so the router must not keep
+    # trusting the first one on the default certificate's context.
+    second_ca.cert_pem.write_to_path(str(ca_file))
+    result = await service.control.reload("test")
+    assert result.ok, result.errors
+    for name in ("api.test", "x.wild.test", None):
+        ctx = client_context(ca, client_cert=new_client)
+        if name is None:
+            ctx.check_hostname = False
+        assert (await https_get(port, ctx, name, host="api.test")).response.status == 200
+        stale = client_context(ca, client_cert=old_client)
+        if name is None:
+            stale.check_hostname = False
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+            await https_get(port, stale, name, host="api.test")
+    assert path.exists()
+
+
+async def test_renewed_certificate_files_are_picked_up_by_the_watch(
+    aiohttp_server: AiohttpServer,
+    start_router: StartRouter,
+    tmp_path: Path,
+    ca: trustme.CA,
+    certs: tuple[CertFiles, CertFiles],
+) -> None:
+    api, _ = certs
+    _, service, _ = await tls_router(
+        aiohttp_server,
+        start_router,
+        tmp_path,
+        tls_section(certs),
+        reload={"watch": True, "debounce": "100ms"},
+    )
+    port = https_port(service)
+    # A renewal rewrites the files in place; config.yaml does not change.
+    write_leaf(ca.issue_cert("api.test", "localhost", "renewed.test"), api)
+
+    async def renewed() -> bool:
+        got = await https_get(port, client_context(ca), "api.test", host="api.test")
+        return got.names == ("api.test", "localhost", "renewed.test")
+
+    await eventually(renewed, 5, "the renewed certificate serves without a reload signal")
+    reloads = service.runtime.config_reloads
+    errors_before = reloads.labels("error")._value.get()  # the counter's value
+    # A key that does not match: one failed reload, not one per watch turn.
+    api.key.write_bytes(ca.issue_cert("api.test").private_key_pem.bytes())
+
+    async def rejected() -> bool:
+        return bool(reloads.labels("error")._value.get() > errors_before)
+
+    await eventually(rejected, 5, "the bad pair is a reload error")
+    await asyncio.sleep(1.0)  # several watch turns
+    assert reloads.labels("error")._value.get() == errors_before + 1
+    assert (await renewed()) is True  # the last good certificate keeps serving
