@@ -1,10 +1,10 @@
 #!/bin/sh
-# Build a copy of this checkout with the proxy path compiled by mypyc, for measurement:
+# Build a compiled copy of the committed tree, to measure it beside the pure one:
 #   sh bench/mypyc_build.sh /tmp/rr-mypyc
 #   BENCH_COMPILED_ROOT=/tmp/rr-mypyc python bench/run.py --targets defaults,defaults-mypyc,bare,bare-mypyc,nginx
 #   (cd /tmp/rr-mypyc && PYTHONPATH=$PWD python bench/hotpath.py --all)
-# The copy is the committed tree (git archive HEAD): the worktree itself never holds a
-# compiled module, so editing a .py here always takes effect. Needs mypy and a C compiler.
+# It compiles with setup.py's own module list (REGION_ROUTER_COMPILE=1: fail, never fall
+# back). A copy, so this checkout never holds a compiled module that shadows its sources.
 set -eu
 dest=${1:?usage: sh bench/mypyc_build.sh DEST_DIR}
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,9 +12,5 @@ rm -rf "$dest"
 mkdir -p "$dest"
 git -C "$repo" archive HEAD | tar -x -C "$dest"
 cd "$dest"
-python -m mypyc \
-  router/proxy/accesslog.py router/proxy/client.py router/proxy/core.py \
-  router/proxy/exchange.py router/proxy/headers.py router/proxy/paths.py \
-  router/proxy/retries.py router/proxy/upstream.py \
-  router/routing/load.py router/routing/routes.py router/routing/strategies.py
+REGION_ROUTER_COMPILE=1 python setup.py -q build_ext --inplace
 echo "compiled tree in $dest"

@@ -353,7 +353,7 @@ TARGETS: tuple[Target, ...] = (
         start=partial(region_router, name="defaults", config=defaults_config),
     ),
     Target(key="bare", label="region-router bare", tools=(), start=region_router),
-    # The same two from a mypyc-compiled copy (BENCH_COMPILED_ROOT, bench/mypyc_build.sh).
+    # The same two from a mypyc-compiled copy (BENCH_COMPILED_ROOT, built by bench/mypyc_build.sh).
     Target(
         key="defaults-mypyc",
         label="region-router defaults, mypyc",
