@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from router.config.loader import Config
 from router.metrics import TrafficStats
 from router.proxy.dns import Resolver
+from router.proxy.h2upstream import H2Pool
 from router.proxy.headers import KNOWN_METHODS, REQUEST_SPECIAL, RESPONSE_SPECIAL
 from router.proxy.rescue import rescue_departed
 from router.proxy.upstream import Pool
@@ -80,6 +81,7 @@ class ProxyCore:
             dns=self.dns,
             max_age_s=cfg.dns.max_connection_age_s,
         )
+        self.h2_pool = H2Pool(self.pool)  # regions with protocol: h2
         self.apply_config(cfg)
 
     def apply_config(self, cfg: Config) -> None:

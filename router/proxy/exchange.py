@@ -206,7 +206,10 @@ class Exchange:
 
     async def _connect(self, region: RegionView) -> None:
         try:
-            conn = await self.core.pool.connect(region.endpoint, region.ca_file)
+            if region.protocol == "h2":
+                conn = await self.core.h2_pool.connect(region.endpoint, region.ca_file)
+            else:
+                conn = await self.core.pool.connect(region.endpoint, region.ca_file)
         except TimeoutError:
             self._connect_task = None
             if not self.done:

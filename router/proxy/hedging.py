@@ -208,7 +208,11 @@ class HedgeTry:
     async def _connect(self) -> None:
         core = self.ex.core
         try:
-            conn = await core.pool.connect(self.region.endpoint, self.region.ca_file)
+            region = self.region
+            if region.protocol == "h2":
+                conn = await core.h2_pool.connect(region.endpoint, region.ca_file)
+            else:
+                conn = await core.pool.connect(region.endpoint, region.ca_file)
         except (TimeoutError, OSError):
             self.connect_task = None
             self.failed("connect-failure")
