@@ -292,6 +292,14 @@ def defaults_nolog_config(backend_port: int, listen: dict[str, str], state_dir: 
 ConfigText = Callable[[int, dict[str, str], Path], str]
 
 
+def _compiled_root() -> Path:
+    """A copy of this checkout with the proxy path compiled by mypyc (bench/mypyc_build.sh)."""
+    value = os.environ.get("BENCH_COMPILED_ROOT")
+    if not value:
+        raise TargetError("set BENCH_COMPILED_ROOT to a tree built by bench/mypyc_build.sh")
+    return Path(value)
+
+
 @contextmanager
 def region_router(
     workdir: Path,
@@ -300,6 +308,7 @@ def region_router(
     *,
     name: str = "bare",
     config: ConfigText = bare_config,
+    root: Path | None = None,
 ) -> Iterator[Endpoint]:
     """`python -m router run -c config.yaml [--workers N]` from this checkout.
 
@@ -315,14 +324,17 @@ def region_router(
     conf_path = prefix / "config.yaml"
     listen = {"proxy": f"127.0.0.1:{proxy_port}", "admin": f"127.0.0.1:{admin_port}"}
     conf_path.write_text(config(backend_port, listen, state_dir))
-    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    if root is None and name.endswith("-mypyc"):
+        root = _compiled_root()
+    root = root or REPO_ROOT
+    pythonpath = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": pythonpath}
     env.pop("PYTHONUNBUFFERED", None)  # the access log buffers on purpose
     argv = [sys.executable, "-m", "router", "run", "-c", str(conf_path)]
     if workers:
         argv += ["--workers", str(workers)]
     child = Child(
-        f"router-{name}", pinned(PROXY_CPU, argv), prefix / "router.log", cwd=REPO_ROOT, env=env
+        f"router-{name}", pinned(PROXY_CPU, argv), prefix / "router.log", cwd=root, env=env
     )
     try:
         wait_ready(child, admin_port, "/readyz", ROUTER_READY_TIMEOUT_S)
@@ -341,6 +353,19 @@ TARGETS: tuple[Target, ...] = (
         start=partial(region_router, name="defaults", config=defaults_config),
     ),
     Target(key="bare", label="region-router bare", tools=(), start=region_router),
+    # The same two from a mypyc-compiled copy (BENCH_COMPILED_ROOT, built by bench/mypyc_build.sh).
+    Target(
+        key="defaults-mypyc",
+        label="region-router defaults, mypyc",
+        tools=(),
+        start=partial(region_router, name="defaults-mypyc", config=defaults_config),
+    ),
+    Target(
+        key="bare-mypyc",
+        label="region-router bare, mypyc",
+        tools=(),
+        start=partial(region_router, name="bare-mypyc"),
+    ),
     # defaults with the access log off: beside "defaults", what the log costs.
     Target(
         key="defaults-nolog",

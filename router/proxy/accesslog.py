@@ -118,9 +118,8 @@ class _Sink:
             self.stream.write(data)
             self.stream.flush()
             return
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
+        while data:  # a pipe may take part of it; a file takes it whole (no copy then)
+            data = data[os.write(self.fd, data) :]
 
     def reopen(self) -> None:
         if self.path is None:
@@ -140,7 +139,8 @@ def _open_append(path: str) -> int:
 
 
 class AccessLogger:
-    """Called once per finished exchange (``ProxyCore.access_log``) on the loop's thread."""
+    """``record`` is called once per finished exchange (``ProxyCore.access_log``), on the
+    loop's thread."""
 
     def __init__(
         self,
@@ -167,8 +167,8 @@ class AccessLogger:
         self._queued = 0  # bytes (estimated) handed to the writer, not written (under _lock)
         self._pending = 0  # lines handed to the writer, not written (under _lock)
         self._lost = 0  # lines the writer failed to write (under _lock)
-        self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
-        self._thread.start()
+        self._writer = threading.Thread(target=self._run, name="access-log", daemon=True)
+        self._writer.start()
 
     def bind(self, stats: TrafficStats) -> None:
         """Count dropped lines in ``stats`` (the core's counters, which metrics render)."""
@@ -203,8 +203,6 @@ class AccessLogger:
             self.flush()
         elif self._timer is None:
             self._timer = self.loop.call_later(self.flush_interval_s, self._on_timer)
-
-    __call__ = record
 
     # -- batches -------------------------------------------------------------------------
 
@@ -247,8 +245,8 @@ class AccessLogger:
         """Write what is buffered and stop the writer; gives up after ``timeout_s``."""
         self.flush()
         self._queue.put(_STOP)
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
+        self._writer.join(timeout_s)
+        if self._writer.is_alive():
             log.warning("access log: writer still blocked after %.1fs; lines lost", timeout_s)
 
     # -- the writer thread ---------------------------------------------------------------

@@ -249,7 +249,7 @@ class HedgeTry:
         if 100 <= status < 200 and status != 101:
             self.resp_headers = []  # 100/103: the final response follows
             return
-        if status == 101 or status in ex.core.retry_statuses:
+        if status == 101 or ex.core.retry.retries_status(status):
             self.failed(str(status))
             return
         if ex.done or ex.resp_started:
