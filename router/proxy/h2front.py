@@ -170,6 +170,7 @@ class H2ClientConnection(asyncio.Protocol):
 
     def _request(self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
         stream = H2Stream(self, stream_id)
+        stream.head = headers
         if self.going_away or self.core.draining:
             self.reset_stream(stream_id, _REFUSED_STREAM)
             return

@@ -234,6 +234,33 @@ def error_fields(error: ProxyError, request_id: bytes | None, body_len: int) -> 
     return fields
 
 
+# HTTP status -> gRPC status of a router-made answer (the gRPC spec's mapping, Envoy's too).
+_GRPC_STATUS = {400: b"13", 401: b"16", 403: b"7", 404: b"12", 429: b"14", 502: b"14"}
+_GRPC_STATUS |= {503: b"14", 504: b"4", 413: b"8", 431: b"8"}
+_UNSAFE = re.compile(rb"[^\x20-\x24\x26-\x7e]")  # grpc-message is percent-encoded
+
+
+def is_grpc(head: list[Header]) -> bool:
+    for name, value in head:
+        if name == b"content-type":
+            return value.startswith(b"application/grpc")
+    return False
+
+
+def grpc_error_fields(error: ProxyError, request_id: bytes | None) -> list[Header]:
+    message = _UNSAFE.sub(lambda m: b"%%%02X" % m.group()[0], error.message.encode())
+    fields = [
+        (b":status", b"200"),
+        (b"content-type", b"application/grpc"),
+        (b"grpc-status", _GRPC_STATUS.get(error.status, b"2")),
+        (b"grpc-message", message),
+        (b"x-router-error", error.code.encode()),
+    ]
+    if request_id:
+        fields.append((b"x-request-id", request_id))
+    return fields
+
+
 def error_body(error: ProxyError) -> bytes:
     return orjson.dumps({"error": {"code": error.code, "message": error.message}})
 
@@ -317,6 +344,7 @@ class H2Stream:
         "conn",
         "ended",
         "ex",
+        "head",
         "last_active",
         "outbuf",
         "paused",
@@ -338,6 +366,7 @@ class H2Stream:
         self.last_active = monotonic()
         self.writing_paused = conn.writing_paused
         self.ex: H2Exchange | None = None
+        self.head: list[Header] = []  # the request's fields (kept by reference, not copied)
         self.outbuf: list[bytes] = []  # response bytes waiting for flow-control window
         self.paused: set[str] = set()  # reasons the request body is not acknowledged
         self.unacked = 0  # request body bytes held back from the client's window
@@ -409,6 +438,11 @@ class H2Stream:
 
     def send_error(self, error: ProxyError, request_id: bytes | None, *, head_only: bool) -> None:
         if self.closed:
+            return
+        if is_grpc(self.head):
+            # A gRPC client reads status from grpc-status, not from a JSON body: answer
+            # trailers-only, as Envoy's local replies do (the HTTP status maps as it does).
+            self.send_head(grpc_error_fields(error, request_id), 0)
             return
         body = error_body(error)
         fields = error_fields(error, request_id, len(body))

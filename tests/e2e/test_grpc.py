@@ -14,7 +14,13 @@ import grpc
 import pytest
 import trustme
 
-from tests.backends import probe_passes, raw_exchange, router_process, start_region
+from tests.backends import (
+    free_port,
+    probe_passes,
+    raw_exchange,
+    router_process,
+    start_region,
+)
 from tests.cluster import eventually
 from tests.conftest import StartRouter, make_config
 
@@ -270,3 +276,28 @@ async def test_h2_region_over_tls(start_router: StartRouter, tmp_path: Path) -> 
         assert out["fail"] == (grpc.StatusCode.NOT_FOUND, "no such model: resnet")
     finally:
         region.stop()
+
+
+async def test_router_made_errors_reach_grpc_clients_as_grpc_status(
+    start_router: StartRouter,
+) -> None:
+    dead = free_port()  # nothing listens: every try is a connect failure
+    config = make_config(
+        [{"id": "g1", "endpoint": f"http://127.0.0.1:{dead}", "protocol": "h2"}],
+        http2={"enabled": True},
+    )
+    service = await start_router(config, probe=probe_passes)
+
+    def call() -> tuple[grpc.StatusCode, str, dict[str, str | bytes]]:
+        with grpc.insecure_channel(f"127.0.0.1:{service.proxy_port}") as channel:
+            try:
+                channel.unary_unary(f"/{SERVICE}/Unary")(b"hi", timeout=5)
+            except grpc.RpcError as exc:
+                trailers = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+                return exc.code(), exc.details(), trailers  # type: ignore[attr-defined]
+        raise AssertionError("the call succeeded")
+
+    code, details, trailers = await asyncio.to_thread(call)
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert details  # the router's message, percent-decoded by the client
+    assert trailers.get("x-router-error")
