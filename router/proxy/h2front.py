@@ -34,7 +34,7 @@ from jh2.events import (
 from jh2.exceptions import ProtocolError, StreamClosedError
 from jh2.hpack.exceptions import HPACKError
 from jh2.hyperframe.frame import GoAwayFrame
-from jh2.settings import SettingCodes
+from jh2.settings import SettingCodes, Settings
 
 from router.errors import ProxyError
 from router.proxy.client import ClientConnection
@@ -54,6 +54,17 @@ _REFUSED_STREAM = 0x7
 # upload (its own window held back) cannot starve the other streams' uploads.
 _CONNECTION_WINDOW = 16 * 1024 * 1024
 _STREAM_WINDOW = 256 * 1024
+
+
+class _Advertised(Settings):  # type: ignore[misc]  # jh2 is untyped
+    """Our SETTINGS as sent, except that jh2 does not enforce MAX_CONCURRENT_STREAMS itself:
+    it would end the whole connection (GOAWAY) for one stream too many, where RFC 9113
+    5.1.2 allows a stream error; the router refuses that stream (REFUSED_STREAM, which
+    clients retry) and the others go on."""
+
+    @property
+    def max_concurrent_streams(self) -> int:
+        return 2**31 - 1
 
 
 class H2ClientConnection(asyncio.Protocol):
@@ -85,7 +96,8 @@ class H2ClientConnection(asyncio.Protocol):
                 normalize_outbound_headers=False,
             )
         )
-        self.h2.local_settings = self.h2.local_settings.__class__(
+        self.max_streams = cfg.http2.max_concurrent_streams
+        self.h2.local_settings = _Advertised(
             client=False,
             initial_values={
                 SettingCodes.MAX_CONCURRENT_STREAMS: cfg.http2.max_concurrent_streams,
@@ -173,6 +185,9 @@ class H2ClientConnection(asyncio.Protocol):
         stream.head = headers
         if self.going_away or self.core.draining:
             self.reset_stream(stream_id, _REFUSED_STREAM)
+            return
+        if len(self.streams) >= self.max_streams:
+            self.reset_stream(stream_id, _REFUSED_STREAM)  # over max_concurrent_streams
             return
         self.streams[stream_id] = stream
         try:

@@ -46,8 +46,11 @@ def data_on_stream_zero() -> bytes:
     return b"\x00\x00\x02\x00\x00\x00\x00\x00\x00hi"
 
 
-async def answer(port: int, payload: bytes, timeout_s: float = 5.0) -> list[Frame]:
-    """Frames the router sends after ``payload``, until it closes or goes quiet."""
+async def answer(
+    port: int, payload: bytes, timeout_s: float = 5.0, *, ended: int = 0
+) -> list[Frame]:
+    """Frames the router sends after ``payload``, until it closes or goes quiet, or (with
+    ``ended``) until that many streams have ended (END_STREAM)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(PREFACE + SettingsFrame(0).serialize() + payload)
     frames: list[Frame] = []
@@ -55,7 +58,8 @@ async def answer(port: int, payload: bytes, timeout_s: float = 5.0) -> list[Fram
     try:
         while True:
             try:
-                data = await asyncio.wait_for(reader.read(65536), 0.5 if frames else timeout_s)
+                quiet = timeout_s if ended or not frames else 0.5
+                data = await asyncio.wait_for(reader.read(65536), quiet)
             except TimeoutError:
                 break
             if not data:
@@ -68,7 +72,10 @@ async def answer(port: int, payload: bytes, timeout_s: float = 5.0) -> list[Fram
                 frame.parse_body(memoryview(buf[9 : 9 + length]))
                 buf = buf[9 + length :]
                 frames.append(frame)
-            if any(isinstance(f, (RstStreamFrame, GoAwayFrame)) for f in frames):
+            if ended:
+                if sum("END_STREAM" in f.flags for f in frames) >= ended:
+                    break
+            elif any(isinstance(f, (RstStreamFrame, GoAwayFrame)) for f in frames):
                 break
     finally:
         writer.close()
@@ -163,3 +170,21 @@ async def test_data_after_end_stream_and_garbage(router_port: Any) -> None:
     frames = await answer(port, b"\xff" * 20000)  # a frame header announcing 16 MiB
     assert goaway_code(frames) == 0x6  # FRAME_SIZE_ERROR
     await _still_serves(port)
+
+
+async def test_a_stream_over_the_limit_is_refused_alone(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    region = await start_region(aiohttp_server, "r1")
+    service = await start_router(
+        make_config([region.config()], http2={"enabled": True, "max_concurrent_streams": 2}),
+        probe=probe_passes,
+    )
+    slow = [*GOOD[:3], (":path", "/delay/0.5")]
+    payload = b"".join(headers_frame(slow, sid) for sid in (1, 3, 5))
+    frames = await answer(service.proxy_port, payload, ended=2)
+    assert reset_code(frames, 5) == 0x7  # REFUSED_STREAM: safe to retry
+    assert goaway_code(frames) is None
+    assert reset_code(frames, 1) is None and reset_code(frames, 3) is None
+    heads = {f.stream_id for f in frames if isinstance(f, HeadersFrame)}
+    assert heads == {1, 3}  # the two within the limit were answered
