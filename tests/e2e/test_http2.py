@@ -22,7 +22,7 @@ from tests.backends import (
 from tests.cluster import eventually
 from tests.conftest import StartRouter, make_config
 from tests.h2client import H2Client
-from tests.tls import client_context, issue, new_ca
+from tests.tls import client_context, https_get, issue, new_ca
 
 AiohttpServer = Any
 H2 = {"enabled": True, "max_concurrent_streams": 100}
@@ -130,6 +130,11 @@ async def test_alpn_h2_on_https(
         assert headers["x-forwarded-proto"] == "https"
     finally:
         await client.close()
+    # a client that offers only http/1.1 (or no ALPN) gets HTTP/1.1 on the same listener
+    for alpn in (["http/1.1"], None):
+        old = await https_get(service.https_port, client_context(ca, alpn=alpn), "localhost")
+        assert old.alpn == (alpn[0] if alpn else None)
+        assert old.response.status == 200
 
 
 async def test_http2_off_leaves_the_preface_to_http11(
