@@ -56,15 +56,18 @@ _CONNECTION_WINDOW = 16 * 1024 * 1024
 _STREAM_WINDOW = 256 * 1024
 
 
-class _Advertised(Settings):  # type: ignore[misc]  # jh2 is untyped
-    """Our SETTINGS as sent, except that jh2 does not enforce MAX_CONCURRENT_STREAMS itself:
-    it would end the whole connection (GOAWAY) for one stream too many, where RFC 9113
-    5.1.2 allows a stream error; the router refuses that stream (REFUSED_STREAM, which
-    clients retry) and the others go on."""
+def _unenforced(settings: object) -> int:
+    return 2**31 - 1
 
-    @property
-    def max_concurrent_streams(self) -> int:
-        return 2**31 - 1
+
+# Our SETTINGS as sent, except that jh2 does not enforce MAX_CONCURRENT_STREAMS itself: it
+# would end the whole connection (GOAWAY) for one stream too many, where RFC 9113 5.1.2
+# allows a stream error; the router refuses that stream (REFUSED_STREAM, which clients
+# retry) and the others go on. Made with type(): a class statement here would be compiled
+# by mypyc into a native class, which cannot extend jh2's Python class.
+_Advertised: Any = type(
+    "_Advertised", (Settings,), {"max_concurrent_streams": property(_unenforced)}
+)
 
 
 class H2ClientConnection(asyncio.Protocol):
