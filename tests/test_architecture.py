@@ -35,6 +35,7 @@ PENDING_CYCLES = (
             "router.proxy.client",
             "router.proxy.core",
             "router.proxy.exchange",
+            "router.proxy.h2upstream",  # h2 regions (issue 14): a stream is an upstream
             "router.proxy.hedging",  # per-try and hedges (issue 10): extra tries of an exchange
             "router.proxy.rescue",  # in-flight rescue (issue 10) works on exchanges and core
             "router.proxy.retries",

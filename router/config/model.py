@@ -113,6 +113,7 @@ class RegionConfig:
     metrics_path: str | None = None
     max_inflight: int = 0
     ca_file: str | None = None  # extra CA bundle for an https endpoint
+    protocol: Literal["http1", "h2"] = "http1"  # h2: HTTP/2 to the region (gRPC; docs/http2.md)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,6 +127,9 @@ class HealthCheckConfig:
     expected_status: tuple[tuple[int, int], ...] = ((200, 399),)
     jitter_percent: float = 10.0
     body_contains: str | None = None
+    # regions with protocol h2: probe with grpc.health.v1.Health/Check for this service name
+    # ("" = the whole server) instead of an HTTP/2 GET of ``path``; None = GET
+    grpc_service: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

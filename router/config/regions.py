@@ -60,6 +60,7 @@ def parse_region(data: object, path: str, errors: list[FieldError]) -> RegionCon
         metrics_path = f.optional("metrics_path", parse_path)
         max_inflight = f.integer("max_inflight", _REGION.max_inflight, lo=0)
         ca_file = f.optional("ca_file", as_str(nonempty=True))
+        protocol = f.choice("protocol", _REGION.protocol, ("http1", "h2"))
     if len(errors) > before or region_id is None or endpoint is None:
         return None
     return RegionConfig(
@@ -72,6 +73,7 @@ def parse_region(data: object, path: str, errors: list[FieldError]) -> RegionCon
         metrics_path=metrics_path,
         max_inflight=max_inflight,
         ca_file=ca_file,
+        protocol=protocol,
     )
 
 

@@ -101,6 +101,7 @@ def _health_check(f: Fields) -> HealthCheckConfig:
             expected_status=f.get("expected_status", parse_status_ranges, d.expected_status),
             jitter_percent=f.percent("jitter", d.jitter_percent),
             body_contains=f.optional("body_contains", as_str(nonempty=True)),
+            grpc_service=f.optional("grpc_service", as_str()),
         )
     if f.clean and hc.timeout_s > hc.interval_s:
         f.error("timeout", f"must not exceed interval ({hc.timeout_s:g}s > {hc.interval_s:g}s)")

@@ -225,6 +225,8 @@ def region_config_json(rc: RegionConfig) -> dict[str, Any]:
         out["metrics_path"] = rc.metrics_path
     if rc.ca_file is not None:
         out["ca_file"] = rc.ca_file
+    if rc.protocol != "http1":
+        out["protocol"] = rc.protocol
     return out
 
 

@@ -29,6 +29,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from router import __version__
 from router.config.loader import Endpoint, HealthCheckConfig, RegionConfig
 from router.errors import UnknownRegion
+from router.health.h2probe import probe_h2
 from router.state.registry import RegionRecord, Registry, Transition
 
 log = logging.getLogger("router.health.checker")
@@ -100,6 +101,8 @@ class HttpProber:
         }
 
     async def __call__(self, region: RegionConfig, hc: HealthCheckConfig) -> ProbeResult:
+        if region.protocol == "h2":
+            return ProbeResult(*await probe_h2(region, hc, self._headers))
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 auto_decompress=False,

@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING
 from router.config.loader import Config
 from router.metrics import TrafficStats
 from router.proxy.dns import Resolver
+from router.proxy.h2upstream import H2Pool
 from router.proxy.headers import KNOWN_METHODS, REQUEST_SPECIAL, RESPONSE_SPECIAL
 from router.proxy.rescue import rescue_departed
+from router.proxy.retry_policy import RetryPolicy
 from router.proxy.upstream import Pool
 from router.routing.load import LoadTable
 from router.routing.routes import match_plan
@@ -80,6 +82,7 @@ class ProxyCore:
             dns=self.dns,
             max_age_s=cfg.dns.max_connection_age_s,
         )
+        self.h2_pool = H2Pool(self.pool)  # regions with protocol: h2
         self.apply_config(cfg)
 
     def apply_config(self, cfg: Config) -> None:
@@ -99,19 +102,12 @@ class ProxyCore:
         self.response_headers_timeout_s = cfg.timeouts.response_headers_s
         self.idle_timeout_s = cfg.timeouts.idle_s
         r = cfg.retries
-        self.max_retries = r.max_retries
-        self.retry_conditions = r.on_conditions
-        self.retry_statuses = r.on_statuses
-        self.retry_budget_fraction = r.budget_percent / 100.0
-        self.retry_min_concurrent = r.min_concurrent
-        self.buffer_body_max_bytes = r.buffer_body_max_bytes
+        self.retry = RetryPolicy.from_config(r)
         self.per_try_s = cfg.timeouts.per_try_s
         self.hedging = cfg.hedging if cfg.hedging.enabled else None
         self.hedge_auto = self.hedging is not None and self.hedging.delay_s is None
         self.hedge_budget_fraction = cfg.hedging.budget_percent / 100.0
         self.tail_timers = bool(self.per_try_s) or self.hedging is not None
-        self.retry_backoff_base_s = r.backoff_base_s
-        self.retry_backoff_max_s = r.backoff_max_s
         self.pool.connect_timeout_s = cfg.timeouts.connect_s
         self.pool.idle_timeout_s = cfg.timeouts.idle_s
         self.pool.max_age_s = cfg.dns.max_connection_age_s

@@ -206,7 +206,10 @@ class Exchange:
 
     async def _connect(self, region: RegionView) -> None:
         try:
-            conn = await self.core.pool.connect(region.endpoint, region.ca_file)
+            if region.protocol == "h2":
+                conn = await self.core.h2_pool.connect(region.endpoint, region.ca_file)
+            else:
+                conn = await self.core.pool.connect(region.endpoint, region.ca_file)
         except TimeoutError:
             self._connect_task = None
             if not self.done:
@@ -287,7 +290,7 @@ class Exchange:
             raise_body_too_large(self.core.max_body_bytes)
         buf = self.retry_buffer
         if buf is not None:
-            if self.body_bytes <= self.core.buffer_body_max_bytes:
+            if self.core.retry.keeps_body(self.body_bytes):
                 buf.append(data)
             else:
                 self.retry_buffer = None
@@ -344,7 +347,7 @@ class Exchange:
             core.observer(region.id, False, str(status))
             if status in {503, 429}:
                 honour_retry_after(self, load, now)
-            if status in core.retry_statuses and may_retry(self, str(status)):
+            if core.retry.retries_status(status) and may_retry(self, str(status)):
                 self.discard_response = True
                 self.head_only_done = self.is_head  # no body will follow a HEAD answer
                 return

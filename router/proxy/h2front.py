@@ -149,8 +149,6 @@ class H2ClientConnection(asyncio.Protocol):
                 stream.on_data(event.data, event.flow_controlled_length)
             elif event.flow_controlled_length:
                 self.acknowledge(event.stream_id, event.flow_controlled_length)
-            if event.stream_ended is not None and stream is not None:
-                stream.on_end()
         elif isinstance(event, StreamEnded):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
@@ -161,8 +159,6 @@ class H2ClientConnection(asyncio.Protocol):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.on_trailers(event.headers)
-                if event.stream_ended is not None:
-                    stream.on_end()
         elif isinstance(event, StreamReset):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
@@ -189,9 +185,7 @@ class H2ClientConnection(asyncio.Protocol):
             stream.refuse(error, dict(headers).get(b"x-request-id"), ended)
             return
         stream.ex = ex
-        ex.start()
-        if ended and not ex.done:
-            ex.body_complete()
+        ex.start()  # (jh2's StreamEnded event, after this one, ends a body: on_end)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -235,6 +229,7 @@ class H2ClientConnection(asyncio.Protocol):
             return
         out = self.h2.data_to_send()
         if out:
+            self.last_active = monotonic()  # a long response to a quiet client is not idle
             self.transport.write(out)
 
     def send_headers(

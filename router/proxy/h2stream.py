@@ -473,7 +473,7 @@ class H2Stream:
     def on_data(self, data: bytes, flow_len: int) -> None:
         self.last_active = monotonic()
         ex = self.ex
-        if ex is not None and not ex.done:
+        if data and ex is not None and not ex.done:  # (an empty chunk would end a chunked body)
             try:
                 ex.feed_body(data)
             except ProxyError as error:
@@ -491,9 +491,10 @@ class H2Stream:
                     ex.req_trailers.append(b"%b: %b\r\n" % (name, value))
 
     def on_end(self) -> None:
+        """The client's END_STREAM (jh2 reports it once, as its own event)."""
         ex = self.ex
-        if ex is None:
-            return
+        if ex is None or ex.body_done:
+            return  # no body (the exchange knew from the head), or already complete
         if not ex.done:
             ex.body_complete()
         else:

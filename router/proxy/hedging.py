@@ -208,7 +208,11 @@ class HedgeTry:
     async def _connect(self) -> None:
         core = self.ex.core
         try:
-            conn = await core.pool.connect(self.region.endpoint, self.region.ca_file)
+            region = self.region
+            if region.protocol == "h2":
+                conn = await core.h2_pool.connect(region.endpoint, region.ca_file)
+            else:
+                conn = await core.pool.connect(region.endpoint, region.ca_file)
         except (TimeoutError, OSError):
             self.connect_task = None
             self.failed("connect-failure")
@@ -245,7 +249,7 @@ class HedgeTry:
         if 100 <= status < 200 and status != 101:
             self.resp_headers = []  # 100/103: the final response follows
             return
-        if status == 101 or status in ex.core.retry_statuses:
+        if status == 101 or ex.core.retry.retries_status(status):
             self.failed(str(status))
             return
         if ex.done or ex.resp_started:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from router.errors import NoEligibleRegion, ProxyError, UpstreamConnectError, UpstreamTimeout
 from router.proxy.hedging import hand_over
+from router.proxy.retry_policy import condition_of
 from router.proxy.upstream import UpstreamConnection
 from router.routing.load import RegionLoad
 from router.state.snapshot import Snapshot
@@ -33,9 +34,10 @@ def may_retry(ex: Exchange, reason: str, *, unsent: bool = False, budgeted: bool
     budget applies; a try on a connection that was dead before it was written adds none.
     """
     core = ex.core
-    if ex.attempts > core.max_retries:
+    policy = core.retry
+    if not policy.has_attempts_left(ex.attempts):
         return False
-    if not (ex.idempotent or reason in ("connect-failure", "connect-timeout")):
+    if not policy.safe_to_resend(ex.idempotent, reason):
         return False
     if not unsent and ex.retry_buffer is None and not ex.body_done_empty():
         if ex.body_too_large_for_retry:
@@ -43,8 +45,7 @@ def may_retry(ex: Exchange, reason: str, *, unsent: bool = False, budgeted: bool
         return False
     if unsent or not budgeted:
         return True  # re-sending what no region saw adds no load: outside the budget
-    budget = max(core.retry_min_concurrent, core.retry_budget_fraction * core.inflight)
-    if core.retries_active >= budget:
+    if not policy.budget_allows(core.retries_active, core.inflight):
         core.stats.retry("skipped_budget")
         return False
     return True
@@ -79,12 +80,10 @@ def attempt_failed(
     ex.tried.add(region.id)
     if ex.hedges is not None and not final and kind != "timeout" and hand_over(ex, kind):
         return  # a copy of the request is already waiting elsewhere
-    condition = "connect-failure" if kind.startswith("connect") else kind
-    always = not sent or stale
-    allowed = not final and (always or condition in core.retry_conditions)
-    reason = "connect-failure" if always else condition
-    if allowed and may_retry(ex, reason, unsent=not sent, budgeted=not stale):
-        schedule_retry(ex, "stale-connection" if stale else condition, budgeted=sent and not stale)
+    reason = None if final else core.retry.failure_reason(kind, sent=sent, stale=stale)
+    if reason is not None and may_retry(ex, reason, unsent=not sent, budgeted=not stale):
+        counted_as = "stale-connection" if stale else condition_of(kind)
+        schedule_retry(ex, counted_as, budgeted=sent and not stale)
         return
     error: ProxyError
     if kind == "timeout":
@@ -126,9 +125,7 @@ def schedule_retry(ex: Exchange, reason: str, *, budgeted: bool = True) -> None:
     if budgeted and not ex.retrying:
         ex.retrying = True
         core.retries_active += 1
-    n = ex.attempts
-    cap = min(core.retry_backoff_max_s, core.retry_backoff_base_s * (2 ** (n - 1)))
-    delay = core.selector.rng.uniform(0, cap)  # full jitter
+    delay = core.selector.rng.uniform(0, core.retry.backoff_cap_s(ex.attempts))  # full jitter
     core.loop.call_later(delay, ex.retry_now)
 
 

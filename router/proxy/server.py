@@ -118,4 +118,5 @@ class ProxyServer:
         for conn in list(core.connections):
             conn.close()
         core.pool.close()
+        core.h2_pool.close()
         return drained

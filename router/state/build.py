@@ -41,6 +41,7 @@ def build_snapshot(
                 labels=rc.labels,
                 max_inflight=rc.max_inflight,
                 ca_file=rc.ca_file,
+                protocol=rc.protocol,
                 metrics_path=rc.metrics_path,
                 source=rec.source,
                 state=rec.state,

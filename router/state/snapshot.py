@@ -50,6 +50,7 @@ class RegionView:
     probe_latency_s: float | None = None
     artifacts: Mapping[str, str] = field(default_factory=dict)  # name -> sha256
     failover_target: str | None = None  # an operator's target for sessions pinned here
+    protocol: Literal["http1", "h2"] = "http1"  # h2: requests go over HTTP/2 (h2upstream)
     # the X-Router-Region response header line, built once per snapshot, not per response
     region_header_line: bytes = field(init=False, repr=False, compare=False)
 
