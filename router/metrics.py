@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
+from typing import ClassVar
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -160,39 +161,34 @@ class TrafficCollector(Collector):
         )
 
 
-class GaugeCollector(Collector):
+class _CallbackCollector(Collector):
+    """A metric family computed at scrape time from a callback returning (labels, value)."""
+
+    family: ClassVar[type[GaugeMetricFamily] | type[CounterMetricFamily]]
+
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        labels: list[str],
+        values: Callable[[], Iterable[tuple[list[str], float]]],
+    ) -> None:
+        self._name, self._doc, self._labels, self._values = name, doc, labels, values
+
+    def collect(self) -> Iterator[Metric]:
+        metric = self.family(self._name, self._doc, labels=self._labels)
+        for labels, value in self._values():
+            metric.add_metric(labels, value)
+        yield metric
+
+
+class GaugeCollector(_CallbackCollector):
     """Gauges computed at scrape time from a callback returning (labels, value) pairs."""
 
-    def __init__(
-        self,
-        name: str,
-        doc: str,
-        labels: list[str],
-        values: Callable[[], Iterable[tuple[list[str], float]]],
-    ) -> None:
-        self._name, self._doc, self._labels, self._values = name, doc, labels, values
-
-    def collect(self) -> Iterator[Metric]:
-        g = GaugeMetricFamily(self._name, self._doc, labels=self._labels)
-        for labels, value in self._values():
-            g.add_metric(labels, value)
-        yield g
+    family = GaugeMetricFamily
 
 
-class CounterCollector(Collector):
+class CounterCollector(_CallbackCollector):
     """Counters read at scrape time from a callback returning (labels, total) pairs."""
 
-    def __init__(
-        self,
-        name: str,
-        doc: str,
-        labels: list[str],
-        values: Callable[[], Iterable[tuple[list[str], float]]],
-    ) -> None:
-        self._name, self._doc, self._labels, self._values = name, doc, labels, values
-
-    def collect(self) -> Iterator[Metric]:
-        c = CounterMetricFamily(self._name, self._doc, labels=self._labels)
-        for labels, value in self._values():
-            c.add_metric(labels, value)
-        yield c
+    family = CounterMetricFamily
