@@ -32,11 +32,12 @@ import yaml
 from bench.process import Child, free_ports, pinned
 from bench.targets import (
     LOAD_CPU,
-    NGINX_PROXY_DIRECTIVES,
     PROXY_CPU,
+    PROXY_LOCATION,
     Endpoint,
     _nginx_conf,
     _start_nginx,
+    backend_upstream,
     bare_config,
     nginx_backend,
     region_router,
@@ -83,18 +84,8 @@ def wait_h2(child: Child, port: int, timeout_s: float = 30.0) -> None:
 def nginx_h2c(workdir: Path, backend_port: int) -> Iterator[Endpoint]:
     prefix = workdir / "nginx-h2c"
     (port,) = free_ports(1)
-    http_extra = f"""\
-    upstream backend {{
-        server 127.0.0.1:{backend_port};
-        keepalive 256;
-        keepalive_requests 1000000;
-        keepalive_timeout 75s;
-    }}"""
-    server_body = f"""\
-        location / {{
-{NGINX_PROXY_DIRECTIVES}
-        }}"""
-    conf = _nginx_conf(prefix, port, http_extra=http_extra, server_body=server_body)
+    http_extra = backend_upstream(backend_port)
+    conf = _nginx_conf(prefix, port, http_extra=http_extra, server_body=PROXY_LOCATION)
     conf = conf.replace(f"listen 127.0.0.1:{port} backlog=4096;", f"listen 127.0.0.1:{port} http2;")
     child = _start_nginx("nginx-h2c", prefix, port, conf, PROXY_CPU)
     try:

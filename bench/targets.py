@@ -172,6 +172,21 @@ NGINX_PROXY_DIRECTIVES = """\
             proxy_buffering off;
             proxy_buffer_size 64k;
             proxy_buffers 4 64k;"""
+PROXY_LOCATION = f"""\
+        location / {{
+{NGINX_PROXY_DIRECTIVES}
+        }}"""
+
+
+def backend_upstream(backend_port: int) -> str:
+    """nginx's keep-alive pool to the backend, as every nginx proxy target uses it."""
+    return f"""\
+    upstream backend {{
+        server 127.0.0.1:{backend_port};
+        keepalive 256;
+        keepalive_requests 1000000;
+        keepalive_timeout 75s;
+    }}"""
 
 
 @contextmanager
@@ -179,19 +194,9 @@ def nginx_proxy(workdir: Path, backend_port: int, workers: int = 1) -> Iterator[
     """nginx as a reverse proxy (``workers`` processes, reuseport), keep-alive upstream pool."""
     prefix = workdir / f"nginx-proxy-w{workers}"
     (port,) = free_ports(1)
-    http_extra = f"""\
-    upstream backend {{
-        server 127.0.0.1:{backend_port};
-        keepalive 256;
-        keepalive_requests 1000000;
-        keepalive_timeout 75s;
-    }}"""
-    server_body = f"""\
-        location / {{
-{NGINX_PROXY_DIRECTIVES}
-        }}"""
+    http_extra = backend_upstream(backend_port)
     conf = _nginx_conf(
-        prefix, port, http_extra=http_extra, server_body=server_body, workers=workers
+        prefix, port, http_extra=http_extra, server_body=PROXY_LOCATION, workers=workers
     )
     child = _start_nginx("nginx-proxy", prefix, port, conf, PROXY_CPU)
     try:

@@ -38,14 +38,15 @@ from bench import wrk
 from bench.process import Child, TargetError, cpu_seconds, free_ports, pinned
 from bench.targets import (
     LOAD_CPU,
-    NGINX_PROXY_DIRECTIVES,
     PROXY_CPU,
+    PROXY_LOCATION,
     READY_TIMEOUT_S,
     REPO_ROOT,
     ROUTER_READY_TIMEOUT_S,
     Endpoint,
     _nginx_conf,
     _start_nginx,
+    backend_upstream,
     nginx_backend,
 )
 
@@ -152,21 +153,13 @@ def router_https(workdir: Path, backend_port: int, cert: Path, key: Path) -> Ite
 def nginx_https(workdir: Path, backend_port: int, cert: Path, key: Path) -> Iterator[Endpoint]:
     prefix = workdir / "nginx"
     port, plain_port = free_ports(2)
-    http_extra = f"""\
-    upstream backend {{
-        server 127.0.0.1:{backend_port};
-        keepalive 256;
-        keepalive_requests 1000000;
-        keepalive_timeout 75s;
-    }}"""
+    http_extra = backend_upstream(backend_port)
     server_body = f"""\
         listen 127.0.0.1:{plain_port} backlog=4096;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_protocols TLSv1.2 TLSv1.3;
-        location / {{
-{NGINX_PROXY_DIRECTIVES}
-        }}"""
+{PROXY_LOCATION}"""
     conf = _nginx_conf(prefix, port, http_extra=http_extra, server_body=server_body)
     conf = conf.replace(f"listen 127.0.0.1:{port} backlog=4096", f"listen 127.0.0.1:{port} ssl")
     child = _start_nginx("nginx-https", prefix, port, conf, PROXY_CPU)
