@@ -23,11 +23,11 @@ from router.proxy.h2upstream import H2Pool
 from router.proxy.headers import KNOWN_METHODS, REQUEST_SPECIAL, RESPONSE_SPECIAL
 from router.proxy.rescue import rescue_departed
 from router.proxy.retry_policy import RetryPolicy
-from router.proxy.upstream import Pool
+from router.proxy.upstream import Pool, UpstreamConnection
 from router.routing.load import LoadTable
 from router.routing.routes import match_plan
 from router.routing.strategies import RequestInfo, Selector
-from router.state.snapshot import RoutePlan, Snapshot, SnapshotHolder
+from router.state.snapshot import RegionView, RoutePlan, Snapshot, SnapshotHolder
 
 if TYPE_CHECKING:
     from router.proxy.exchange import Exchange
@@ -134,6 +134,12 @@ class ProxyCore:
         self.routes_by_host = any(rt.match.host is not None for rt in cfg.routes)
         for hook in self.config_hooks:
             hook(cfg)
+
+    async def open_connection(self, region: RegionView) -> UpstreamConnection:
+        """A new connection to the region: a stream of its HTTP/2 connection for
+        ``protocol: h2``, else a pooled HTTP/1.1 connection (retries and hedges alike)."""
+        pool = self.h2_pool if region.protocol == "h2" else self.pool
+        return await pool.connect(region.endpoint, region.ca_file)
 
     def next_request_id(self) -> bytes:
         return b"%b-%x" % (self._id_prefix, next(self._ids))

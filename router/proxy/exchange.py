@@ -10,6 +10,7 @@ to do when an attempt fails (retry where and when, or answer an error) is router
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from time import monotonic
 from typing import TYPE_CHECKING
 
@@ -206,10 +207,7 @@ class Exchange:
 
     async def _connect(self, region: RegionView) -> None:
         try:
-            if region.protocol == "h2":
-                conn = await self.core.h2_pool.connect(region.endpoint, region.ca_file)
-            else:
-                conn = await self.core.pool.connect(region.endpoint, region.ca_file)
+            conn = await self.core.open_connection(region)
         except TimeoutError:
             self._connect_task = None
             if not self.done:
@@ -241,17 +239,12 @@ class Exchange:
             conn.transport.pause_reading()  # the client is not taking response bytes yet
         client.cork_upstream(conn)
         parts = self.head_parts(self.region)
-        if self.pending:
-            if self.chunked_request:
-                for chunk in self.pending:
-                    parts += (b"%x\r\n" % len(chunk), chunk, CRLF)
-            else:
-                parts += self.pending
+        pending = self.pending
+        if pending:
             self.pending = []
             self.pending_bytes = 0
             self.client.resume_reading_for("buffer")
-        if self.body_done and self.chunked_request:
-            parts.append(self._last_chunk(self.req_trailers))
+        self.add_body(parts, pending, complete=self.body_done)
         conn.write(b"".join(parts))
         if self.body_done:
             self._await_headers()
@@ -269,6 +262,17 @@ class Exchange:
             cut = len(self.method) + 1
             line = line[:cut] + endpoint.base_path_bytes + line[cut:]
         return [line, b"Host: ", host, CRLF, self.head_common]
+
+    def add_body(self, parts: list[bytes], chunks: Sequence[bytes], *, complete: bool) -> None:
+        """Append body chunks to ``parts`` in the request's framing; ``complete``: the body
+        ends here, so a chunked one gets its last chunk (with the client's trailers)."""
+        if self.chunked_request:
+            for chunk in chunks:
+                parts += (b"%x\r\n" % len(chunk), chunk, CRLF)
+            if complete:
+                parts.append(self._last_chunk(self.req_trailers))
+        else:
+            parts += chunks
 
     def _await_headers(self) -> None:
         core = self.core

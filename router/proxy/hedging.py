@@ -208,11 +208,7 @@ class HedgeTry:
     async def _connect(self) -> None:
         core = self.ex.core
         try:
-            region = self.region
-            if region.protocol == "h2":
-                conn = await core.h2_pool.connect(region.endpoint, region.ca_file)
-            else:
-                conn = await core.pool.connect(region.endpoint, region.ca_file)
+            conn = await core.open_connection(self.region)
         except (TimeoutError, OSError):
             self.connect_task = None
             self.failed("connect-failure")
@@ -232,13 +228,7 @@ class HedgeTry:
         self.conn = conn
         conn.exchange = self
         parts = ex.head_parts(self.region)
-        body = ex.retry_buffer or ()
-        if ex.chunked_request:
-            for chunk in body:
-                parts += (b"%x\r\n" % len(chunk), chunk, b"\r\n")
-            parts.append(ex._last_chunk(ex.req_trailers))  # the body is complete: so are they
-        else:
-            parts += body
+        ex.add_body(parts, ex.retry_buffer or (), complete=True)  # hedged bodies are whole
         self.sent_at = monotonic()
         conn.write(b"".join(parts))
 

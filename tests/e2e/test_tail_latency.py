@@ -7,6 +7,7 @@ pinned to "up" (``probe_passes``), so only the per-try timer or a hedge can save
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -274,3 +275,35 @@ async def test_http2_streams_are_hedged_like_http11_requests(
         assert await _counter(service, "router_hedges_total", 'outcome="won"') == 3
         core = service.runtime.core
         assert (core.hedges_active, core.inflight) == (0, 0)
+
+
+async def test_a_hedge_carries_the_whole_chunked_body(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    """The copy re-sends the buffered body in the request's own (chunked) framing, ended."""
+    body = [b"part-one,", b"part-two,", b"part-three"]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for chunk in body:
+            yield chunk
+
+    async with _setup(aiohttp_server, start_router, hedging={"enabled": True, "delay": "50ms"}) as (
+        relay,
+        _,
+        spare,
+        service,
+    ):
+        relay.blackhole()
+        url = f"http://127.0.0.1:{service.proxy_port}/upload"
+        async with (
+            aiohttp.ClientSession() as session,
+            session.put(url, data=chunks()) as resp,  # no length: aiohttp sends it chunked
+        ):
+            assert resp.status == 200
+            assert resp.headers["X-Router-Region"] == "spare"
+            seen = await resp.json()
+        assert seen["method"] == "PUT"
+        assert seen["body_length"] == len(b"".join(body))
+        assert seen["body_sha256"] == hashlib.sha256(b"".join(body)).hexdigest()
+        assert len(spare.seen) == 1
+        assert await _counter(service, "router_hedges_total", 'outcome="won"') == 1
