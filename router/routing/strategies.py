@@ -306,7 +306,7 @@ class Selector:
         return power_of_two(regions, lambda r: self.latency_cost(r, now), self.rng)
 
     def _p2c_latency(self, candidates: Sequence[Candidate], now: float) -> RegionView:
-        """P2C on peak-EWMA cost (``candidate_cost`` inlined): no closure, list or dict."""
+        """P2C on peak-EWMA cost: no closure, list or dict."""
         n = len(candidates)
         if n == 1:
             return candidates[0][0]
@@ -319,28 +319,8 @@ class Selector:
             if j >= i:
                 j += 1
             a, b = candidates[i], candidates[j]
-        # The same formula twice, written out: a helper call per candidate costs more here
-        # than the arithmetic (candidate_cost is the readable version; tests pin both).
-        r, load, ramp = a
-        ca = DEFAULT_RTT_S if r.probe_latency_s is None else r.probe_latency_s
-        cost = load.cost_s
-        if cost is not None:
-            idle = now - load.last_sample_at
-            w = exp(-idle / DECAY_S) if idle > 0.0 else 1.0
-            ca = cost * w + ca * (1.0 - w)
-        ca *= load.inflight + 1
-        if ramp < 1.0:
-            ca /= max(ramp, 0.05)
-        r, load, ramp = b
-        cb = DEFAULT_RTT_S if r.probe_latency_s is None else r.probe_latency_s
-        cost = load.cost_s
-        if cost is not None:
-            idle = now - load.last_sample_at
-            w = exp(-idle / DECAY_S) if idle > 0.0 else 1.0
-            cb = cost * w + cb * (1.0 - w)
-        cb *= load.inflight + 1
-        if ramp < 1.0:
-            cb /= max(ramp, 0.05)
+        ca = candidate_cost(a[0], a[1], a[2], now)
+        cb = candidate_cost(b[0], b[1], b[2], now)
         if ca != cb:
             return a[0] if ca < cb else b[0]
         return a[0] if random_() < 0.5 else b[0]

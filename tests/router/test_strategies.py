@@ -433,8 +433,8 @@ def test_no_tiers_means_no_region() -> None:
 def test_the_selectors_latency_pick_agrees_with_latency_cost(
     a_state: tuple[Any, ...], b_state: tuple[Any, ...]
 ) -> None:
-    """choose() inlines the cost formula on its fast path: it must pick what
-    latency_cost (the readable formula /admin/route explains with) calls cheaper."""
+    """choose() takes its fast path (prepared candidates): it must pick what
+    latency_cost (the formula /admin/route explains with) calls cheaper."""
     loads = LoadTable()
     regions = []
     for rid, (sample, at, inflight, probe, ramp) in (("a", a_state), ("b", b_state)):
