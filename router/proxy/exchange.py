@@ -263,6 +263,16 @@ class Exchange:
             line = line[:cut] + endpoint.base_path_bytes + line[cut:]
         return [line, b"Host: ", host, CRLF, self.head_common]
 
+    def rewind(self) -> None:
+        """Before another try: forget the failed try's response; the body goes again from
+        the retry buffer (a try that started streaming an unbuffered body is never retried)."""
+        self.status = 0
+        self.resp_headers = []
+        self.resp_reason = b""
+        if self.retry_buffer:
+            self.pending = list(self.retry_buffer)
+            self.pending_bytes = sum(len(c) for c in self.pending)
+
     def add_body(self, parts: list[bytes], chunks: Sequence[bytes], *, complete: bool) -> None:
         """Append body chunks to ``parts`` in the request's framing; ``complete``: the body
         ends here, so a chunked one gets its last chunk (with the client's trailers)."""

@@ -67,12 +67,7 @@ def rescue(ex: Exchange, current: Snapshot) -> bool:
     ex.tried.add(region.id)
     ex.attempts -= 1  # the region left; the request did not fail
     core.stats.retry("region_down")
-    ex.status = 0
-    ex.resp_headers = []
-    ex.resp_reason = b""
-    if ex.retry_buffer:
-        ex.pending = list(ex.retry_buffer)
-        ex.pending_bytes = sum(len(c) for c in ex.pending)
+    ex.rewind()
     core.loop.call_soon(ex.retry_now)
     return True
 

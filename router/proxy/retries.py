@@ -116,12 +116,7 @@ def schedule_retry(ex: Exchange, reason: str, *, budgeted: bool = True) -> None:
     """``budgeted``: the retry counts against the budget (it re-sends what a region saw)."""
     core = ex.core
     core.stats.retry(reason)
-    ex.status = 0
-    ex.resp_headers = []
-    ex.resp_reason = b""
-    if ex.retry_buffer:
-        ex.pending = list(ex.retry_buffer)
-        ex.pending_bytes = sum(len(c) for c in ex.pending)
+    ex.rewind()
     if budgeted and not ex.retrying:
         ex.retrying = True
         core.retries_active += 1

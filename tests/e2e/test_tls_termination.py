@@ -118,7 +118,7 @@ async def test_min_version_and_alpn_hold_on_every_sni_context(
     )
     port = https_port(service)
     for name in ("api.test", "x.wild.test"):
-        # HTTP/2 is not served yet: ALPN must not offer h2, only http/1.1.
+        # http2 is off in this config: ALPN must not offer h2, only http/1.1.
         ok = await https_get(port, client_context(ca, alpn=["h2", "http/1.1"]), name, host=name)
         assert (ok.alpn, ok.version, ok.response.status) == ("http/1.1", "TLSv1.3", 200)
         old = client_context(ca, max_version=ssl.TLSVersion.TLSv1_2)
