@@ -433,7 +433,7 @@ def test_no_tiers_means_no_region() -> None:
 def test_the_selectors_latency_pick_agrees_with_latency_cost(
     a_state: tuple[Any, ...], b_state: tuple[Any, ...]
 ) -> None:
-    """choose() takes its fast path (prepared candidates): it must pick what
+    """choose() picks from prepared candidates: it must pick what
     latency_cost (the formula /admin/route explains with) calls cheaper."""
     loads = LoadTable()
     regions = []
