@@ -32,7 +32,7 @@ from jh2.events import (
 from jh2.exceptions import ProtocolError, StreamClosedError
 
 from router.config.loader import Endpoint
-from router.proxy.upstream import Pool, UpstreamConnection
+from router.proxy.upstream import Pool, UpstreamConnection, connect_first
 
 # Request fields HTTP/2 does not carry (RFC 9113 8.2.2); Host becomes :authority.
 _NOT_FORWARDED = frozenset(
@@ -397,7 +397,6 @@ class H2Pool:
         return conn.open_stream()
 
     async def _open(self, endpoint: Endpoint, ca_file: str | None) -> H2RegionConnection:
-        loop = asyncio.get_running_loop()
         ctx = None
         if endpoint.scheme == "https":
             ctx = self._ssl.get(endpoint.url)
@@ -409,28 +408,15 @@ class H2Pool:
         first = dns.pick(endpoint.host) or await dns.resolve(endpoint.host)
         addresses = dns.current(endpoint.host) or (first,)
 
-        async def open_it() -> H2RegionConnection:
-            # Each address in turn, as a connect by name would ("localhost": ::1, 127.0.0.1).
-            last: OSError | None = None
-            for address in addresses:
-                try:
-                    _, conn = await loop.create_connection(
-                        partial(H2RegionConnection, endpoint.url, endpoint.host, address),
-                        address,
-                        endpoint.port,
-                        ssl=ctx,
-                        server_hostname=endpoint.host if ctx is not None else None,
-                    )
-                except OSError as exc:
-                    if isinstance(exc, ssl.SSLError):
-                        raise
-                    last = exc
-                    continue
-                return conn
-            assert last is not None
-            raise last
-
-        return await asyncio.wait_for(open_it(), self.pool.connect_timeout_s)
+        # Each address in turn, as a connect by name would ("localhost": ::1, 127.0.0.1).
+        opening = connect_first(
+            partial(H2RegionConnection, endpoint.url, endpoint.host),
+            addresses,
+            endpoint.port,
+            ctx,
+            endpoint.host,
+        )
+        return await asyncio.wait_for(opening, self.pool.connect_timeout_s)
 
     def close(self) -> None:
         for conn in self.conns.values():

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httptools
 
 from router.config.loader import Endpoint
 from router.proxy.dns import Resolver
 
+P = TypeVar("P", bound=asyncio.Protocol)
 if TYPE_CHECKING:
     from router.proxy.exchange import Exchange
     from router.proxy.hedging import HedgeTry
@@ -228,7 +229,6 @@ class Pool:
 
     async def connect(self, endpoint: Endpoint, ca_file: str | None) -> UpstreamConnection:
         """A new connection to the endpoint's next address (resolving it first if needed)."""
-        loop = asyncio.get_running_loop()
         ctx = self._ssl_context(endpoint, ca_file) if endpoint.scheme == "https" else None
         host = endpoint.host
 
@@ -238,25 +238,15 @@ class Pool:
             # The address in turn first, then the others (as a connect by name would):
             # "localhost" is often ::1 and 127.0.0.1 with the region on one of them.
             i = current.index(first) if first in current else 0
-            last: OSError | None = None
-            for address in current[i:] + current[:i]:
-                key = f"{endpoint.url} {address}"
-                try:
-                    _, conn = await loop.create_connection(
-                        partial(UpstreamConnection, key, host, address, self._forget),
-                        address,
-                        endpoint.port,
-                        ssl=ctx,
-                        server_hostname=host if ctx is not None else None,
-                    )
-                except OSError as exc:  # refused or unreachable: try the next address
-                    if isinstance(exc, ssl.SSLError):
-                        raise
-                    last = exc
-                    continue
-                return conn
-            assert last is not None
-            raise last
+            return await connect_first(
+                lambda address: UpstreamConnection(
+                    f"{endpoint.url} {address}", host, address, self._forget
+                ),
+                current[i:] + current[:i],
+                endpoint.port,
+                ctx,
+                host,
+            )
 
         conn = await asyncio.wait_for(open_one(), self.connect_timeout_s)
         self._all.add(conn)
@@ -324,3 +314,34 @@ class Pool:
     def __repr__(self) -> str:
         idle = sum(len(v) for v in self._idle.values())
         return f"<Pool connections={len(self._all)} idle={idle}>"
+
+
+async def connect_first(
+    protocol: Callable[[str], P],
+    addresses: Sequence[str],
+    port: int,
+    ctx: ssl.SSLContext | None,
+    host: str,
+) -> P:
+    """The first of ``addresses`` that accepts, in order, as a connect by name would:
+    "localhost" is often ::1 and 127.0.0.1 with the server on one of them. A refused or
+    unreachable address gives way to the next; a TLS failure is final."""
+    loop = asyncio.get_running_loop()
+    last: OSError | None = None
+    for address in addresses:
+        try:
+            _, conn = await loop.create_connection(
+                partial(protocol, address),
+                address,
+                port,
+                ssl=ctx,
+                server_hostname=host if ctx is not None else None,
+            )
+        except OSError as exc:
+            if isinstance(exc, ssl.SSLError):
+                raise
+            last = exc
+            continue
+        return conn
+    assert last is not None
+    raise last
