@@ -24,6 +24,8 @@ from router.proxy.headers import (
     TRAILER_DROP,
     connection_tokens,
     error_response,
+    forwarded_fields,
+    framing_field,
     named_headers,
     valid_host,
 )
@@ -362,14 +364,8 @@ class ClientConnection(asyncio.Protocol):
             if named:
                 lines = [ln for ln in lines if ln.split(b":", 1)[0].lower() not in named]
         xff = self.peer if self.xff is None else self.xff + b", " + self.peer
-        lines.append(
-            b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n"
-            b"X-Request-ID: %b\r\n" % (xff, self.proto, host, request_id)
-        )
-        if self.chunked:
-            lines.append(b"Transfer-Encoding: chunked\r\n")
-        elif self.content_length >= 0:
-            lines.append(b"Content-Length: %d\r\n" % self.content_length)
+        lines.append(forwarded_fields(xff, self.proto, host, request_id))
+        lines.append(framing_field(self.chunked, self.content_length))
         if upgrade:
             lines.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
         lines.append(b"\r\n")

@@ -24,6 +24,8 @@ from router.proxy.headers import (
     IDEMPOTENT_METHODS,
     TRAILER_DROP,
     connection_tokens,
+    forwarded_fields,
+    framing_field,
     named_headers,
     valid_host,
 )
@@ -178,17 +180,12 @@ def build_exchange(
     chunked = has_body and content_length < 0
     request_id = request_id or core.next_request_id()
     peer = stream.peer
-    lines.append(
-        b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n"
-        b"X-Request-ID: %b\r\n"
-        % (peer if xff is None else xff + b", " + peer, stream.conn.proto, host, request_id)
-    )
-    if chunked:
-        lines.append(b"Transfer-Encoding: chunked\r\n")
-    elif content_length >= 0:
-        lines.append(b"Content-Length: %d\r\n" % content_length)
-    elif method in (b"POST", b"PUT", b"PATCH"):
-        lines.append(b"Content-Length: 0\r\n")
+    forwarded_for = peer if xff is None else xff + b", " + peer
+    lines.append(forwarded_fields(forwarded_for, stream.conn.proto, host, request_id))
+    framing = framing_field(chunked, content_length)
+    if not framing and method in (b"POST", b"PUT", b"PATCH"):
+        framing = b"Content-Length: 0\r\n"  # HTTP/1.1 servers expect a length on these
+    lines.append(framing)
     lines.append(b"\r\n")
     ex = H2Exchange(
         core,

@@ -115,3 +115,20 @@ _REASONS = {
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
 }
+
+
+def forwarded_fields(xff: bytes, proto: bytes, host: bytes, request_id: bytes) -> bytes:
+    """The fields the router adds to every request it forwards, from either protocol."""
+    return (
+        b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n"
+        b"X-Request-ID: %b\r\n" % (xff, proto, host, request_id)
+    )
+
+
+def framing_field(chunked: bool, content_length: int) -> bytes:
+    """The forwarded body's framing: chunked, a length, or none (no body)."""
+    if chunked:
+        return b"Transfer-Encoding: chunked\r\n"
+    if content_length >= 0:
+        return b"Content-Length: %d\r\n" % content_length
+    return b""
