@@ -18,6 +18,7 @@
     ├── StreamError              a malformed HTTP/2 request: stream reset (proxy/h2stream.py)
     └── ProxyError               errors the proxy answers itself, rendered as JSON
         ├── BadRequest           400 malformed request
+        │   └── PlainHttpOnTls   400 plain HTTP sent to the https port (proxy/tlsgate.py)
         ├── BodyTooLarge         413
         ├── HeadersTooLarge      431
         ├── NoEligibleRegion     503 with Retry-After
@@ -69,6 +70,12 @@ class ProxyError(RouterError):
 class BadRequest(ProxyError):
     status = 400
     code = "bad_request"
+
+
+class PlainHttpOnTls(BadRequest):
+    """Plain HTTP on the https listener: answered in clear text, like nginx's 400."""
+
+    code = "plain_http_on_https"
 
 
 class BodyTooLarge(ProxyError):

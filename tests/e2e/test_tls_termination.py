@@ -252,6 +252,47 @@ async def test_stalled_handshakes_never_block_other_clients_and_time_out(
             writer.close()
 
 
+async def test_plain_http_on_the_https_port_gets_a_400_in_clear_text(
+    aiohttp_server: AiohttpServer,
+    start_router: StartRouter,
+    tmp_path: Path,
+    ca: trustme.CA,
+    certs: tuple[CertFiles, CertFiles],
+) -> None:
+    region, service, _ = await tls_router(
+        aiohttp_server, start_router, tmp_path, tls_section(certs, handshake_timeout="5s")
+    )
+    port = https_port(service)
+    sends = [
+        [b"GET /a?b=1 HTTP/1.1\r\nHost: api.test\r\n\r\n"],
+        [b"G", b"ET / HTTP/1.1\r\nHost: api.test\r", b"\n\r\n"],  # the head in pieces
+        [b"POST /upload HTTP/1.1\r\nHost: api.test\r\nContent-Length: 65536\r\n\r\n"]
+        + [b"x" * 8192] * 8,  # a body after the head: the 400 must not be lost to a reset
+    ]
+    for pieces in sends:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for piece in pieces:
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0)
+            response = await read_response(reader, timeout_s=5)
+            assert response.status == 400
+            assert response.header("x-router-error") == "plain_http_on_https"
+            assert b"The plain HTTP request was sent to HTTPS port" in response.body
+            assert response.header("connection") == "close"
+            # Then the router closes its side; the body it never read does not matter.
+            async with asyncio.timeout(5):
+                while await _read_or_reset(reader):
+                    pass
+        finally:
+            writer.close()
+    # Nothing reached the region, and TLS on the same port is unaffected.
+    assert not region.seen
+    ok = await https_get(port, client_context(ca), "api.test", host="api.test")
+    assert ok.response.status == 200
+
+
 async def _read_or_reset(reader: asyncio.StreamReader) -> bytes:
     try:
         return await reader.read(65536)
