@@ -29,7 +29,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from router import __version__
 from router.config.loader import Endpoint, HealthCheckConfig, RegionConfig
 from router.errors import UnknownRegion
-from router.health.h2probe import probe_h2
+from router.health.h2probe import Addresses, probe_h2
 from router.state.registry import RegionRecord, Registry, Transition
 
 log = logging.getLogger("router.health.checker")
@@ -55,9 +55,6 @@ VerdictSink = Callable[[str, bool], None]
 
 def status_ok(status: int, ranges: tuple[tuple[int, int], ...]) -> bool:
     return any(lo <= status <= hi for lo, hi in ranges)
-
-
-Addresses = Callable[[str], Awaitable[tuple[str, ...]]]  # host name -> addresses to try
 
 
 class _FollowingResolver(AbstractResolver):
@@ -102,7 +99,7 @@ class HttpProber:
 
     async def __call__(self, region: RegionConfig, hc: HealthCheckConfig) -> ProbeResult:
         if region.protocol == "h2":
-            return ProbeResult(*await probe_h2(region, hc, self._headers))
+            return ProbeResult(*await probe_h2(region, hc, self._headers, self._addresses))
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 auto_decompress=False,

@@ -3,7 +3,8 @@
 One connection per probe (as the HTTP/1.1 prober does), one stream: ``grpc.health.v1.
 Health/Check`` for ``health_check.grpc_service`` when it is set (healthy: SERVING and
 grpc-status 0), else an HTTP/2 GET of ``health_check.path`` judged like the HTTP/1.1 one
-(status ranges, ``body_contains``).
+(status ranges, ``body_contains``). With ``addresses`` (the proxy's resolver), a probe
+connects to the endpoint's current DNS answer, one address per probe taking turns.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from jh2.config import H2Configuration
@@ -26,6 +28,8 @@ from jh2.events import (
 from jh2.exceptions import ProtocolError
 
 from router.config.loader import HealthCheckConfig, RegionConfig
+
+Addresses = Callable[[str], Awaitable[tuple[str, ...]]]  # host name -> addresses to try
 
 HEALTH_CHECK = b"/grpc.health.v1.Health/Check"
 _SERVING = 1
@@ -69,17 +73,39 @@ class _Answer:
         self.reset = False
 
 
-async def _exchange(
-    region: RegionConfig, hc: HealthCheckConfig, headers: dict[str, str]
-) -> _Answer:
+async def _connect(
+    region: RegionConfig, addresses: Addresses | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the next current address (a refused one gives way to the next)."""
     ep = region.endpoint
     ctx = None
     if ep.scheme == "https":
         ctx = ssl.create_default_context(cafile=region.ca_file)
         ctx.set_alpn_protocols(["h2"])
-    reader, writer = await asyncio.open_connection(
-        ep.host, ep.port, ssl=ctx, server_hostname=ep.host if ctx is not None else None
-    )
+    hostname = ep.host if ctx is not None else None
+    candidates = await addresses(ep.host) if addresses is not None else (ep.host,)
+    last: OSError | None = None
+    for address in candidates:
+        try:
+            return await asyncio.open_connection(
+                address, ep.port, ssl=ctx, server_hostname=hostname
+            )
+        except ssl.SSLError:
+            raise
+        except OSError as exc:
+            last = exc
+    assert last is not None
+    raise last
+
+
+async def _exchange(
+    region: RegionConfig,
+    hc: HealthCheckConfig,
+    headers: dict[str, str],
+    addresses: Addresses | None,
+) -> _Answer:
+    ep = region.endpoint
+    reader, writer = await _connect(region, addresses)
     try:
         conn: Any = H2Connection(H2Configuration(client_side=True, header_encoding=None))
         conn.initiate_connection()
@@ -125,12 +151,15 @@ async def _exchange(
 
 
 async def probe_h2(
-    region: RegionConfig, hc: HealthCheckConfig, headers: dict[str, str]
+    region: RegionConfig,
+    hc: HealthCheckConfig,
+    headers: dict[str, str],
+    addresses: Addresses | None = None,
 ) -> tuple[bool, float, str, int]:
     """(healthy, latency, why not, HTTP status) of one probe."""
     started = time.monotonic()
     try:
-        answer = await asyncio.wait_for(_exchange(region, hc, headers), hc.timeout_s)
+        answer = await asyncio.wait_for(_exchange(region, hc, headers, addresses), hc.timeout_s)
     except TimeoutError:
         return False, time.monotonic() - started, "timeout", 0
     except (OSError, ProtocolError) as exc:

@@ -196,6 +196,7 @@ class ProxyCore:
         for conn in [c for c in self.connections if c.last_active < idle_limit]:
             conn.idle_timeout()
         self.pool.sweep(now)
+        self.h2_pool.sweep(now)
         # Requests still waiting for headers are latency evidence before they answer.
         self.loads.observe_awaiting(self.awaiting)
         if self.hedge_auto:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from functools import partial
+from time import monotonic
 from typing import Any
 
 import httptools
@@ -51,6 +51,7 @@ class H2RegionConnection(asyncio.Protocol):
         self.key = key
         self.host = host
         self.address = address
+        self.born = monotonic()
         self.transport: asyncio.Transport | None = None
         self.h2: Any = H2Connection(
             H2Configuration(
@@ -140,6 +141,12 @@ class H2RegionConnection(asyncio.Protocol):
         self.streams.pop(stream.stream_id, None)
         if self.going_away and not self.streams:
             self.close()  # replaced after the region's GOAWAY; its last stream is done
+
+    def retire(self) -> None:
+        """No new streams (DNS moved away, or too old); closes once its streams are done."""
+        self.going_away = True
+        if not self.streams:
+            self.close()
 
     def close(self) -> None:
         if not self.closed:
@@ -370,33 +377,50 @@ def _ignore(conn: UpstreamConnection) -> None:
 
 
 class H2Pool:
-    """One HTTP/2 connection per h2 region endpoint, opened on first use, shared by streams."""
+    """HTTP/2 connections to h2 regions: one per address of an endpoint's DNS answer.
+
+    It follows DNS as the HTTP/1.1 ``Pool`` does: each new stream takes the next address in
+    turn (so every address gets traffic) on that address's connection, opened on first use.
+    A connection to an address that left the answer, or older than
+    ``dns.max_connection_age``, takes no new stream and closes once its streams end (at once
+    when it has none), so a long stream is never cut.
+    """
 
     def __init__(self, pool: Pool) -> None:
-        self.pool = pool
-        self.conns: dict[str, H2RegionConnection] = {}
+        self.pool = pool  # its resolver, connect timeout and max_age_s (reloads update it)
+        self.conns: dict[str, H2RegionConnection] = {}  # "url address" -> the current one
+        self.retiring: set[H2RegionConnection] = set()
         self._opening: dict[str, asyncio.Future[H2RegionConnection]] = {}
         self._ssl: dict[str, ssl.SSLContext] = {}
+        pool.dns.listeners.append(self._addresses_changed)
 
     async def connect(self, endpoint: Endpoint, ca_file: str | None) -> UpstreamConnection:
-        """A new stream to the endpoint (its connection opened first when there is none)."""
-        key = endpoint.url
+        """A new stream on the connection to the endpoint's next address (opened if needed)."""
+        dns = self.pool.dns
+        address = dns.pick(endpoint.host) or await dns.resolve(endpoint.host)
+        key = f"{endpoint.url} {address}"
         conn = self.conns.get(key)
-        if conn is None or not conn.usable():
-            opening = self._opening.get(key)
-            if opening is None:
-                opening = asyncio.ensure_future(self._open(endpoint, ca_file))
-                self._opening[key] = opening
-                try:
-                    conn = await asyncio.shield(opening)
-                finally:
-                    self._opening.pop(key, None)
-                self.conns[key] = conn
-            else:
+        if conn is not None and conn.usable() and not self._stale(conn, monotonic()):
+            return conn.open_stream()
+        opening = self._opening.get(key)
+        if opening is None:
+            opening = asyncio.ensure_future(self._open(endpoint, ca_file, address))
+            self._opening[key] = opening
+            try:
                 conn = await asyncio.shield(opening)
+            finally:
+                self._opening.pop(key, None)
+            old = self.conns.get(conn.key)
+            if old is not None and old is not conn:
+                self._retire(old)
+            self.conns[conn.key] = conn
+        else:
+            conn = await asyncio.shield(opening)
         return conn.open_stream()
 
-    async def _open(self, endpoint: Endpoint, ca_file: str | None) -> H2RegionConnection:
+    async def _open(
+        self, endpoint: Endpoint, ca_file: str | None, address: str
+    ) -> H2RegionConnection:
         ctx = None
         if endpoint.scheme == "https":
             ctx = self._ssl.get(endpoint.url)
@@ -404,21 +428,49 @@ class H2Pool:
                 ctx = ssl.create_default_context(cafile=ca_file)
                 ctx.set_alpn_protocols(["h2"])
                 self._ssl[endpoint.url] = ctx
-        dns = self.pool.dns
-        first = dns.pick(endpoint.host) or await dns.resolve(endpoint.host)
-        addresses = dns.current(endpoint.host) or (first,)
-
-        # Each address in turn, as a connect by name would ("localhost": ::1, 127.0.0.1).
+        current = self.pool.dns.current(endpoint.host) or (address,)
+        i = current.index(address) if address in current else 0
+        # The address in turn first, then the others, as a connect by name would
+        # ("localhost": ::1, 127.0.0.1); each connection is keyed by the address it reached.
         opening = connect_first(
-            partial(H2RegionConnection, endpoint.url, endpoint.host),
-            addresses,
+            lambda a: H2RegionConnection(f"{endpoint.url} {a}", endpoint.host, a),
+            current[i:] + current[:i],
             endpoint.port,
             ctx,
             endpoint.host,
         )
         return await asyncio.wait_for(opening, self.pool.connect_timeout_s)
 
+    def _stale(self, conn: H2RegionConnection, now: float) -> bool:
+        """Too old, or to an address the current answer no longer has."""
+        if now - conn.born > self.pool.max_age_s:
+            return True
+        current = self.pool.dns.current(conn.host)
+        return current is not None and conn.address not in current
+
+    def _retire(self, conn: H2RegionConnection) -> None:
+        if self.conns.get(conn.key) is conn:
+            del self.conns[conn.key]
+        conn.retire()
+        if not conn.closed:
+            self.retiring.add(conn)
+
+    def _addresses_changed(self, host: str, addresses: tuple[str, ...]) -> None:
+        for conn in [c for c in self.conns.values() if c.host == host]:
+            if conn.address not in addresses:
+                self._retire(conn)
+
+    def sweep(self, now: float) -> None:
+        """Retire connections past the maximum age (the core's sweeper, every 100 ms)."""
+        for conn in list(self.conns.values()):
+            if conn.closed:
+                del self.conns[conn.key]
+            elif now - conn.born > self.pool.max_age_s:
+                self._retire(conn)
+        self.retiring = {c for c in self.retiring if not c.closed}
+
     def close(self) -> None:
-        for conn in self.conns.values():
+        for conn in (*self.conns.values(), *self.retiring):
             conn.close()
         self.conns.clear()
+        self.retiring.clear()

@@ -20,6 +20,7 @@ from tests.backends import router_process
 from tests.cluster import eventually
 from tests.conftest import StartRouter, make_config
 from tests.dns_server import MultiRegion, Zone, dns_server, multi_region
+from tests.h2region import multi_region_h2
 
 ADDRESSES = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
 
@@ -319,3 +320,70 @@ async def test_addresses_take_turns_when_the_region_closes_every_connection(
         assert traffic.failures() == []
         a, b = (region.hits[address] for address in ADDRESSES[:2])
         assert abs(a - b) <= 2, (a, b)  # strictly alternating, one request at a time
+
+
+async def h2_router(
+    start_router: StartRouter, region: MultiRegion, nameserver: str, **dns: Any
+) -> RouterService:
+    endpoint = f"http://api.test:{region.port}"
+    config = make_config(
+        [{"id": "named", "endpoint": endpoint, "protocol": "h2"}],
+        dns={"nameservers": [nameserver], **dns},
+    )
+    return await start_router(config)
+
+
+async def test_h2_regions_use_every_address_and_follow_an_answer_change(
+    start_router: StartRouter,
+) -> None:
+    zone = Zone({"api.test": ADDRESSES[:2]}, ttl=60)
+    async with dns_server(zone) as ns, multi_region_h2(ADDRESSES) as region:
+        service = await h2_router(start_router, region, ns, refresh="1s")
+        async with load(service.proxy_port) as traffic:
+
+            async def both_used() -> bool:
+                return set(ADDRESSES[:2]) <= traffic.addresses_since(0)
+
+            await eventually(both_used, 5, "both addresses get streams")
+            zone.records["api.test"] = [ADDRESSES[2]]
+            changed = time.monotonic()
+
+            async def only_new(window_s: float = 0.3) -> bool:
+                now = time.monotonic()
+                return traffic.addresses_since(now - window_s) == {ADDRESSES[2]} and (
+                    now - window_s > changed
+                )
+
+            took = await eventually(only_new, 2.0 + 0.3, "streams follow the new answer")
+            print(f"h2: answer change followed in {took:.2f}s (refresh 1s)")
+
+            async def old_closed() -> bool:
+                return all(region.established(a) == 0 for a in ADDRESSES[:2])
+
+            await eventually(old_closed, 2, "h2 connections to old addresses closed")
+
+            async def probed_new() -> bool:
+                return region.probes[ADDRESSES[2]] > 0
+
+            await eventually(probed_new, 3, "h2 health checks reach the new address")
+        assert traffic.failures() == []
+        assert len(traffic.results) > 50
+        assert region.hits[ADDRESSES[2]] > 0
+
+
+async def test_no_h2_region_connection_outlives_max_connection_age(
+    start_router: StartRouter,
+) -> None:
+    zone = Zone({"api.test": [ADDRESSES[0]]}, ttl=60)
+    async with dns_server(zone) as ns, multi_region_h2(ADDRESSES) as region:
+        service = await h2_router(
+            start_router, region, ns, refresh="30s", max_connection_age="500ms"
+        )
+        async with load(service.proxy_port, clients=2) as traffic:
+            await asyncio.sleep(2.0)  # the load runs this long; ages are checked below
+        assert traffic.failures() == []
+        assert len(traffic.results) > 20
+        now = time.monotonic()
+        ages = [c.age(now) for c in region.connections]
+        # Swept within 0.1s of the age; a busy one closes when its last stream ends.
+        assert len(ages) >= 4 and max(ages) < 0.5 + 0.3, ages
