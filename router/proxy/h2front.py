@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 
 from router.errors import ProxyError
 from router.proxy.client import ClientConnection
+from router.proxy.h2frames import PREFACE, PROTOCOL_ERROR, REFUSED_STREAM, Header
 from router.proxy.h2stream import H2Exchange, H2Stream, StreamError, build_exchange
-from router.proxy.h2wire import PREFACE, PROTOCOL_ERROR, REFUSED_STREAM, H2Framer, Header
+from router.proxy.h2wire import H2Framer
 
 if TYPE_CHECKING:
     from router.proxy.core import ProxyCore

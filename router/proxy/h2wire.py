@@ -16,65 +16,44 @@ tells the handler the stream is gone (``on_reset``).
 
 from __future__ import annotations
 
-from struct import Struct
-from typing import Final, Protocol
+from typing import Protocol
 
 from jh2._hazmat import Decoder, HPACKError, OversizedHeaderListError
 
-from router.proxy import h2hpack
-
-PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-DATA: Final = 0x0
-HEADERS: Final = 0x1
-PRIORITY: Final = 0x2
-RST_STREAM: Final = 0x3
-SETTINGS: Final = 0x4
-PUSH_PROMISE: Final = 0x5
-PING: Final = 0x6
-GOAWAY: Final = 0x7
-WINDOW_UPDATE: Final = 0x8
-CONTINUATION: Final = 0x9
-
-END_STREAM: Final = 0x1
-ACK: Final = 0x1
-END_HEADERS: Final = 0x4
-PADDED: Final = 0x8
-PRIORITY_FLAG: Final = 0x20
-
-NO_ERROR: Final = 0x0
-PROTOCOL_ERROR: Final = 0x1
-FLOW_CONTROL_ERROR: Final = 0x3
-STREAM_CLOSED: Final = 0x5
-FRAME_SIZE_ERROR: Final = 0x6
-REFUSED_STREAM: Final = 0x7
-COMPRESSION_ERROR: Final = 0x9
-ENHANCE_YOUR_CALM: Final = 0xB
-
-MAX_WINDOW: Final = 2**31 - 1
-MAX_FRAME: Final = 16384  # our SETTINGS_MAX_FRAME_SIZE: the default, so not announced
-_HEAD = Struct(">BHBBL")  # length (24 bits as 8 + 16), type, flags, stream id
-_U32 = Struct(">L")
-_SETTING = Struct(">HL")
-
-Header = tuple[bytes, bytes]
-
-
-def frame(ftype: int, flags: int, stream_id: int, payload: bytes) -> bytes:
-    n = len(payload)
-    return _HEAD.pack(n >> 16, n & 0xFFFF, ftype, flags, stream_id) + payload
-
-
-def window_update(stream_id: int, increment: int) -> bytes:
-    return frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(increment))
-
-
-class H2Error(Exception):
-    """A connection error: GOAWAY with ``code``, and the connection ends."""
-
-    def __init__(self, code: int, why: str) -> None:
-        super().__init__(why)
-        self.code = code
+from router.proxy.h2frames import (
+    ACK,
+    COMPRESSION_ERROR,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEADERS,
+    MAX_FRAME,
+    MAX_WINDOW,
+    PING,
+    PREFACE,
+    PRIORITY,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    RST_STREAM,
+    SETTING,
+    SETTINGS,
+    STREAM_CLOSED,
+    U32,
+    WINDOW_UPDATE,
+    FrameWriter,
+    H2Error,
+    Header,
+    StreamWindows,
+    frame,
+    unpad,
+    window_update,
+)
 
 
 class FrameHandler(Protocol):
@@ -89,18 +68,8 @@ class FrameHandler(Protocol):
     def on_goaway(self) -> None: ...
 
 
-class StreamWindows:
-    """One open stream's flow-control state."""
-
-    def __init__(self, send: int, recv: int, remote_closed: bool) -> None:
-        self.send = send  # bytes we may still send on it
-        self.recv = recv  # bytes the client may still send on it
-        self.unacked = 0  # received and consumed, not yet given back by WINDOW_UPDATE
-        self.remote_closed = remote_closed  # the client's END_STREAM came
-
-
-class H2Framer:
-    """The server side of one HTTP/2 connection's framing and flow control."""
+class H2Framer(FrameWriter):
+    """The server side of one HTTP/2 connection: frames in, events to the handler."""
 
     def __init__(
         self,
@@ -111,21 +80,12 @@ class H2Framer:
         stream_window: int,
         connection_window: int,
     ) -> None:
+        super().__init__(stream_window, connection_window)
         self.handler = handler
         self.buf = b""  # received bytes not yet parsed (at most one partial frame)
-        self.out: list[bytes] = []
         self.preface = False  # the client preface was read
         self.settings_seen = False  # its first frame, SETTINGS, was read
         self.failed = False  # a connection error was sent: nothing more is read
-        self.streams: dict[int, StreamWindows] = {}
-        self.highest = 0  # the highest stream id the client opened
-        self.send_window = 65535  # the connection's, towards the client
-        self.peer_window = 65535  # the client's SETTINGS_INITIAL_WINDOW_SIZE
-        self.peer_frame = 16384  # the client's SETTINGS_MAX_FRAME_SIZE
-        self.stream_window = stream_window
-        self.connection_window = connection_window
-        self.recv_window = connection_window  # what the client may still send in all
-        self.conn_unacked = 0
         self.block_sid = 0  # a header block awaiting CONTINUATION on this stream (0: none)
         self.block_parts: list[bytes] = []
         self.block_size = 0
@@ -137,10 +97,10 @@ class H2Framer:
         self.decoder = Decoder()
         self.decoder.max_header_list_size = self.block_limit
         settings = (
-            _SETTING.pack(0x2, 0)  # ENABLE_PUSH
-            + _SETTING.pack(0x3, max_streams)  # MAX_CONCURRENT_STREAMS
-            + _SETTING.pack(0x4, stream_window)  # INITIAL_WINDOW_SIZE
-            + _SETTING.pack(0x6, max_header_bytes)  # MAX_HEADER_LIST_SIZE
+            SETTING.pack(0x2, 0)  # ENABLE_PUSH
+            + SETTING.pack(0x3, max_streams)  # MAX_CONCURRENT_STREAMS
+            + SETTING.pack(0x4, stream_window)  # INITIAL_WINDOW_SIZE
+            + SETTING.pack(0x6, max_header_bytes)  # MAX_HEADER_LIST_SIZE
         )
         self.out.append(frame(SETTINGS, 0, 0, settings))
         if connection_window > 65535:
@@ -176,7 +136,7 @@ class H2Framer:
                     break
                 ftype = buf[pos + 3]
                 flags = buf[pos + 4]
-                sid = _U32.unpack_from(buf, pos + 5)[0] & 0x7FFFFFFF
+                sid = U32.unpack_from(buf, pos + 5)[0] & 0x7FFFFFFF
                 pos = start + length
                 self._frame(ftype, flags, sid, buf[start:pos])
         except H2Error as exc:
@@ -238,20 +198,20 @@ class H2Framer:
         self.recv_window -= flow
         if self.recv_window < 0:
             raise H2Error(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
-        data = _unpad(flags, payload)
+        data = unpad(flags, payload)
         st = self.streams.get(sid)
         if st is None:
             if sid > self.highest:
                 raise H2Error(PROTOCOL_ERROR, "DATA on an idle stream")
-            self._credit(flow)  # a closed stream's late DATA: ignored, window kept open
+            self.credit(flow)  # a closed stream's late DATA: ignored, window kept open
             return
         if st.remote_closed:
-            self._credit(flow)
+            self.credit(flow)
             self.stream_error(sid, STREAM_CLOSED)
             return
         st.recv -= flow
         if st.recv < 0:
-            self._credit(flow)
+            self.credit(flow)
             self.stream_error(sid, FLOW_CONTROL_ERROR)
             return
         ended = bool(flags & END_STREAM)
@@ -264,7 +224,7 @@ class H2Framer:
     def _headers(self, flags: int, sid: int, payload: bytes) -> None:
         if not sid:
             raise H2Error(PROTOCOL_ERROR, "HEADERS on stream 0")
-        block = _unpad(flags, payload)
+        block = unpad(flags, payload)
         if flags & PRIORITY_FLAG:
             if len(block) < 5:
                 raise H2Error(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
@@ -329,7 +289,7 @@ class H2Framer:
             raise H2Error(FRAME_SIZE_ERROR, "SETTINGS not a multiple of 6 bytes")
         opened = False
         for i in range(0, len(payload), 6):
-            ident, value = _SETTING.unpack_from(payload, i)
+            ident, value = SETTING.unpack_from(payload, i)
             if ident == 0x2 and value > 1:
                 raise H2Error(PROTOCOL_ERROR, "ENABLE_PUSH not 0 or 1")
             if ident == 0x4:
@@ -354,7 +314,7 @@ class H2Framer:
     def _window_update(self, sid: int, payload: bytes) -> None:
         if len(payload) != 4:
             raise H2Error(FRAME_SIZE_ERROR, "WINDOW_UPDATE not 4 bytes")
-        increment = _U32.unpack(payload)[0] & 0x7FFFFFFF
+        increment = U32.unpack(payload)[0] & 0x7FFFFFFF
         if not sid:
             if not increment:
                 raise H2Error(PROTOCOL_ERROR, "WINDOW_UPDATE of 0 on the connection")
@@ -388,106 +348,6 @@ class H2Framer:
             raise H2Error(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
 
     def stream_error(self, sid: int, code: int) -> None:
-        self.out.append(frame(RST_STREAM, 0, sid, _U32.pack(code)))
+        self.out.append(frame(RST_STREAM, 0, sid, U32.pack(code)))
         if self.streams.pop(sid, None) is not None:
             self.handler.on_reset(sid)
-
-    def _credit(self, size: int) -> None:
-        """Give ``size`` back to the connection's receive window, in large steps."""
-        self.conn_unacked += size
-        if self.conn_unacked >= self.connection_window >> 2:
-            self.out.append(window_update(0, self.conn_unacked))
-            self.recv_window += self.conn_unacked
-            self.conn_unacked = 0
-
-    # -- sending ---------------------------------------------------------------------------
-
-    def acknowledge(self, sid: int, size: int) -> None:
-        """``size`` bytes of ``sid``'s DATA were consumed: the client may send as many more."""
-        self._credit(size)
-        st = self.streams.get(sid)
-        if st is not None and not st.remote_closed:
-            st.unacked += size
-            if st.unacked >= self.stream_window >> 2:
-                self.out.append(window_update(sid, st.unacked))
-                st.recv += st.unacked
-                st.unacked = 0
-
-    def send_headers(self, sid: int, fields: list[Header], end_stream: bool) -> None:
-        if sid not in self.streams:
-            return  # reset meanwhile
-        block = h2hpack.encode(fields)
-        flags = END_STREAM if end_stream else 0
-        size = self.peer_frame
-        if len(block) <= size:
-            self.out.append(frame(HEADERS, flags | END_HEADERS, sid, block))
-            return
-        self.out.append(frame(HEADERS, flags, sid, block[:size]))
-        for i in range(size, len(block), size):
-            last = END_HEADERS if i + size >= len(block) else 0
-            self.out.append(frame(CONTINUATION, last, sid, block[i : i + size]))
-
-    def send_data(self, sid: int, chunks: list[bytes], end: bool) -> bool:
-        """Send from ``chunks`` what the windows allow (consumed in place); ``end``: the
-        last frame carries END_STREAM when all of it went. True when that happened."""
-        st = self.streams.get(sid)
-        if st is None:
-            chunks.clear()
-            return False
-        window = min(st.send, self.send_window)
-        size = self.peer_frame
-        out = self.out
-        sent = 0
-        ended = False
-        while chunks and window > 0:
-            chunk = chunks[0]
-            n = min(len(chunk), window, size)
-            flags = 0
-            if n < len(chunk):
-                chunks[0] = chunk[n:]
-                chunk = chunk[:n]
-            else:
-                chunks.pop(0)
-                if end and not chunks:
-                    flags = END_STREAM
-                    ended = True
-            out.append(_HEAD.pack(n >> 16, n & 0xFFFF, DATA, flags, sid))
-            out.append(chunk)
-            window -= n
-            sent += n
-        st.send -= sent
-        self.send_window -= sent
-        return ended
-
-    def end_stream(self, sid: int, trailers: list[Header]) -> None:
-        if trailers:
-            self.send_headers(sid, trailers, True)
-        elif sid in self.streams:
-            self.out.append(frame(DATA, END_STREAM, sid, b""))
-
-    def reset_stream(self, sid: int, code: int) -> None:
-        if self.streams.pop(sid, None) is not None:
-            self.out.append(frame(RST_STREAM, 0, sid, _U32.pack(code)))
-
-    def forget(self, sid: int) -> None:
-        """The stream is finished on the router's side (the client's late frames are
-        ignored from now on)."""
-        self.streams.pop(sid, None)
-
-    def goaway(self, code: int) -> None:
-        self.out.append(frame(GOAWAY, 0, 0, _U32.pack(self.highest) + _U32.pack(code)))
-
-    def data_to_send(self) -> bytes:
-        if not self.out:
-            return b""
-        data = b"".join(self.out)
-        self.out = []
-        return data
-
-
-def _unpad(flags: int, payload: bytes) -> bytes:
-    if not flags & PADDED:
-        return payload
-    if not payload or payload[0] >= len(payload):
-        raise H2Error(PROTOCOL_ERROR, "padding as long as the frame")
-    return payload[1 : len(payload) - payload[0]]

@@ -7,7 +7,8 @@ import hpack
 from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame
 
 from router.proxy import h2hpack
-from router.proxy.h2wire import H2Framer, Header
+from router.proxy.h2frames import Header
+from router.proxy.h2wire import H2Framer
 
 
 def decode(block: bytes, decoder: hpack.Decoder | None = None) -> list[tuple[bytes, bytes]]:
