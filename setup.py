@@ -41,6 +41,8 @@ COMPILED = [
     "router/proxy/h2upstream.py",
     "router/proxy/h2frames.py",
     "router/proxy/h2hpack.py",
+    "router/proxy/h2replies.py",
+    "router/proxy/h2request.py",
     "router/proxy/h2wire.py",
     "router/proxy/headers.py",
     "router/proxy/hedging.py",

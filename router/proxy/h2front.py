@@ -2,7 +2,7 @@
 
 ``H2ClientConnection`` runs the router's own HTTP/2 server framing (``h2wire.H2Framer``:
 frames, flow control, HPACK) and maps each stream to an ``H2Exchange``; the fields of a
-request are checked the RFC's way by ``h2stream.build_exchange`` while it builds the
+request are checked the RFC's way by ``h2request.build_exchange`` while it builds the
 upstream head. Regions are spoken to over HTTP/1.1, exactly as for HTTP/1.1 clients.
 
 ``Preface`` is what the plain listener (``http2.enabled``) and the https listener hand a
@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 from router.errors import ProxyError
 from router.proxy.client import ClientConnection
 from router.proxy.h2frames import PREFACE, PROTOCOL_ERROR, REFUSED_STREAM, Header
-from router.proxy.h2stream import H2Exchange, H2Stream, StreamError, build_exchange
+from router.proxy.h2request import StreamError, build_exchange
+from router.proxy.h2stream import H2Exchange, H2Stream
 from router.proxy.h2wire import H2Framer
 
 if TYPE_CHECKING:
