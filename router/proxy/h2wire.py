@@ -16,7 +16,7 @@ tells the handler the stream is gone (``on_reset``).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Final, Protocol
 
 from jh2._hazmat import Decoder, HPACKError, OversizedHeaderListError
 
@@ -55,6 +55,8 @@ from router.proxy.h2frames import (
     window_update,
 )
 
+RAPID_RESET_FLOOR: Final = 500  # streams opened before the early-reset share is judged
+
 
 class FrameHandler(Protocol):
     """What the framer reports (router.proxy.h2front.H2ClientConnection)."""
@@ -86,6 +88,8 @@ class H2Framer(FrameWriter):
         self.preface = False  # the client preface was read
         self.settings_seen = False  # its first frame, SETTINGS, was read
         self.failed = False  # a connection error was sent: nothing more is read
+        self.opened = 0  # streams the client opened
+        self.early_resets = 0  # of those, reset by the client before they were answered
         self.block_sid = 0  # a header block awaiting CONTINUATION on this stream (0: none)
         self.block_parts: list[bytes] = []
         self.block_size = 0
@@ -275,6 +279,7 @@ class H2Framer(FrameWriter):
         if not sid & 1:
             raise H2Error(PROTOCOL_ERROR, "a client stream with an even id")
         self.highest = sid
+        self.opened += 1
         self.streams[sid] = StreamWindows(self.peer_window, self.stream_window, ended)
         self.handler.on_request(sid, headers, ended)
 
@@ -344,6 +349,12 @@ class H2Framer(FrameWriter):
             raise H2Error(PROTOCOL_ERROR, "RST_STREAM on stream 0")
         if self.streams.pop(sid, None) is not None:
             self.handler.on_reset(sid)
+            # Reset before its answer was complete. Envoy's guard against "rapid reset"
+            # (CVE-2023-44487): once enough streams were opened, a client that resets at
+            # least half of them is costing region requests for nothing.
+            self.early_resets += 1
+            if self.opened >= RAPID_RESET_FLOOR and 2 * self.early_resets >= self.opened:
+                raise H2Error(ENHANCE_YOUR_CALM, "most streams reset early (rapid reset)")
         elif sid > self.highest:
             raise H2Error(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
 

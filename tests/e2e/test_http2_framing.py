@@ -256,3 +256,32 @@ async def test_the_client_window_paces_the_response(router: Any) -> None:
         assert len(body) == 5000
     finally:
         conn.close()
+
+
+async def test_a_client_resetting_most_streams_is_sent_away(router: Any) -> None:
+    # "Rapid reset" (CVE-2023-44487): each stream opened and reset at once would start a
+    # region request for nothing; past 500 streams with half or more reset early, the
+    # connection ends (GOAWAY ENHANCE_YOUR_CALM), as Envoy does.
+    port, _ = router
+    encoder = hpack.Encoder()
+    conn = await Conn.open(port)
+    try:
+        payload = b""
+        for sid in range(1, 1001, 2):  # 500 streams
+            block = encoder.encode([*GET, (":path", "/delay/5")])
+            payload += HeadersFrame(sid, block, flags=["END_HEADERS", "END_STREAM"]).serialize()
+            payload += raw(0x3, 0, sid, b"\x00\x00\x00\x08")  # RST_STREAM CANCEL
+        conn.send(payload)
+        assert await conn.goaway() == 0xB
+    finally:
+        conn.close()
+    # a client that resets a few streams is not affected (test_http2's reset test), and
+    # the router goes on serving others
+    other = await Conn.open(port)
+    try:
+        block = hpack.Encoder().encode([*GET, (":path", "/ok")])
+        other.send(HeadersFrame(1, block, flags=["END_HEADERS", "END_STREAM"]).serialize())
+        head, _ = await other.response(1)
+        assert (b":status", b"200") in head
+    finally:
+        other.close()
