@@ -25,7 +25,7 @@
         └── UpstreamTimeout      504
 
 The classes outside this module live with the code that raises them; they derive from
-``RouterError`` here (tests/router/test_errors.py checks that every exception class of
+``RouterError`` here (tests/test_errors.py checks that every exception class of
 ``router/`` is in this tree and in this picture).
 ``ResolveError`` is also an ``OSError``, so a failed lookup takes the connect-failure path
 like any socket error.
