@@ -36,7 +36,7 @@ from router.errors import NotFound, RegionConflict
 from router.replication.copier import Copier, JobFailed
 from router.replication.inventory import ArtifactInventory
 from router.replication.jobs import KINDS, Job, JobRequest, JobState, TargetState
-from router.replication.planning import check_overlap, model_request, plan_job
+from router.replication.planning import check_overlap, plan_job
 from router.replication.runner import JobRunner
 from router.replication.transfer import TransferError, head
 from router.state.registry import Registry
@@ -255,19 +255,6 @@ class ReplicationEngine:
         if job.active:  # the task may have finished on its own meanwhile
             await self._finish(job, JobState.CANCELLED, "cancelled by request")
         return job
-
-    def model_request(
-        self,
-        model_id: str,
-        target: str | None,
-        source: str | None = None,
-        *,
-        kind: str = "model",
-        path: str | None = None,
-    ) -> JobRequest:
-        """The compatibility API's ``replicate-model`` (replication/planning.py)."""
-        snap, model_path = self.registry.snapshot(), self.config.model_path
-        return model_request(snap, model_path, model_id, target, source, kind=kind, path=path)
 
     # -- checks ------------------------------------------------------------------------
 
