@@ -38,6 +38,13 @@ class RouterError(Exception):
     """Base of every error the router raises on purpose."""
 
 
+class ResolveError(RouterError, OSError):
+    """No address for a name (an OSError, so a request counts it as a connect failure).
+
+    Raised by router/proxy/dns.py; defined here because that module is compiled by mypyc,
+    which cannot compile a class with two built-in bases."""
+
+
 class RegistryError(RouterError):
     pass
 
