@@ -192,16 +192,74 @@ async def serve(
     """Run until SIGTERM/SIGINT (or ``shutdown`` returns); then drain and return an exit code."""
     loop = asyncio.get_running_loop()
     service = RouterService(config, config_path=config_path, workers=workers)
-    listen = config.listen
     stop = asyncio.Event()
-    reload_asked = asyncio.Event()
-    if install_signals:
-        # Installed before start-up (which waits for workers): a signal that arrives
-        # meanwhile must not kill the process with the default action.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
-        loop.add_signal_handler(signal.SIGUSR1, service.reopen_logs)
+    with _Signals(loop, service, stop, enabled=install_signals) as signals:
+        failed = await _start(service)
+        if failed is not None:
+            return failed
+        signals.started()
+        _log_started(config)
+        # Long-lived start-up objects never need the cyclic collector again.
+        gc.collect()
+        gc.freeze()
+        waiters: list[asyncio.Task[bool]] = [loop.create_task(stop.wait())]
+        if shutdown is not None:
+            waiters.append(loop.create_task(_await(shutdown())))
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+        grace_s = config.shutdown_grace_s
+        log.info("shutting down: draining in-flight requests (grace %.1fs)", grace_s)
+        if not await service.stop():
+            log.warning("grace period over: closed connections with requests in flight")
+    return EXIT_OK
+
+
+class _Signals:
+    """SIGTERM and SIGINT stop, SIGHUP reloads the config, SIGUSR1 reopens the logs.
+
+    Installed before start-up (which waits for workers): a signal that arrives meanwhile
+    must not kill the process with the default action. A SIGHUP then is kept, and acted
+    on by ``started``; the handlers are removed on the way out.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        service: RouterService,
+        stop: asyncio.Event,
+        *,
+        enabled: bool,
+    ) -> None:
+        self.loop, self.service, self.stop, self.enabled = loop, service, stop, enabled
+        self.reload_asked = asyncio.Event()
+
+    def __enter__(self) -> _Signals:
+        if self.enabled:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.loop.add_signal_handler(sig, self.stop.set)
+            self.loop.add_signal_handler(signal.SIGHUP, self.reload_asked.set)
+            self.loop.add_signal_handler(signal.SIGUSR1, self.service.reopen_logs)
+        return self
+
+    def started(self) -> None:
+        """The control plane runs: SIGHUP reloads from now on (and now, if one came)."""
+        if not self.enabled:
+            return
+        control = self.service.control
+        self.loop.add_signal_handler(signal.SIGHUP, control.request_reload, "signal")
+        if self.reload_asked.is_set():
+            control.request_reload("signal")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+                self.loop.remove_signal_handler(sig)
+
+
+async def _start(service: RouterService) -> int | None:
+    """Start the service; None when it runs, else the exit code (after logging why)."""
+    listen = service.config.listen
     try:
         await service.start()
     except StateFormatError as exc:
@@ -220,10 +278,11 @@ async def serve(
     except WorkerStartError as exc:
         log.error("%s", exc)
         return EXIT_START
-    if install_signals:
-        loop.add_signal_handler(signal.SIGHUP, service.control.request_reload, "signal")
-        if reload_asked.is_set():  # SIGHUP during start-up: reload now that we can
-            service.control.request_reload("signal")
+    return None
+
+
+def _log_started(config: Config) -> None:
+    listen = config.listen
     log.info(
         "region-router %s: proxy on %s%s, admin on %s, %d regions, strategy %s",
         __version__,
@@ -233,22 +292,6 @@ async def serve(
         len(config.regions),
         config.strategy,
     )
-    # Long-lived start-up objects never need the cyclic collector again.
-    gc.collect()
-    gc.freeze()
-    waiters: list[asyncio.Task[bool]] = [loop.create_task(stop.wait())]
-    if shutdown is not None:
-        waiters.append(loop.create_task(_await(shutdown())))
-    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    for w in waiters:
-        w.cancel()
-    log.info("shutting down: draining in-flight requests (grace %.1fs)", config.shutdown_grace_s)
-    if not await service.stop():
-        log.warning("grace period over: closed connections with requests in flight")
-    if install_signals:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
-            loop.remove_signal_handler(sig)
-    return EXIT_OK
 
 
 async def _await(aw: Awaitable[object]) -> bool:
