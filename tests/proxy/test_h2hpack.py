@@ -85,3 +85,37 @@ def test_a_head_larger_than_a_frame_goes_on_in_continuation() -> None:
     assert [("END_HEADERS" in f.flags) for f in frames[1:]] == [False] * (len(frames) - 2) + [True]
     assert all(len(f.data) <= 16384 for f in frames)
     assert decode(b"".join(f.data for f in frames)) == fields
+
+
+class _Requests(_Quiet):
+    def __init__(self) -> None:
+        self.requests: list[tuple[int, list[Header], bool]] = []
+
+    def on_request(self, stream_id: int, headers: list[Header], ended: bool) -> None:
+        self.requests.append((stream_id, headers, ended))
+
+
+def test_bytes_arriving_one_at_a_time() -> None:
+    # (over TLS the preface and frames may arrive in any pieces: ALPN h2 hands the framer
+    # the connection's bytes as they come)
+    handler = _Requests()
+    framer = H2Framer(
+        handler,
+        max_streams=10,
+        max_header_bytes=65536,
+        stream_window=65535,
+        connection_window=65535,
+    )
+    fields = [(":method", "GET"), (":path", "/a"), (":scheme", "https"), ("x-a", "1")]
+    block = hpack.Encoder().encode(fields)
+    wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    wire += HeadersFrame(1, block, flags=["END_HEADERS", "END_STREAM"]).serialize()
+    for i in range(len(wire)):
+        assert framer.receive(wire[i : i + 1]) == 0
+    expected = [(n.encode(), v.encode()) for n, v in fields]
+    assert handler.requests == [(1, expected, True)]
+    assert framer.buf == b""
+    bad = H2Framer(
+        _Quiet(), max_streams=10, max_header_bytes=65536, stream_window=65535, connection_window=0
+    )
+    assert bad.receive(b"PRI * HTTP/1.1") == 0x1  # not the preface: PROTOCOL_ERROR
