@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from asyncio import sslproto
 from collections.abc import Callable
 from typing import Any
 
@@ -27,9 +26,8 @@ _HEAD_END = b"\r\n\r\n"
 # request body to drain so closing does not reset the connection before it reads the 400.
 _LINGER_S = 2.0
 
-# uvloop's SSL protocol is not in its type stubs; the stdlib's takes the same arguments.
-_UVLOOP_SSL: Any = uvloop.loop.SSLProtocol  # type: ignore[attr-defined]
-_STDLIB_SSL: Any = sslproto.SSLProtocol
+# uvloop's SSL protocol (the router always runs on uvloop); not in uvloop's type stubs.
+_SSL_PROTOCOL: Any = uvloop.loop.SSLProtocol  # type: ignore[attr-defined]
 
 
 class TlsGate(asyncio.Protocol):
@@ -94,8 +92,7 @@ class TlsGate(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        layer = _UVLOOP_SSL if isinstance(loop, uvloop.Loop) else _STDLIB_SSL
-        protocol = layer(
+        protocol = _SSL_PROTOCOL(
             loop,
             self.app_factory(),
             self.context,
