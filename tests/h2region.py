@@ -23,6 +23,7 @@ class Lifetime:
     address: str
     opened: float
     closed: float | None = None
+    requests: int = 0  # streams other than health probes
 
     def age(self, now: float) -> float:
         return (self.closed if self.closed is not None else now) - self.opened
@@ -72,6 +73,8 @@ class _H2Server(asyncio.Protocol):
             body = b"ok"
         else:
             self.region.hits[self.address] += 1
+            if self.life is not None:
+                self.life.requests += 1
             body = json.dumps({"address": self.address}).encode()
         head = [(":status", "200"), ("content-type", "application/json")]
         head.append(("content-length", str(len(body))))

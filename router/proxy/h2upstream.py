@@ -410,10 +410,13 @@ class H2Pool:
                 conn = await asyncio.shield(opening)
             finally:
                 self._opening.pop(key, None)
-            old = self.conns.get(conn.key)
-            if old is not None and old is not conn:
-                self._retire(old)
-            self.conns[conn.key] = conn
+            # Keyed by the address reached and, when that address refused, by the one asked
+            # for too: its next turn reuses this connection instead of opening another.
+            for k in {key, conn.key}:
+                old = self.conns.get(k)
+                if old is not None and old is not conn:
+                    self._retire(old)
+                self.conns[k] = conn
         else:
             conn = await asyncio.shield(opening)
         return conn.open_stream()
@@ -449,28 +452,32 @@ class H2Pool:
         return current is not None and conn.address not in current
 
     def _retire(self, conn: H2RegionConnection) -> None:
-        if self.conns.get(conn.key) is conn:
-            del self.conns[conn.key]
+        for key in [k for k, c in self.conns.items() if c is conn]:
+            del self.conns[key]
         conn.retire()
         if not conn.closed:
             self.retiring.add(conn)
 
     def _addresses_changed(self, host: str, addresses: tuple[str, ...]) -> None:
-        for conn in [c for c in self.conns.values() if c.host == host]:
+        for key, conn in list(self.conns.items()):
+            if conn.host != host:
+                continue
             if conn.address not in addresses:
                 self._retire(conn)
+            elif key.rpartition(" ")[2] not in addresses:
+                self.conns.pop(key, None)  # the refused address it stood in for left
 
     def sweep(self, now: float) -> None:
         """Retire connections past the maximum age (the core's sweeper, every 100 ms)."""
-        for conn in list(self.conns.values()):
+        for key, conn in list(self.conns.items()):
             if conn.closed:
-                del self.conns[conn.key]
+                self.conns.pop(key, None)
             elif now - conn.born > self.pool.max_age_s:
                 self._retire(conn)
         self.retiring = {c for c in self.retiring if not c.closed}
 
     def close(self) -> None:
-        for conn in (*self.conns.values(), *self.retiring):
+        for conn in {*self.conns.values(), *self.retiring}:
             conn.close()
         self.conns.clear()
         self.retiring.clear()

@@ -387,3 +387,21 @@ async def test_no_h2_region_connection_outlives_max_connection_age(
         ages = [c.age(now) for c in region.connections]
         # Swept within 0.1s of the age; a busy one closes when its last stream ends.
         assert len(ages) >= 4 and max(ages) < 0.5 + 0.3, ages
+
+
+async def test_an_h2_region_behind_a_refusing_address_keeps_one_connection(
+    start_router: StartRouter,
+) -> None:
+    # The answer's first address refuses (nothing listens there): its turns fall through to
+    # the second, on the connection already open there, not a new one each time.
+    zone = Zone({"api.test": [ADDRESSES[1], ADDRESSES[0]]}, ttl=60)
+    async with dns_server(zone) as ns, multi_region_h2([ADDRESSES[0]]) as region:
+        service = await h2_router(start_router, region, ns, refresh="30s")
+        async with aiohttp.ClientSession() as session:
+            for _ in range(20):
+                async with session.get(f"http://127.0.0.1:{service.proxy_port}/echo") as resp:
+                    assert resp.status == 200
+                    assert (await resp.json())["address"] == ADDRESSES[0]
+        used = [c for c in region.connections if c.requests]
+        assert len(used) <= 2, used  # at most one extra, opened by the first refused turn
+        assert sum(c.requests for c in used) == 20
