@@ -37,10 +37,16 @@ COMPILED = [
     "router/proxy/dns.py",
     "router/proxy/exchange.py",
     # h2front/h2stream/h2upstream: H2Exchange and H2RegionStream subclass compiled classes
-    # (an interpreted class cannot), and the HTTP/2 path is per-request code too.
+    # (an interpreted class cannot), and the HTTP/2 path is per-request code too; h2frames,
+    # h2wire and h2hpack are the client side's framing and response HPACK, written for mypyc.
     "router/proxy/h2front.py",
     "router/proxy/h2stream.py",
     "router/proxy/h2upstream.py",
+    "router/proxy/h2frames.py",
+    "router/proxy/h2hpack.py",
+    "router/proxy/h2replies.py",
+    "router/proxy/h2request.py",
+    "router/proxy/h2wire.py",
     "router/proxy/headers.py",
     "router/proxy/hedging.py",
     "router/proxy/paths.py",

@@ -15,7 +15,7 @@
     ├── JobFailed                a replication job ends failed (replication/copier.py)
     ├── WorkerStartError         a worker process did not come up (workers/supervisor.py)
     ├── ResolveError             an endpoint name has no address (proxy/dns.py; also an OSError)
-    ├── StreamError              a malformed HTTP/2 request: stream reset (proxy/h2stream.py)
+    ├── StreamError              a malformed HTTP/2 request: stream reset (proxy/h2request.py)
     └── ProxyError               errors the proxy answers itself, rendered as JSON
         ├── BadRequest           400 malformed request
         ├── BodyTooLarge         413

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter
@@ -40,6 +40,17 @@ log = logging.getLogger("router")
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
 
 
+class WorkerPool(Protocol):
+    """Worker processes serving the traffic (``router.workers.supervisor.Supervisor``;
+    that package sits above this module, so the runtime names only what it uses)."""
+
+    def traffic_sources(self) -> list[TrafficStats]: ...
+
+    def ready(self) -> bool: ...
+
+    async def wait_applied(self, version: int) -> object: ...
+
+
 class Runtime:
     def __init__(
         self,
@@ -53,11 +64,8 @@ class Runtime:
         self.started_wall = time.time()
         self.transition_hooks: list[Callable[[Transition], None]] = []
         self.snapshot_hooks: list[Callable[[Snapshot], None]] = []  # e.g. push to workers
-        # Where served traffic is counted: this process, or (with workers) the supervisor.
-        self.traffic_sources: Callable[[], Iterable[TrafficStats]] = lambda: (self.core.stats,)
-        self.readiness_checks: list[Callable[[], bool]] = []
-        # Awaited after an admin change: with workers, until every worker applied it.
-        self.propagation_barriers: list[Callable[[int], Awaitable[object]]] = []
+        # The worker processes that serve traffic instead of this one (serve_through).
+        self.workers: WorkerPool | None = None
 
         self.instance_id = instance_id or config.instance_id or "router"
         self.registry = Registry(config, now=time.monotonic())
@@ -93,7 +101,7 @@ class Runtime:
             on_transition=self.record_transition,
             on_result=self._count_probe,
         )
-        self.metrics.register(TrafficCollector(self._traffic))
+        self.metrics.register(TrafficCollector(self.traffic_sources))
         self._register_gauges()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -122,9 +130,17 @@ class Runtime:
                 core.apply_config(snapshot.config)
             core.snapshot_changed(old, snapshot)  # rescue requests on regions that left
 
-    def _traffic(self) -> Iterable[TrafficStats]:
-        # Looked up per scrape: a supervisor replaces traffic_sources after construction.
-        return self.traffic_sources()
+    def serve_through(self, workers: WorkerPool) -> None:
+        """Worker processes serve the traffic (the composition root says so, once, before
+        start): their counters are the traffic's, readiness needs them, and an admin change
+        is propagated once every worker applied it."""
+        self.workers = workers
+
+    def traffic_sources(self) -> Iterable[TrafficStats]:
+        """Where served traffic is counted: this process, or its workers."""
+        if self.workers is not None:
+            return self.workers.traffic_sources()
+        return (self.core.stats,)
 
     def merged_stats(self) -> TrafficStats:
         total = TrafficStats()
@@ -204,13 +220,12 @@ class Runtime:
 
     async def propagated(self) -> None:
         """Return once the current snapshot serves everywhere (at once with no workers)."""
-        version = self.holder.current.version
-        for barrier in self.propagation_barriers:
-            await barrier(version)
+        if self.workers is not None:
+            await self.workers.wait_applied(self.holder.current.version)
 
     def ready(self) -> bool:
         """At least one region can take traffic (eligible, or every region in panic)."""
-        if not all(check() for check in self.readiness_checks):
+        if self.workers is not None and not self.workers.ready():
             return False
         return any(r.eligible for r in self.holder.current.regions) or self.holder.current.panic
 

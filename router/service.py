@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 
 from aiohttp import web
 
@@ -97,46 +98,61 @@ class RouterService:
         self.supervisor: Supervisor | None = None
         if workers > 0:
             self.supervisor = Supervisor(self.runtime, workers)
-            sup = self.supervisor
-            self.runtime.traffic_sources = sup.traffic_sources
-            self.runtime.readiness_checks.append(sup.ready)
-            self.runtime.propagation_barriers.append(sup.wait_applied)
+            self.runtime.serve_through(self.supervisor)
         self._runner: web.AppRunner | None = None
-        self._admin_site: web.TCPSite | None = None
+        # What start() started, undone by stop() in reverse order (or at once when a later
+        # start-up step fails); the drain steps read the grace period from _grace_s.
+        self._running = AsyncExitStack()
+        self._grace_s = 0.0
+        self._drained = True
 
     async def start(self) -> None:
-        """Bind both listeners and start background work; raises OSError when a bind fails.
+        """Start everything or nothing: a failing step undoes the steps before it.
 
         Persisted state is loaded first: StateFormatError (a newer format) before any bind.
+        Then the runtime and the control plane, the admin listener (OSError when its bind
+        fails), and last the traffic: the proxy listeners, or the workers (WorkerStartError).
+        Traffic starts last so that it stops first: stop() drains it while the rest runs.
         """
         await self.control.restore()
         listen = self.config.listen
-        if self.supervisor is None:
-            await self.proxy.start(listen.proxy.host, listen.proxy.port)
+        async with AsyncExitStack() as steps:
+            await self.runtime.start()
+            steps.push_async_callback(self.runtime.stop)
+            await self.control.start()
+            steps.push_async_callback(self.control.stop)
+            self._runner = await self._start_admin()
+            steps.push_async_callback(self._runner.cleanup)
+            if self.supervisor is None:
+                steps.push_async_callback(self._drain_proxy)  # also closes a half-bound start
+                await self.proxy.start(listen.proxy.host, listen.proxy.port)
+            else:
+                await self.supervisor.start(listen.proxy.host, listen.proxy.port)
+                steps.push_async_callback(self._stop_workers)
+            self._running = steps.pop_all()
+
+    async def _start_admin(self) -> web.AppRunner:
         app = create_app(self.control)
         if self.supervisor is not None:
             app[STATUS_EXTRAS].append(self.supervisor.status)
         if self.control.cluster is not None:
             admin_cluster.setup(app, self.control.cluster)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        self._admin_site = web.TCPSite(self._runner, listen.admin.host, listen.admin.port)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        listen = self.config.listen
         try:
-            await self._admin_site.start()
+            await web.TCPSite(runner, listen.admin.host, listen.admin.port).start()
         except OSError:
-            await self.proxy.drain(0)
-            await self._runner.cleanup()
+            await runner.cleanup()
             raise
-        await self.runtime.start()
-        await self.control.start()
-        if self.supervisor is not None:
-            try:
-                await self.supervisor.start(listen.proxy.host, listen.proxy.port)
-            except (OSError, WorkerStartError):
-                await self.control.stop()
-                await self.runtime.stop()
-                await self._runner.cleanup()
-                raise
+        return runner
+
+    async def _drain_proxy(self) -> None:
+        self._drained = await self.proxy.drain(self._grace_s)
+
+    async def _stop_workers(self) -> None:
+        assert self.supervisor is not None
+        await self.supervisor.stop(self._grace_s)  # each worker drains its own requests
 
     @property
     def proxy_port(self) -> int:
@@ -168,17 +184,9 @@ class RouterService:
 
     async def stop(self, grace_s: float | None = None) -> bool:
         """Drain in-flight requests (up to the grace period) and close everything."""
-        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
-        if self.supervisor is not None:
-            await self.supervisor.stop(grace)
-            drained = True
-        else:
-            drained = await self.proxy.drain(grace)
-        await self.control.stop()
-        await self.runtime.stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
-        return drained
+        self._grace_s = self.config.shutdown_grace_s if grace_s is None else grace_s
+        await self._running.aclose()
+        return self._drained
 
 
 async def serve(
