@@ -16,6 +16,7 @@
     ├── WorkerStartError         a worker process did not come up (workers/supervisor.py)
     ├── ResolveError             an endpoint name has no address (proxy/dns.py; also an OSError)
     ├── StreamError              a malformed HTTP/2 request: stream reset (proxy/h2request.py)
+├── H2Error                  an HTTP/2 connection error: GOAWAY (proxy/h2frames.py)
     └── ProxyError               errors the proxy answers itself, rendered as JSON
         ├── BadRequest           400 malformed request
         │   └── PlainHttpOnTls   400 plain HTTP sent to the https port (proxy/tlsgate.py)

@@ -6,7 +6,7 @@
 - no import cycle among router modules, ``TYPE_CHECKING`` imports included;
 - ruff's ``banned-api`` rule (the same admin rule, reported in the editor) stays configured;
 - every folder of router/ is a package that git tracks and the wheel carries;
-- the folders of tests/ mirror the packages.
+- the folders of tests/ mirror the packages, and every repo file cited in code or docs exists.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -282,3 +283,22 @@ def test_tests_mirror_the_packages() -> None:
         assert (tests / folder / "__init__.py").is_file(), (
             folder
         )  # else pytest's rootdir imports clash
+
+
+CITED_PATH = re.compile(r"\b(?:router|admin|tests|bench|docs)/[\w/.-]+\.(?:py|md)\b")
+
+
+def test_every_cited_path_exists() -> None:
+    """Comments, docstrings and docs that name a file of this repo name one that exists, so a
+    move (``git mv``) that forgets a citation fails here rather than misleading a reader."""
+    sources = [ROOT / "README.md", ROOT / ".ci" / "run"]
+    for folder in ("router", "admin", "tests", "bench", "docs"):
+        sources += [p for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".md")]
+    missing = {
+        f"{source.relative_to(ROOT)}: {cited}"
+        for source in sources
+        if source.name != "test_architecture.py"  # it names files it creates
+        for cited in CITED_PATH.findall(source.read_text(encoding="utf-8"))
+        if not (ROOT / cited).exists()
+    }
+    assert sorted(missing) == []

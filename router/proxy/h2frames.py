@@ -9,6 +9,7 @@ from __future__ import annotations
 from struct import Struct
 from typing import Final
 
+from router.errors import RouterError
 from router.proxy import h2hpack
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -57,7 +58,7 @@ def window_update(stream_id: int, increment: int) -> bytes:
     return frame(WINDOW_UPDATE, 0, stream_id, U32.pack(increment))
 
 
-class H2Error(Exception):
+class H2Error(RouterError):
     """A connection error: GOAWAY with ``code``, and the connection ends."""
 
     def __init__(self, code: int, why: str) -> None:

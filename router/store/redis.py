@@ -43,6 +43,7 @@ from router.store.redis_changes import (
     WRITE,
     decode_documents,
     decode_history,
+    differences,
     fill_args,
     parse_change,
     parse_health,
@@ -312,7 +313,9 @@ class RedisStateStore:
             if was_down:
                 self.link.reconnects.inc()
                 log.info("state store %s reachable again; resynchronised", self.link.url)
-            await self._apply_differences(old, self._known)
+            if self.on_change is not None:  # what changed while we were away, as changes
+                for kind, changed, deleted in differences(old, self._known):
+                    await self.on_change(kind, changed, deleted)
             if self.on_reconnect is not None:
                 self.on_reconnect()
 
@@ -351,18 +354,6 @@ class RedisStateStore:
                 history = (encode(t) for t in self._history)
                 await self.link.client.rpush(self._history_key, *history)
         return added
-
-    async def _apply_differences(
-        self, old: Mapping[str, dict[str, Any]], new: Mapping[str, dict[str, Any]]
-    ) -> None:
-        if self.on_change is None:
-            return
-        for kind in ENTRY_KINDS:
-            before, after = old.get(kind, {}), new[kind]
-            changed = {k: v for k, v in after.items() if before.get(k) != v}
-            deleted = [k for k in before if k not in after]
-            if changed or deleted:
-                await self.on_change(kind, changed, deleted)
 
     async def _listen(self) -> None:
         pubsub = self._pubsub

@@ -3,14 +3,14 @@
 A write is one script call (``WRITE``): check ``create``, set and delete entries, bump
 ``<prefix>:seq`` and publish ``"<seq> <change JSON>"`` on ``<prefix>:events``. Health
 verdicts arrive on ``<prefix>:health`` as JSON with ``instance`` and ``ttl_ms``. Pure
-functions; router/store/redis.py does the I/O.
+functions (and the difference of two loads); router/store/redis.py does the I/O.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,3 +142,15 @@ def decode_history(items: list[bytes]) -> list[Any]:
         with contextlib.suppress(orjson.JSONDecodeError):
             out.append(orjson.loads(raw))
     return out
+
+
+def differences(
+    old: Mapping[str, dict[str, Any]], new: Mapping[str, dict[str, Any]]
+) -> Iterator[tuple[str, dict[str, Any], list[str]]]:
+    """(kind, entries set, keys deleted) from ``old`` to ``new`` documents, changed kinds only."""
+    for kind in ENTRY_KINDS:
+        before, after = old.get(kind, {}), new[kind]
+        changed = {k: v for k, v in after.items() if before.get(k) != v}
+        deleted = [k for k in before if k not in after]
+        if changed or deleted:
+            yield kind, changed, deleted

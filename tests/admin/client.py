@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,7 @@ from multidict import CIMultiDict
 
 from router.config.loader import Config
 from tests.conftest import make_config
+from tests.poll import eventually
 
 # Health checks for tests that count where requests went: a probe delayed by a busy CI
 # machine must not flip a region (a failing first probe still marks it down at once).
@@ -109,18 +110,6 @@ def summary(regions_body: Any) -> list[tuple[Any, ...]]:
         tuple(orjson.dumps(r.get(k), option=orjson.OPT_SORT_KEYS) for k in keys)
         for r in regions_body["regions"]
     ]
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0, message: str = ""
-) -> None:
-    """Poll ``check`` until it is true; fail after ``timeout_s`` (a deadline, not a sleep)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(message or f"condition not met within {timeout_s}s")
-        await asyncio.sleep(0.02)
 
 
 async def proxy_get(

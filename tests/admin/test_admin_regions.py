@@ -10,9 +10,10 @@ import aiohttp
 import orjson
 from pytest_aiohttp import AiohttpServer
 
-from tests.admin.client import Admin, eventually, proxy_get, spread, steady_config, summary
+from tests.admin.client import Admin, proxy_get, spread, steady_config, summary
 from tests.backends import start_region
 from tests.conftest import StartRouter
+from tests.poll import eventually
 
 
 async def test_registered_region_serves_after_its_first_passing_check(
@@ -90,7 +91,7 @@ async def test_delete_drains_a_runtime_region_and_refuses_config_ones(
         assert (await admin.patch("/admin/regions/r1", {"weight": 0})).status == 200
         # a slow request in flight on r2 while it is deleted
         slow = asyncio.create_task(proxy_get(session, service.proxy_port, "/delay/0.6"))
-        await eventually(lambda: _arrived(r2), message="slow request never reached r2")
+        await eventually(lambda: _arrived(r2), what="slow request never reached r2")
         deleting = asyncio.create_task(admin.delete("/admin/regions/r2"))
         await admin.wait_state("r2", "draining")
         # the removal is on disk before the drain ends: a crash now does not resurrect r2

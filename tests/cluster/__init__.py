@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from tests.backends import RouterProcess, router_process
+from tests.poll import eventually  # noqa: F401  # still importable from here, as before tests/poll.py
 from tests.redis_server import RedisServer
 
 
@@ -159,15 +158,3 @@ class Cluster:
         await self._processes.aclose()  # SIGTERM each (SIGKILL after 10 s), by PID
         if self.session is not None:
             await self.session.close()
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout_s: float, what: str, poll_s: float = 0.02
-) -> float:
-    """Seconds until ``check()`` held; AssertionError after ``timeout_s``."""
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"not within {timeout_s}s: {what}")
-        await asyncio.sleep(poll_s)
-    return time.monotonic() - started

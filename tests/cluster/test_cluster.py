@@ -21,7 +21,8 @@ import pytest
 import redis
 from pytest_aiohttp import AiohttpServer
 
-from tests.cluster import Cluster, Instance, eventually, start_site
+from tests.cluster import Cluster, Instance, start_site
+from tests.poll import eventually
 from tests.redis_server import RedisServer
 from tests.stores import start_store, write_payload
 

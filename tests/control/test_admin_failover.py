@@ -7,9 +7,10 @@ import asyncio
 import aiohttp
 from pytest_aiohttp import AiohttpServer
 
-from tests.admin.client import Admin, eventually, spread, steady_config
+from tests.admin.client import Admin, spread, steady_config
 from tests.backends import Region, start_region
 from tests.conftest import StartRouter
+from tests.poll import eventually
 
 COOKIE = "rr_region"
 ELIGIBLE = ("healthy", "recovering")
@@ -185,7 +186,7 @@ async def test_failover_with_a_drain_keeps_pinned_sessions_for_the_drain_period(
             history = (await admin.get("/admin/failover")).body["history"]
             return any(h["from"] == "draining" and h["to"] == "failed_over" for h in history)
 
-        await eventually(ended_draining, message="drain end not in the history")
+        await eventually(ended_draining, what="drain end not in the history")
 
 
 async def test_a_failover_target_outside_the_route_does_not_take_its_sessions(

@@ -14,9 +14,10 @@ from pytest_aiohttp import AiohttpServer
 
 from router.config.loader import load_config
 from router.service import RouterService
-from tests.admin.client import STEADY_CHECKS, Admin, eventually, spread, steady_load
+from tests.admin.client import STEADY_CHECKS, Admin, spread, steady_load
 from tests.backends import Region, router_process, start_region, write_config
 from tests.conftest import StartRouter
+from tests.poll import eventually
 
 
 def _file_config(tmp_path: Path, regions: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import orjson
 from pytest_aiohttp import AiohttpServer
 
 from tests.backends import Region, free_ports, router_process, start_region
-from tests.cluster import eventually
+from tests.poll import eventually
 
 FIELDS = {
     "ts",

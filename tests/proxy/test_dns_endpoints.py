@@ -17,10 +17,10 @@ import pytest
 from router.config.loader import ConfigError
 from router.service import RouterService
 from tests.backends import router_process
-from tests.cluster import eventually
 from tests.conftest import StartRouter, make_config
 from tests.dns_server import MultiRegion, Zone, dns_server, multi_region
 from tests.h2region import multi_region_h2
+from tests.poll import eventually
 
 ADDRESSES = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
 

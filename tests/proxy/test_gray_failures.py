@@ -12,9 +12,9 @@ from typing import Any
 from pytest_aiohttp import AiohttpServer
 
 from tests.backends import start_region
-from tests.cluster import eventually
 from tests.conftest import StartRouter, make_config
 from tests.faults import LoadResult, get_load, relay_to
+from tests.poll import eventually
 
 CLIENTS = 20
 

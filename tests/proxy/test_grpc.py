@@ -21,8 +21,8 @@ from tests.backends import (
     router_process,
     start_region,
 )
-from tests.cluster import eventually
 from tests.conftest import StartRouter, make_config
+from tests.poll import eventually
 
 SERVICE = "test.Echo"
 

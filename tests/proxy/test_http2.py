@@ -19,9 +19,9 @@ from tests.backends import (
     router_process,
     start_region,
 )
-from tests.cluster import eventually
 from tests.conftest import StartRouter, make_config
 from tests.h2client import H2Client
+from tests.poll import eventually
 from tests.tls import client_context, https_get, issue, new_ca
 
 AiohttpServer = Any

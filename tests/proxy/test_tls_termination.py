@@ -18,8 +18,8 @@ from pytest_aiohttp import AiohttpServer
 from router.config.loader import config_notes, load_config
 from router.service import RouterService
 from tests.backends import Region, raw_exchange, read_response, start_region
-from tests.cluster import eventually
 from tests.conftest import StartRouter, make_config
+from tests.poll import eventually
 from tests.tls import CertFiles, client_context, https_get, issue, new_ca, write_leaf
 
 

@@ -26,8 +26,8 @@ import orjson
 
 from router.service import RouterService
 from tests.backends import RawResponse, probe_passes
-from tests.cluster import eventually
 from tests.conftest import StartRouter, make_config
+from tests.poll import eventually
 from tests.proxy.test_wire_corpus import assert_still_serving
 from tests.wire import StrictRegion, exchange_raw, start_strict_region
 
