@@ -42,6 +42,7 @@ COMPILED = [
     "router/proxy/hedging.py",
     "router/proxy/paths.py",
     "router/proxy/retries.py",
+    "router/proxy/services.py",
     "router/proxy/upstream.py",
     "router/routing/load.py",
     "router/routing/routes.py",

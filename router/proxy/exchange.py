@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from time import monotonic
-from typing import TYPE_CHECKING
 
-from router.errors import BodyTooLarge, ProxyError
+from router.errors import BodyTooLarge, NoEligibleRegion, ProxyError
 from router.proxy.headers import (
     CRLF,
     TRAILER_DROP,
@@ -22,29 +21,20 @@ from router.proxy.headers import (
     error_response,
     named_headers,
 )
-from router.proxy.hedging import Hedges, arm, disarm, end_all
-from router.proxy.retries import (
-    attempt_failed,
-    honour_retry_after,
-    may_retry,
-    no_region_error,
-    retry_after_status,
-)
-from router.proxy.upstream import UpstreamConnection
+from router.proxy.interfaces import ClientSide
+from router.proxy.retry_policy import retry_after_seconds
+from router.proxy.services import ExchangeServices, HedgeSet
+from router.proxy.upstream import ResponseSink, UpstreamConnection
 from router.routing.load import RegionLoad
 from router.routing.routes import current_plan
 from router.routing.strategies import RequestInfo
 from router.state.snapshot import RegionView, RoutePlan, Snapshot
 
-if TYPE_CHECKING:
-    from router.proxy.core import ProxyCore
-    from router.proxy.interfaces import ClientSide
-
 _CHUNK_END = b"0\r\n\r\n"
 _PENDING_PAUSE_BYTES = 256 * 1024
 
 
-class Exchange:
+class Exchange(ResponseSink):
     __slots__ = (
         "_connect_task",
         "_informational",
@@ -53,7 +43,6 @@ class Exchange:
         "body_done",
         "body_too_large_for_retry",
         "chunked_request",
-        "client",
         "close_client",
         "core",
         "counted",
@@ -61,7 +50,6 @@ class Exchange:
         "discard_response",
         "done",
         "head_common",
-        "head_only_done",
         "hedges",
         "idempotent",
         "info",
@@ -78,8 +66,6 @@ class Exchange:
         "request_id",
         "request_line",
         "resp_chunked",
-        "resp_headers",
-        "resp_reason",
         "resp_started",
         "resp_trailers",
         "resp_until_close",
@@ -100,7 +86,7 @@ class Exchange:
 
     def __init__(
         self,
-        core: ProxyCore,
+        core: ExchangeServices[Exchange],
         client: ClientSide,
         *,
         method: bytes,
@@ -170,7 +156,7 @@ class Exchange:
         self.tunnel_pending: list[bytes] = []
         # tail-latency state (router/proxy/hedging.py), only when per_try or hedging is on
         self.try_timer: asyncio.TimerHandle | None = None
-        self.hedges: Hedges | None = None
+        self.hedges: HedgeSet | None = None
 
     def __repr__(self) -> str:
         region = self.region.id if self.region else None
@@ -211,12 +197,12 @@ class Exchange:
         except TimeoutError:
             self._connect_task = None
             if not self.done:
-                attempt_failed(self, "connect-timeout", sent=False)
+                self.core.attempt_failed(self, "connect-timeout", sent=False)
             return
         except OSError:
             self._connect_task = None
             if not self.done:
-                attempt_failed(self, "connect-failure", sent=False)
+                self.core.attempt_failed(self, "connect-failure", sent=False)
             return
         self._connect_task = None
         if self.done:
@@ -226,7 +212,7 @@ class Exchange:
             # Accepted, then reset before we wrote a byte: nothing was sent, so this is
             # retried like a refused connection.
             conn.abort()
-            attempt_failed(self, "connect-failure", sent=False)
+            self.core.attempt_failed(self, "connect-failure", sent=False)
             return
         self._bind(conn)
 
@@ -294,7 +280,7 @@ class Exchange:
             self.deadline = now + core.response_headers_timeout_s
         core.awaiting.add(self)
         if core.tail_timers:
-            arm(self, now)
+            core.arm_tail(self, now)
 
     # -- request body (from the client connection) -------------------------------------
 
@@ -342,7 +328,8 @@ class Exchange:
                 self.resp_headers = []
                 return
             if not self.upgrade:
-                attempt_failed(self, "protocol", sent=True, detail="unrequested 101 from region")
+                detail = "unrequested 101 from region"
+                self.core.attempt_failed(self, "protocol", sent=True, detail=detail)
                 return
         core = self.core
         core.awaiting.discard(self)
@@ -360,21 +347,30 @@ class Exchange:
             load.observe_failure(now)
             core.observer(region.id, False, str(status))
             if status in {503, 429}:
-                honour_retry_after(self, load, now)
-            if core.retry.retries_status(status) and may_retry(self, str(status)):
+                self._honour_retry_after(load, now)
+            if core.retry.retries_status(status) and core.may_retry(self, str(status)):
                 self.discard_response = True
                 self.head_only_done = self.is_head  # no body will follow a HEAD answer
                 return
         else:
             if status == 429:
-                honour_retry_after(self, load, now)
+                self._honour_retry_after(load, now)
             load.observe(elapsed, now)
             if core.hedge_auto:
                 load.record_time(elapsed, now)
             core.observer(region.id, True, "")
         if self.hedges is not None:
-            end_all(self, "lost")  # this response goes to the client: every copy lost
+            self.hedges.end_all("lost")  # this response goes to the client: every copy lost
         self._send_response_head(status)
+
+    def _honour_retry_after(self, load: RegionLoad, now: float) -> None:
+        """A 429 or 503 with Retry-After: the region gets no request before then."""
+        for name, value in self.resp_headers:
+            if name.lower() == b"retry-after":
+                seconds = retry_after_seconds(value)
+                if seconds is not None:
+                    load.not_before = now + min(seconds, 3600.0)
+                return
 
     def _send_response_head(self, status: int) -> None:
         core = self.core
@@ -460,7 +456,7 @@ class Exchange:
             return  # llhttp ends the 101 message, then stops: on_upgrade_data follows
         conn = self.upstream
         if self.discard_response:
-            retry_after_status(self, conn)
+            self.core.retry_after_status(self, conn)
             return
         if self.done:
             return
@@ -492,7 +488,7 @@ class Exchange:
         self._finish(101, close=False)
 
     def on_upstream_protocol_error(self, message: str) -> None:
-        attempt_failed(self, "protocol", sent=True, detail=message)
+        self.core.attempt_failed(self, "protocol", sent=True, detail=message)
 
     def on_upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
         if self.done or conn is not self.upstream:
@@ -511,16 +507,16 @@ class Exchange:
             self._finish(self.status, aborted=True)
             return
         if self.discard_response:
-            retry_after_status(self, None)
+            self.core.retry_after_status(self, None)
             return
         stale = conn.reused and self.status == 0
-        attempt_failed(self, "reset", sent=True, stale=stale)
+        self.core.attempt_failed(self, "reset", sent=True, stale=stale)
 
     def on_timeout(self) -> None:
         """The response-headers deadline passed (the core's sweeper calls this)."""
         if not self.done and not self.resp_started:
             # With per_try on, this deadline is the whole request's: nothing follows it.
-            attempt_failed(self, "timeout", sent=True, final=bool(self.core.per_try_s))
+            self.core.attempt_failed(self, "timeout", sent=True, final=bool(self.core.per_try_s))
 
     # -- failures and retries (policy in router/proxy/retries.py) ----------------------------
 
@@ -542,8 +538,11 @@ class Exchange:
         self.start()
 
     def release_upstream(self, *, reuse: bool, keep_open: bool = False) -> None:
-        if self.try_timer is not None or self.hedges is not None:
-            disarm(self)
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+        if self.hedges is not None:
+            self.hedges.disarm()
         if self.counted:
             self.counted = False
             assert self.load is not None
@@ -593,7 +592,7 @@ class Exchange:
         core.awaiting.discard(self)
         self.cancel_connect()
         if self.hedges is not None:
-            end_all(self, "cancelled")
+            self.hedges.end_all("cancelled")
         if self.retrying:
             core.retries_active -= 1
             self.retrying = False
@@ -622,3 +621,10 @@ class Exchange:
 
 def raise_body_too_large(limit: int) -> None:
     raise BodyTooLarge(f"request body exceeds {limit} bytes")
+
+
+def no_region_error(snapshot: Snapshot, now: float) -> NoEligibleRegion:
+    wake = snapshot.next_eligible_at
+    hint = snapshot.config.health_check.interval_s
+    seconds = int(max(1.0, (wake - now) if wake else hint) + 0.999)
+    return NoEligibleRegion("no eligible region for this request", retry_after_s=seconds)
