@@ -30,6 +30,7 @@ from router.proxy.headers import (
     valid_host,
 )
 from router.proxy.paths import normalize_path, split_target
+from router.proxy.response import ResponseRelay
 from router.proxy.upstream import UpstreamConnection
 from router.state.snapshot import Snapshot
 
@@ -370,7 +371,7 @@ class ClientConnection(asyncio.Protocol):
             lines.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
         lines.append(b"\r\n")
         info = core.request_info(self.cookie, self.affinity_value, self.geo_value)
-        ex = Exchange(
+        ex = ResponseRelay(
             core,
             self,
             method=method,

@@ -30,6 +30,7 @@ from router.proxy.headers import (
     valid_host,
 )
 from router.proxy.paths import normalize_path
+from router.proxy.response import ResponseRelay
 from router.proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -262,7 +263,7 @@ def error_body(error: ProxyError) -> bytes:
     return orjson.dumps({"error": {"code": error.code, "message": error.message}})
 
 
-class H2Exchange(Exchange):
+class H2Exchange(ResponseRelay):
     """An exchange whose client is an HTTP/2 stream: the head and errors are frames."""
 
     __slots__ = ("aborted", "stream")

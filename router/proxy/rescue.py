@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from router.proxy.exchange import Exchange
 from router.proxy.hedging import replayable
+from router.proxy.retries import retry_now
 from router.proxy.services import ExchangeServices
 from router.routing.routes import current_plan
 from router.state.snapshot import RoutePlan, Snapshot
@@ -64,7 +65,7 @@ def rescue(ex: Exchange, current: Snapshot) -> bool:
     ex.attempts -= 1  # the region left; the request did not fail
     core.stats.retry("region_down")
     ex.rewind()
-    core.loop.call_soon(ex.retry_now)
+    core.loop.call_soon(retry_now, ex)
     return True
 
 

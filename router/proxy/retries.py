@@ -20,6 +20,7 @@ from router.errors import ProxyError, UpstreamConnectError, UpstreamTimeout
 from router.proxy.exchange import Exchange
 from router.proxy.retry_policy import condition_of
 from router.proxy.upstream import UpstreamConnection
+from router.routing.routes import current_plan
 
 
 def may_retry(ex: Exchange, reason: str, *, unsent: bool = False, budgeted: bool = True) -> bool:
@@ -116,4 +117,19 @@ def schedule_retry(ex: Exchange, reason: str, *, budgeted: bool = True) -> None:
         ex.retrying = True
         core.retries_active += 1
     delay = core.selector.rng.uniform(0, core.retry.backoff_cap_s(ex.attempts))  # full jitter
-    core.loop.call_later(delay, ex.retry_now)
+    core.loop.call_later(delay, retry_now, ex)
+
+
+def retry_now(ex: Exchange) -> None:
+    """A scheduled retry's (or a rescue's) time has come: try again.
+
+    It chooses from the routing state of now, not of when the request arrived: a
+    region ejected or failed over in between must not get the retry.
+    """
+    if ex.done or ex.upstream is not None or ex.connect_task is not None:
+        return  # finished, or already on another try (a hedge took it over, a rescue)
+    current = ex.core.holder.current
+    if current is not ex.snapshot:
+        ex.plan = current_plan(ex.snapshot, current, ex.plan)
+        ex.snapshot = current
+    ex.start()
