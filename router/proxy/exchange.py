@@ -103,6 +103,9 @@ class Exchange(ResponseSink):
         info: RequestInfo | None,
         now: float,
     ) -> None:
+        # Long on purpose: every field of an exchange is set here, once, so that compiled
+        # (mypyc) each is a native slot with a known type, and no attribute is ever
+        # missing on the per-request path. The arguments are the request's, already parsed.
         self.core = core
         self.client = client
         self.method = method
