@@ -33,10 +33,12 @@ COMPILED = [
     "router/proxy/client.py",
     "router/proxy/core.py",
     "router/proxy/exchange.py",
-    # h2front/h2stream/h2upstream: H2Exchange and H2RegionStream subclass compiled classes
-    # (an interpreted class cannot), and the HTTP/2 path is per-request code too.
+    # h2front/h2stream/h2upstream/h2region_stream: H2Exchange and H2RegionStream subclass
+    # compiled classes (an interpreted class cannot), and the HTTP/2 path is per-request
+    # code too.
     "router/proxy/h2front.py",
     "router/proxy/h2stream.py",
+    "router/proxy/h2region_stream.py",
     "router/proxy/h2upstream.py",
     "router/proxy/headers.py",
     "router/proxy/hedging.py",
