@@ -27,19 +27,28 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 # The per-request path: what bench/hotpath.py exercises, plus the modules it calls into.
-# Not accesslog.py: the request path only appends a tuple there (its writer thread's cost
-# is orjson and dict building, which compiling barely changes).
+# accesslog.py (the per-request record) and dns.py (the pool's address pick per request)
+# are in it since their interpreted calls showed up in perf's per-request profile: with
+# them, bench/hotpath.py --shape defaults went from 23.2 to 21.9 us/request (docs/performance.md).
 COMPILED = [
+    "router/proxy/accesslog.py",
     "router/proxy/client.py",
     "router/proxy/core.py",
+    "router/proxy/dns.py",
     "router/proxy/exchange.py",
     # h2front/h2stream/h2upstream/h2region_stream: H2Exchange and H2RegionStream subclass
     # compiled classes (an interpreted class cannot), and the HTTP/2 path is per-request
-    # code too.
+    # code too; h2frames, h2wire and h2hpack are the client side's framing and response
+    # HPACK, written for mypyc.
     "router/proxy/h2front.py",
     "router/proxy/h2stream.py",
     "router/proxy/h2region_stream.py",
     "router/proxy/h2upstream.py",
+    "router/proxy/h2frames.py",
+    "router/proxy/h2hpack.py",
+    "router/proxy/h2replies.py",
+    "router/proxy/h2request.py",
+    "router/proxy/h2wire.py",
     "router/proxy/headers.py",
     "router/proxy/hedging.py",
     "router/proxy/paths.py",

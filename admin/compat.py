@@ -282,7 +282,7 @@ async def initiate_failover(request: web.Request, params: dict[str, Any]) -> Any
         raise UnknownRegion(source)
     if target is not None and target not in snap.by_id:
         raise UnknownRegion(target)
-    op = await control.failover(
+    op = await control.failovers.failover(
         source, target=target, drain_s=drain_s, reason=reason, expires_s=expires_s
     )
     view = control.registry.snapshot().by_id[source]
@@ -308,7 +308,7 @@ async def recover_region(request: web.Request, params: dict[str, Any]) -> Any:
     assert region_id is not None
     if region_id not in control.registry.snapshot().by_id:
         raise UnknownRegion(region_id)
-    op = await control.recover(region_id, reason=reason)
+    op = await control.failovers.recover(region_id, reason=reason)
     view = control.registry.snapshot().by_id[region_id]
     return Reply(
         {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
@@ -165,7 +165,56 @@ def _plan_json(snap: Snapshot, plan: RoutePlan, loads: Any, now: float) -> dict[
 async def simulate(request: web.Request) -> web.StreamResponse:
     """What-if: a proposed config and/or hypothetical region states and latencies."""
     control = request.app[CONTROL]
-    body = await read_json(request)
+    asked = _read_what_if(await read_json(request))
+    now, wall = time.monotonic(), time.time()
+    base = asked.config or control.registry.config
+    if asked.strategy is not None:
+        base = replace(base, strategy=asked.strategy)  # type: ignore[arg-type]  # a STRATEGIES name
+        base = replace(base, config_hash=config_hash(base))
+    side_ids = {r.id for r in base.regions} | {
+        rec.config.id for rec in control.registry.records() if rec.source == "runtime"
+    }
+    check(
+        [
+            FieldError(f"regions.{region_id}", "no such region")
+            for region_id in [*asked.states, *asked.latencies]
+            if region_id not in side_ids
+        ]
+    )
+    snap = what_if(control.registry, now, wall, config=base, states=asked.states).snapshot()
+    loads = hypothetical_loads(asked.latencies, control.runtime.loads, now)
+    return json_response(
+        {
+            "applied": False,
+            "config_hash": snap.config.config_hash,
+            "regions": {r.id: r.state.value for r in snap.regions},
+            "default": _plan_json(snap, snap.default_plan, loads, now),
+            "routes": [
+                {
+                    "match": {"path_prefix": p.route.match.path_prefix, "host": p.route.match.host}
+                    if p.route
+                    else None,
+                    **_plan_json(snap, p, loads, now),
+                }
+                for p in snap.route_plans
+            ],
+            "panic": snap.panic,
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _WhatIf:
+    """A /admin/simulate body: a proposed config, a strategy, region states and latencies."""
+
+    config: Config | None
+    strategy: str | None
+    states: dict[str, str]
+    latencies: dict[str, float]
+
+
+def _read_what_if(body: Any) -> _WhatIf:
+    """The body, validated; raises ValidationError (400) with every field's error."""
     errors: list[FieldError] = []
     config: Config | None = None
     latencies: dict[str, float] = {}
@@ -190,36 +239,4 @@ async def simulate(request: web.Request) -> web.StreamResponse:
                 latencies[region_id] = latency
         strategy = f.optional("strategy", as_choice(STRATEGIES))
     check(errors)
-    now, wall = time.monotonic(), time.time()
-    base = config or control.registry.config
-    if strategy is not None:
-        base = replace(base, strategy=strategy)  # type: ignore[arg-type]  # a STRATEGIES name
-        base = replace(base, config_hash=config_hash(base))
-    side_ids = {r.id for r in base.regions} | {
-        rec.config.id for rec in control.registry.records() if rec.source == "runtime"
-    }
-    for region_id in [*states, *latencies]:
-        if region_id not in side_ids:
-            errors.append(FieldError(f"regions.{region_id}", "no such region"))
-    check(errors)
-    side = what_if(control.registry, now, wall, config=base, states=states)
-    snap = side.snapshot()
-    loads = hypothetical_loads(latencies, control.runtime.loads, now)
-    return json_response(
-        {
-            "applied": False,
-            "config_hash": snap.config.config_hash,
-            "regions": {r.id: r.state.value for r in snap.regions},
-            "default": _plan_json(snap, snap.default_plan, loads, now),
-            "routes": [
-                {
-                    "match": {"path_prefix": p.route.match.path_prefix, "host": p.route.match.host}
-                    if p.route
-                    else None,
-                    **_plan_json(snap, p, loads, now),
-                }
-                for p in snap.route_plans
-            ],
-            "panic": snap.panic,
-        }
-    )
+    return _WhatIf(config, strategy, states, latencies)

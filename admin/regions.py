@@ -94,7 +94,7 @@ async def failover_region(request: web.Request) -> web.StreamResponse:
     elif target == region_id:
         errors.append(FieldError("target", "must be another region"))
     check(errors)
-    op = await control.failover(
+    op = await control.failovers.failover(
         region_id, target=target, drain_s=drain_s, reason=reason, expires_s=expires_s
     )
     view = control.registry.snapshot().by_id[region_id]
@@ -114,7 +114,7 @@ async def recover_region(request: web.Request) -> web.StreamResponse:
         reason = f.text("reason") or "manual recover"
     check(errors)
     before = control.registry.snapshot().by_id[region_id]
-    op = await control.recover(region_id, reason=reason)
+    op = await control.failovers.recover(region_id, reason=reason)
     view = control.registry.snapshot().by_id[region_id]
     changed = before.state != view.state or op is not None
     return json_response(
@@ -150,7 +150,7 @@ async def get_operation(request: web.Request) -> web.StreamResponse:
 @routes.post("/admin/operations/{op}/undo")
 async def undo_operation(request: web.Request) -> web.StreamResponse:
     control = request.app[CONTROL]
-    op = await control.undo(request.match_info["op"])
+    op = await control.failovers.undo(request.match_info["op"])
     return json_response({"operation": operation_json(op)}, status=202)
 
 

@@ -27,6 +27,7 @@ from router.replication.jobs import (
     parse_artifact_path,
     parse_job_request,
 )
+from router.replication.planning import model_request
 
 routes = web.RouteTableDef()
 
@@ -114,7 +115,8 @@ _COMPAT_PATHS = {"source": "fromRegionId", "targets": "regionId", "targets[0]": 
 
 async def replicate_model(request: web.Request, params: dict[str, Any]) -> Any:
     """``POST /api/multi-region {"operation": "replicate-model", "modelId", "regionId"}``."""
-    engine = request.app[CONTROL].replication
+    control = request.app[CONTROL]
+    engine = control.replication
     errors: list[FieldError] = []
     with Fields(params, "", errors) as f:
         model_id = f.required("modelId", as_str(pattern=NAME_RE))
@@ -125,7 +127,10 @@ async def replicate_model(request: web.Request, params: dict[str, Any]) -> Any:
     check(errors)
     assert model_id is not None
     try:
-        job_request = engine.model_request(model_id, target, source, kind=kind, path=path)
+        snap, model_path = control.registry.snapshot(), engine.config.model_path
+        job_request = model_request(
+            snap, model_path, model_id, target, source, kind=kind, path=path
+        )
         job = await engine.submit(job_request)
     except ValidationError as exc:
         raise ValidationError(

@@ -21,7 +21,7 @@ CLI (``python -m router run``) in its own process; 20 closed-loop GET clients (a
    the bytes it got (must be exactly the 100 sent, never more).
 
 Topology (2+ CPUs): router on CPU 0; regions, relay and load on CPU 1. Timings only; the
-behaviour is asserted by tests/e2e/test_gray_failures.py and test_tail_latency.py.
+behaviour is asserted by tests/proxy/test_gray_failures.py and test_tail_latency.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """HTTP/2 throughput: region-router's h2c front end against nginx's, the same backend.
 
-`python bench/h2load.py [--rounds 5] [--requests 20000] [--clients 4] [--streams 10]`
+`python bench/h2load.py [--rounds 5] [--requests 20000] [--clients 4] [--streams 10]
+[--roots DIR,DIR]`
 
 Starts the backend nginx (bench/targets.py: static /small, 100 B), nginx as an h2c reverse
 proxy (``listen ... http2``: h2c with prior knowledge, keep-alive upstream pool, the same
@@ -107,36 +108,59 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--streams", type=int, default=10)
+    parser.add_argument(
+        "--roots",
+        default="",
+        help="comma-separated trees to run region-router from (e.g. a compiled copy before "
+        "and after a change, from bench/mypyc_build.sh), each a target of the same rounds; "
+        "default: this checkout",
+    )
     args = parser.parse_args()
+    roots = [Path(r).resolve() for r in args.roots.split(",") if r]
     with tempfile.TemporaryDirectory(prefix="h2bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         backend = stack.enter_context(nginx_backend(work))
         nginx = stack.enter_context(nginx_h2c(work, backend.port))
-        router = stack.enter_context(region_router(work, backend.port, name="h2", config=h2_config))
-        wait_h2(router.child, router.port) if router.child else None  # type: ignore[func-returns-value]
-        targets = [nginx, router]
-        ratios: list[float] = []
+        targets = [nginx]
+        for n, root in enumerate(roots or [None]):
+            name = f"h2-{n}" if roots else "h2"
+            router = stack.enter_context(
+                region_router(work, backend.port, name=name, config=h2_config, root=root)
+            )
+            wait_h2(router.child, router.port) if router.child else None  # type: ignore[func-returns-value]
+            targets.append(router)
+            if root is not None:
+                print(f"{name}: {root}")
+        routers = [t.name for t in targets[1:]]
+        ratios: dict[str, list[float]] = {name: [] for name in routers}
         print(
             f"h2load -n {args.requests} -c {args.clients} -m {args.streams} /small (100 B), "
             f"{args.rounds} paired rounds"
         )
         for i in range(args.rounds):
             results: dict[str, tuple[float, int, int]] = {}
-            for target in targets if i % 2 == 0 else targets[::-1]:
+            # the order rotates each round: the machine drifts
+            shift = i % len(targets)
+            for target in targets[shift:] + targets[:shift]:
                 results[target.name] = h2load(
                     target.port, args.requests, args.clients, args.streams
                 )
-            (n_rate, n_fail, n_err), (r_rate, r_fail, r_err) = (
-                results["nginx-h2c"],
-                results["h2"],
-            )
-            ratios.append(r_rate / n_rate)
+            n_rate, n_fail, n_err = results["nginx-h2c"]
+            line = f"round {i + 1}: nginx {n_rate:.0f} req/s ({n_fail} failed, {n_err} errored)"
+            for name in routers:
+                r_rate, r_fail, r_err = results[name]
+                ratios[name].append(r_rate / n_rate)
+                line += (
+                    f"; {name} {r_rate:.0f} req/s ({r_fail} failed, {r_err} errored), "
+                    f"ratio {r_rate / n_rate:.3f}"
+                )
+            print(line)
+        for name in routers:
+            values = ratios[name]
             print(
-                f"round {i + 1}: nginx {n_rate:.0f} req/s ({n_fail} failed, {n_err} errored); "
-                f"region-router {r_rate:.0f} req/s ({r_fail} failed, {r_err} errored); "
-                f"ratio {r_rate / n_rate:.3f}"
+                f"{name}: median ratio region-router/nginx {statistics.median(values):.3f} "
+                f"(rounds {min(values):.3f}-{max(values):.3f})"
             )
-        print(f"median ratio region-router/nginx: {statistics.median(ratios):.3f}")
     return 0
 
 

@@ -15,7 +15,7 @@
     ├── JobFailed                a replication job ends failed (replication/copier.py)
     ├── WorkerStartError         a worker process did not come up (workers/supervisor.py)
     ├── ResolveError             an endpoint name has no address (proxy/dns.py; also an OSError)
-    ├── StreamError              a malformed HTTP/2 request: stream reset (proxy/h2stream.py)
+    ├── StreamError              a malformed HTTP/2 request: stream reset (proxy/h2request.py)
     └── ProxyError               errors the proxy answers itself, rendered as JSON
         ├── BadRequest           400 malformed request
         ├── BodyTooLarge         413
@@ -25,7 +25,7 @@
         └── UpstreamTimeout      504
 
 The classes outside this module live with the code that raises them; they derive from
-``RouterError`` here (tests/router/test_errors.py checks that every exception class of
+``RouterError`` here (tests/test_errors.py checks that every exception class of
 ``router/`` is in this tree and in this picture).
 ``ResolveError`` is also an ``OSError``, so a failed lookup takes the connect-failure path
 like any socket error.
@@ -36,6 +36,13 @@ from __future__ import annotations
 
 class RouterError(Exception):
     """Base of every error the router raises on purpose."""
+
+
+class ResolveError(RouterError, OSError):
+    """No address for a name (an OSError, so a request counts it as a connect failure).
+
+    Raised by router/proxy/dns.py; defined here because that module is compiled by mypyc,
+    which cannot compile a class with two built-in bases."""
 
 
 class RegistryError(RouterError):

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any, NamedTuple, Protocol
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter
@@ -39,6 +40,17 @@ log = logging.getLogger("router")
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
 
 
+class WorkerPool(Protocol):
+    """Worker processes serving the traffic (``router.workers.supervisor.Supervisor``;
+    that package sits above this module, so the runtime names only what it uses)."""
+
+    def traffic_sources(self) -> list[TrafficStats]: ...
+
+    def ready(self) -> bool: ...
+
+    async def wait_applied(self, version: int) -> object: ...
+
+
 class Runtime:
     def __init__(
         self,
@@ -52,11 +64,8 @@ class Runtime:
         self.started_wall = time.time()
         self.transition_hooks: list[Callable[[Transition], None]] = []
         self.snapshot_hooks: list[Callable[[Snapshot], None]] = []  # e.g. push to workers
-        # Where served traffic is counted: this process, or (with workers) the supervisor.
-        self.traffic_sources: Callable[[], Iterable[TrafficStats]] = lambda: (self.core.stats,)
-        self.readiness_checks: list[Callable[[], bool]] = []
-        # Awaited after an admin change: with workers, until every worker applied it.
-        self.propagation_barriers: list[Callable[[int], Awaitable[object]]] = []
+        # The worker processes that serve traffic instead of this one (serve_through).
+        self.workers: WorkerPool | None = None
 
         self.instance_id = instance_id or config.instance_id or "router"
         self.registry = Registry(config, now=time.monotonic())
@@ -92,96 +101,14 @@ class Runtime:
             on_transition=self.record_transition,
             on_result=self._count_probe,
         )
-        self.metrics.register(TrafficCollector(self._traffic))
+        self.metrics.register(TrafficCollector(self.traffic_sources))
         self._register_gauges()
         self._tasks: list[asyncio.Task[None]] = []
 
     def _register_gauges(self) -> None:
-        """The region and panic gauges, read at scrape time from the snapshot and load table."""
-        self.metrics.register(
-            GaugeCollector(
-                "router_region_up",
-                "1 when the region takes new traffic",
-                ["region"],
-                lambda: [([r.id], 1.0 if r.eligible else 0.0) for r in self.holder.current.regions],
-            )
-        )
-        self.metrics.register(
-            GaugeCollector(
-                "router_region_state",
-                "1 for the region's current state",
-                ["region", "state"],
-                lambda: [
-                    ([r.id, s.value], 1.0 if r.state is s else 0.0)
-                    for r in self.holder.current.regions
-                    for s in RegionState
-                ],
-            )
-        )
-        self.metrics.register(
-            GaugeCollector(
-                "router_region_latency_seconds",
-                "Latency estimate (peak EWMA)",
-                ["region"],
-                lambda: [
-                    (
-                        [r.id],
-                        self.loads.get(r.id).latency_estimate(r.probe_latency_s, time.monotonic()),
-                    )
-                    for r in self.holder.current.regions
-                ],
-            )
-        )
-        self.metrics.register(
-            GaugeCollector(
-                "router_region_inflight",
-                "Requests in flight",
-                ["region"],
-                lambda: [
-                    ([r.id], float(self.loads.get(r.id).inflight))
-                    for r in self.holder.current.regions
-                ],
-            )
-        )
-        self.metrics.register(
-            GaugeCollector(
-                "router_dns_stale",
-                "1 while a region's endpoint name serves its last good addresses (lookup failing)",
-                ["region"],
-                lambda: [([r.id], s) for r, s in self._dns_views(lambda st: float(st["stale"]))],
-            )
-        )
-        self.metrics.register(
-            GaugeCollector(
-                "router_dns_addresses",
-                "Addresses in the current answer for a region's endpoint name",
-                ["region"],
-                lambda: [
-                    ([r.id], n) for r, n in self._dns_views(lambda st: float(len(st["addresses"])))
-                ],
-            )
-        )
-        self.metrics.register(
-            CounterCollector(
-                "router_dns_lookups",
-                "DNS lookups of endpoint names by result",
-                ["host", "result"],
-                lambda: [
-                    ([e.host, result], float(n))
-                    for e in list(self.core.dns.entries.values())
-                    if e.task is not None
-                    for result, n in (("success", e.lookups_ok), ("error", e.lookups_failed))
-                ],
-            )
-        )
-        self.metrics.register(
-            GaugeCollector(
-                "router_panic",
-                "1 while the default route fails open",
-                [],
-                lambda: [([], 1.0 if self.holder.current.panic else 0.0)],
-            )
-        )
+        """The region, DNS and panic series, read at scrape time (table ``_SCRAPED``)."""
+        for collector, name, doc, labels, samples in _SCRAPED:
+            self.metrics.register(collector(name, doc, labels, partial(samples, self)))
 
     @property
     def loads(self) -> LoadTable:
@@ -203,21 +130,17 @@ class Runtime:
                 core.apply_config(snapshot.config)
             core.snapshot_changed(old, snapshot)  # rescue requests on regions that left
 
-    def _dns_views(
-        self, value: Callable[[dict[str, Any]], float]
-    ) -> list[tuple[RegionView, float]]:
-        """(region, value of its endpoint name's DNS status) for regions with a name."""
-        dns = self.core.dns
-        out = []
-        for r in self.holder.current.regions:
-            status = dns.status(r.endpoint.host)
-            if status is not None:
-                out.append((r, value(status)))
-        return out
+    def serve_through(self, workers: WorkerPool) -> None:
+        """Worker processes serve the traffic (the composition root says so, once, before
+        start): their counters are the traffic's, readiness needs them, and an admin change
+        is propagated once every worker applied it."""
+        self.workers = workers
 
-    def _traffic(self) -> Iterable[TrafficStats]:
-        # Looked up per scrape: a supervisor replaces traffic_sources after construction.
-        return self.traffic_sources()
+    def traffic_sources(self) -> Iterable[TrafficStats]:
+        """Where served traffic is counted: this process, or its workers."""
+        if self.workers is not None:
+            return self.workers.traffic_sources()
+        return (self.core.stats,)
 
     def merged_stats(self) -> TrafficStats:
         total = TrafficStats()
@@ -297,13 +220,12 @@ class Runtime:
 
     async def propagated(self) -> None:
         """Return once the current snapshot serves everywhere (at once with no workers)."""
-        version = self.holder.current.version
-        for barrier in self.propagation_barriers:
-            await barrier(version)
+        if self.workers is not None:
+            await self.workers.wait_applied(self.holder.current.version)
 
     def ready(self) -> bool:
         """At least one region can take traffic (eligible, or every region in panic)."""
-        if not all(check() for check in self.readiness_checks):
+        if self.workers is not None and not self.workers.ready():
             return False
         return any(r.eligible for r in self.holder.current.regions) or self.holder.current.panic
 
@@ -322,3 +244,121 @@ def failover_reason(t: Transition) -> str | None:
     if t.to_state in MANUAL_STATES:
         return "manual"
     return "other"
+
+
+# -- series read at scrape time ---------------------------------------------------------------
+
+Samples = list[tuple[list[str], float]]
+
+
+class Scraped(NamedTuple):
+    collector: type[GaugeCollector | CounterCollector]
+    name: str
+    doc: str
+    labels: list[str]
+    samples: Callable[[Runtime], Samples]
+
+
+def _dns_views(
+    rt: Runtime, value: Callable[[dict[str, Any]], float]
+) -> list[tuple[RegionView, float]]:
+    """(region, value of its endpoint name's DNS status) for regions with a name."""
+    dns = rt.core.dns
+    out = []
+    for r in rt.holder.current.regions:
+        status = dns.status(r.endpoint.host)
+        if status is not None:
+            out.append((r, value(status)))
+    return out
+
+
+def _region_up(rt: Runtime) -> Samples:
+    return [([r.id], 1.0 if r.eligible else 0.0) for r in rt.holder.current.regions]
+
+
+def _region_state(rt: Runtime) -> Samples:
+    regions = rt.holder.current.regions
+    return [([r.id, s.value], 1.0 if r.state is s else 0.0) for r in regions for s in RegionState]
+
+
+def _region_latency(rt: Runtime) -> Samples:
+    now = time.monotonic()
+    return [
+        ([r.id], rt.loads.get(r.id).latency_estimate(r.probe_latency_s, now))
+        for r in rt.holder.current.regions
+    ]
+
+
+def _region_inflight(rt: Runtime) -> Samples:
+    return [([r.id], float(rt.loads.get(r.id).inflight)) for r in rt.holder.current.regions]
+
+
+def _dns_stale(rt: Runtime) -> Samples:
+    return [([r.id], v) for r, v in _dns_views(rt, lambda st: float(st["stale"]))]
+
+
+def _dns_addresses(rt: Runtime) -> Samples:
+    return [([r.id], v) for r, v in _dns_views(rt, lambda st: float(len(st["addresses"])))]
+
+
+def _dns_lookups(rt: Runtime) -> Samples:
+    return [
+        ([e.host, result], float(n))
+        for e in list(rt.core.dns.entries.values())
+        if e.task is not None
+        for result, n in (("success", e.lookups_ok), ("error", e.lookups_failed))
+    ]
+
+
+def _panic(rt: Runtime) -> Samples:
+    return [([], 1.0 if rt.holder.current.panic else 0.0)]
+
+
+_SCRAPED: tuple[Scraped, ...] = (
+    Scraped(
+        GaugeCollector,
+        "router_region_up",
+        "1 when the region takes new traffic",
+        ["region"],
+        _region_up,
+    ),
+    Scraped(
+        GaugeCollector,
+        "router_region_state",
+        "1 for the region's current state",
+        ["region", "state"],
+        _region_state,
+    ),
+    Scraped(
+        GaugeCollector,
+        "router_region_latency_seconds",
+        "Latency estimate (peak EWMA)",
+        ["region"],
+        _region_latency,
+    ),
+    Scraped(
+        GaugeCollector, "router_region_inflight", "Requests in flight", ["region"], _region_inflight
+    ),
+    Scraped(
+        GaugeCollector,
+        "router_dns_stale",
+        "1 while a region's endpoint name serves its last good addresses (lookup failing)",
+        ["region"],
+        _dns_stale,
+    ),
+    Scraped(
+        GaugeCollector,
+        "router_dns_addresses",
+        "Addresses in the current answer for a region's endpoint name",
+        ["region"],
+        _dns_addresses,
+    ),
+    Scraped(
+        CounterCollector,
+        "router_dns_lookups",
+        "DNS lookups of endpoint names by result",
+        ["host", "result"],
+        _dns_lookups,
+    ),
+    Scraped(GaugeCollector, "router_panic", "1 while the default route fails open", [], _panic),
+)

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 
 from aiohttp import web
 
@@ -97,46 +98,61 @@ class RouterService:
         self.supervisor: Supervisor | None = None
         if workers > 0:
             self.supervisor = Supervisor(self.runtime, workers)
-            sup = self.supervisor
-            self.runtime.traffic_sources = sup.traffic_sources
-            self.runtime.readiness_checks.append(sup.ready)
-            self.runtime.propagation_barriers.append(sup.wait_applied)
+            self.runtime.serve_through(self.supervisor)
         self._runner: web.AppRunner | None = None
-        self._admin_site: web.TCPSite | None = None
+        # What start() started, undone by stop() in reverse order (or at once when a later
+        # start-up step fails); the drain steps read the grace period from _grace_s.
+        self._running = AsyncExitStack()
+        self._grace_s = 0.0
+        self._drained = True
 
     async def start(self) -> None:
-        """Bind both listeners and start background work; raises OSError when a bind fails.
+        """Start everything or nothing: a failing step undoes the steps before it.
 
         Persisted state is loaded first: StateFormatError (a newer format) before any bind.
+        Then the runtime and the control plane, the admin listener (OSError when its bind
+        fails), and last the traffic: the proxy listeners, or the workers (WorkerStartError).
+        Traffic starts last so that it stops first: stop() drains it while the rest runs.
         """
         await self.control.restore()
         listen = self.config.listen
-        if self.supervisor is None:
-            await self.proxy.start(listen.proxy.host, listen.proxy.port)
+        async with AsyncExitStack() as steps:
+            await self.runtime.start()
+            steps.push_async_callback(self.runtime.stop)
+            await self.control.start()
+            steps.push_async_callback(self.control.stop)
+            self._runner = await self._start_admin()
+            steps.push_async_callback(self._runner.cleanup)
+            if self.supervisor is None:
+                steps.push_async_callback(self._drain_proxy)  # also closes a half-bound start
+                await self.proxy.start(listen.proxy.host, listen.proxy.port)
+            else:
+                await self.supervisor.start(listen.proxy.host, listen.proxy.port)
+                steps.push_async_callback(self._stop_workers)
+            self._running = steps.pop_all()
+
+    async def _start_admin(self) -> web.AppRunner:
         app = create_app(self.control)
         if self.supervisor is not None:
             app[STATUS_EXTRAS].append(self.supervisor.status)
         if self.control.cluster is not None:
             admin_cluster.setup(app, self.control.cluster)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        self._admin_site = web.TCPSite(self._runner, listen.admin.host, listen.admin.port)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        listen = self.config.listen
         try:
-            await self._admin_site.start()
+            await web.TCPSite(runner, listen.admin.host, listen.admin.port).start()
         except OSError:
-            await self.proxy.drain(0)
-            await self._runner.cleanup()
+            await runner.cleanup()
             raise
-        await self.runtime.start()
-        await self.control.start()
-        if self.supervisor is not None:
-            try:
-                await self.supervisor.start(listen.proxy.host, listen.proxy.port)
-            except (OSError, WorkerStartError):
-                await self.control.stop()
-                await self.runtime.stop()
-                await self._runner.cleanup()
-                raise
+        return runner
+
+    async def _drain_proxy(self) -> None:
+        self._drained = await self.proxy.drain(self._grace_s)
+
+    async def _stop_workers(self) -> None:
+        assert self.supervisor is not None
+        await self.supervisor.stop(self._grace_s)  # each worker drains its own requests
 
     @property
     def proxy_port(self) -> int:
@@ -168,17 +184,9 @@ class RouterService:
 
     async def stop(self, grace_s: float | None = None) -> bool:
         """Drain in-flight requests (up to the grace period) and close everything."""
-        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
-        if self.supervisor is not None:
-            await self.supervisor.stop(grace)
-            drained = True
-        else:
-            drained = await self.proxy.drain(grace)
-        await self.control.stop()
-        await self.runtime.stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
-        return drained
+        self._grace_s = self.config.shutdown_grace_s if grace_s is None else grace_s
+        await self._running.aclose()
+        return self._drained
 
 
 async def serve(
@@ -192,16 +200,74 @@ async def serve(
     """Run until SIGTERM/SIGINT (or ``shutdown`` returns); then drain and return an exit code."""
     loop = asyncio.get_running_loop()
     service = RouterService(config, config_path=config_path, workers=workers)
-    listen = config.listen
     stop = asyncio.Event()
-    reload_asked = asyncio.Event()
-    if install_signals:
-        # Installed before start-up (which waits for workers): a signal that arrives
-        # meanwhile must not kill the process with the default action.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
-        loop.add_signal_handler(signal.SIGUSR1, service.reopen_logs)
+    with _Signals(loop, service, stop, enabled=install_signals) as signals:
+        failed = await _start(service)
+        if failed is not None:
+            return failed
+        signals.started()
+        _log_started(config)
+        # Long-lived start-up objects never need the cyclic collector again.
+        gc.collect()
+        gc.freeze()
+        waiters: list[asyncio.Task[bool]] = [loop.create_task(stop.wait())]
+        if shutdown is not None:
+            waiters.append(loop.create_task(_await(shutdown())))
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+        grace_s = config.shutdown_grace_s
+        log.info("shutting down: draining in-flight requests (grace %.1fs)", grace_s)
+        if not await service.stop():
+            log.warning("grace period over: closed connections with requests in flight")
+    return EXIT_OK
+
+
+class _Signals:
+    """SIGTERM and SIGINT stop, SIGHUP reloads the config, SIGUSR1 reopens the logs.
+
+    Installed before start-up (which waits for workers): a signal that arrives meanwhile
+    must not kill the process with the default action. A SIGHUP then is kept, and acted
+    on by ``started``; the handlers are removed on the way out.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        service: RouterService,
+        stop: asyncio.Event,
+        *,
+        enabled: bool,
+    ) -> None:
+        self.loop, self.service, self.stop, self.enabled = loop, service, stop, enabled
+        self.reload_asked = asyncio.Event()
+
+    def __enter__(self) -> _Signals:
+        if self.enabled:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.loop.add_signal_handler(sig, self.stop.set)
+            self.loop.add_signal_handler(signal.SIGHUP, self.reload_asked.set)
+            self.loop.add_signal_handler(signal.SIGUSR1, self.service.reopen_logs)
+        return self
+
+    def started(self) -> None:
+        """The control plane runs: SIGHUP reloads from now on (and now, if one came)."""
+        if not self.enabled:
+            return
+        control = self.service.control
+        self.loop.add_signal_handler(signal.SIGHUP, control.request_reload, "signal")
+        if self.reload_asked.is_set():
+            control.request_reload("signal")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+                self.loop.remove_signal_handler(sig)
+
+
+async def _start(service: RouterService) -> int | None:
+    """Start the service; None when it runs, else the exit code (after logging why)."""
+    listen = service.config.listen
     try:
         await service.start()
     except StateFormatError as exc:
@@ -220,10 +286,11 @@ async def serve(
     except WorkerStartError as exc:
         log.error("%s", exc)
         return EXIT_START
-    if install_signals:
-        loop.add_signal_handler(signal.SIGHUP, service.control.request_reload, "signal")
-        if reload_asked.is_set():  # SIGHUP during start-up: reload now that we can
-            service.control.request_reload("signal")
+    return None
+
+
+def _log_started(config: Config) -> None:
+    listen = config.listen
     log.info(
         "region-router %s: proxy on %s%s, admin on %s, %d regions, strategy %s",
         __version__,
@@ -233,22 +300,6 @@ async def serve(
         len(config.regions),
         config.strategy,
     )
-    # Long-lived start-up objects never need the cyclic collector again.
-    gc.collect()
-    gc.freeze()
-    waiters: list[asyncio.Task[bool]] = [loop.create_task(stop.wait())]
-    if shutdown is not None:
-        waiters.append(loop.create_task(_await(shutdown())))
-    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    for w in waiters:
-        w.cancel()
-    log.info("shutting down: draining in-flight requests (grace %.1fs)", config.shutdown_grace_s)
-    if not await service.stop():
-        log.warning("grace period over: closed connections with requests in flight")
-    if install_signals:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
-            loop.remove_signal_handler(sig)
-    return EXIT_OK
 
 
 async def _await(aw: Awaitable[object]) -> bool:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import uvloop
 
 from router.config.loader import Config, config_from_mapping
 from router.service import RouterService
+from tests.redis_server import RedisServer, require_redis
 
 
 def make_config(regions: list[dict[str, Any]] | None = None, **sections: Any) -> Config:
@@ -28,6 +30,15 @@ def make_config(regions: list[dict[str, Any]] | None = None, **sections: Any) ->
 
 
 StartRouter = Callable[..., Awaitable[RouterService]]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of our own on a free port (the test skips when there is none)."""
+    server = RedisServer(require_redis(), tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

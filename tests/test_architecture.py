@@ -5,7 +5,8 @@
   and the real ``lint-imports`` rejects a copy of the tree that breaks each of them;
 - no import cycle among router modules, ``TYPE_CHECKING`` imports included;
 - ruff's ``banned-api`` rule (the same admin rule, reported in the editor) stays configured;
-- every folder of router/ is a package that git tracks and the wheel carries.
+- every folder of router/ is a package that git tracks and the wheel carries;
+- the folders of tests/ mirror the packages.
 """
 
 from __future__ import annotations
@@ -250,3 +251,17 @@ def test_every_router_folder_is_a_package_that_git_tracks() -> None:
         check=False,
     )
     assert ignored.stdout == "", ignored.stdout
+
+
+def test_tests_mirror_the_packages() -> None:
+    """Each folder of tests/ is named for a package of router/ (or admin/), so the tests of
+    code are found beside its name; a test of the whole, or of a top-level module, sits in
+    tests/ itself (docs/architecture.md, "Tests")."""
+    tests = ROOT / "tests"
+    packages = {p.name for p in (ROOT / "router").iterdir() if (p / "__init__.py").is_file()}
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and any(p.glob("*.py"))}
+    assert folders - packages - {"admin"} == set()
+    for folder in folders:
+        assert (tests / folder / "__init__.py").is_file(), (
+            folder
+        )  # else pytest's rootdir imports clash

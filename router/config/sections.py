@@ -2,17 +2,25 @@
 
 Every check that can be decided from the file alone is made here, and every error is
 collected with its path; ``router.config.loader`` wraps this with YAML, ``${VAR}`` and the hash.
+Some sections live beside it: regions (regions.py), tls and dns (edge.py), and what shapes
+the forwarding of one request (forwarding.py).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Mapping
 from types import MappingProxyType
 
 from router.config.edge import dns_section, tls_section
+from router.config.forwarding import (
+    hedging_section,
+    http2_section,
+    limits_section,
+    response_headers_section,
+    retries_section,
+    timeouts_section,
+)
 from router.config.model import (
-    RETRY_CONDITIONS,
     AccessLogConfig,
     AdminConfig,
     AffinityConfig,
@@ -21,29 +29,22 @@ from router.config.model import (
     FailoverConfig,
     GeoConfig,
     HealthCheckConfig,
-    HedgingConfig,
     HostPort,
-    Http2Config,
-    LimitsConfig,
     ListenConfig,
     OutlierDetectionConfig,
     ReloadConfig,
     ReplicationConfig,
-    ResponseHeadersConfig,
-    RetriesConfig,
     RouteConfig,
     RouteMatch,
     StateConfig,
-    TimeoutsConfig,
 )
 from router.config.redis_url import SENTINEL_SCHEME, parse_sentinel_url
 from router.config.regions import region_ref, regions_section
-from router.config.units import is_number, show
+from router.config.units import show
 from router.config.validate import (
     FieldError,
     Fields,
     as_choice,
-    as_duration,
     as_str,
     list_items,
 )
@@ -63,7 +64,6 @@ from router.config.values import (
 )
 
 _ROUTE = RouteConfig(match=RouteMatch())
-_RETRY_STATUS = re.compile(r"[45]\d\d")
 
 
 # -- sections --------------------------------------------------------------------------------
@@ -132,37 +132,6 @@ def _failover(f: Fields) -> FailoverConfig:
             panic_threshold_percent=f.percent("panic_threshold", d.panic_threshold_percent),
             slow_start_s=f.duration("slow_start", d.slow_start_s, positive=False),
         )
-
-
-def _retries(f: Fields) -> RetriesConfig:
-    d = RetriesConfig()
-    with f:
-        conditions, statuses = set(d.on_conditions), set(d.on_statuses)
-        if f.has("on"):
-            conditions, statuses = set(), set()
-        for path, item in f.items("on"):
-            if isinstance(item, str) and item in RETRY_CONDITIONS:
-                conditions.add(item)
-            elif (is_number(item) or isinstance(item, str)) and re.fullmatch(
-                r"[45]\d\d", str(item)
-            ):
-                statuses.add(int(str(item)))
-            else:
-                message = f"expected {', '.join(RETRY_CONDITIONS)} or a status 400..599"
-                f.errors.append(FieldError(path, f"{message}, got {show(item)}"))
-        rc = RetriesConfig(
-            max_retries=f.integer("max_retries", d.max_retries, lo=0, hi=10),
-            on_conditions=frozenset(conditions),
-            on_statuses=frozenset(statuses),
-            budget_percent=f.percent("budget_percent", d.budget_percent),
-            min_concurrent=f.integer("min_concurrent", d.min_concurrent, lo=0),
-            buffer_body_max_bytes=f.size("buffer_body_max", d.buffer_body_max_bytes),
-            backoff_base_s=f.duration("backoff_base", d.backoff_base_s, positive=False),
-            backoff_max_s=f.duration("backoff_max", d.backoff_max_s, positive=False),
-        )
-    if f.clean and rc.backoff_max_s < rc.backoff_base_s:
-        f.error("backoff_max", "must not be shorter than backoff_base")
-    return rc
 
 
 def _routes(f: Fields, region_ids: Collection[str]) -> tuple[RouteConfig, ...]:
@@ -316,68 +285,6 @@ def _access_log(f: Fields) -> bool | AccessLogConfig:
     return AccessLogConfig(path=path) if path is not None else True
 
 
-def _response_headers(f: Fields) -> ResponseHeadersConfig:
-    d = ResponseHeadersConfig()
-    with f:
-        return ResponseHeadersConfig(
-            region=f.flag("region", d.region), request_id=f.flag("request_id", d.request_id)
-        )
-
-
-def _timeouts(f: Fields) -> TimeoutsConfig:
-    d = TimeoutsConfig()
-    with f:
-        tc = TimeoutsConfig(
-            connect_s=f.duration("connect", d.connect_s),
-            response_headers_s=f.duration("response_headers", d.response_headers_s),
-            idle_s=f.duration("idle", d.idle_s),
-            per_try_s=f.duration("per_try", d.per_try_s, positive=False),
-        )
-    if f.clean and tc.per_try_s >= tc.response_headers_s:
-        f.error("per_try", "must be shorter than response_headers (0 turns it off)")
-    return tc
-
-
-def _hedge_delay(value: object) -> float | None:
-    if value == "auto":
-        return None
-    try:
-        return as_duration(positive=True)(value)
-    except ValueError:
-        raise ValueError(f'expected "auto" or a duration > 0, got {show(value)}') from None
-
-
-def _hedging(f: Fields) -> HedgingConfig:
-    d = HedgingConfig()
-    with f:
-        return HedgingConfig(
-            enabled=f.flag("enabled", d.enabled),
-            delay_s=f.get("delay", _hedge_delay, d.delay_s),
-            max_extra=f.integer("max_extra", d.max_extra, lo=1, hi=4),
-            budget_percent=f.percent("budget_percent", d.budget_percent),
-        )
-
-
-def _http2(f: Fields) -> Http2Config:
-    d = Http2Config()
-    with f:
-        return Http2Config(
-            enabled=f.flag("enabled", d.enabled),
-            max_concurrent_streams=f.integer(
-                "max_concurrent_streams", d.max_concurrent_streams, lo=1, hi=10000
-            ),
-        )
-
-
-def _limits(f: Fields) -> LimitsConfig:
-    d = LimitsConfig()
-    with f:
-        return LimitsConfig(
-            max_body_bytes=f.size("max_body", d.max_body_bytes, positive=True),
-            max_header_bytes=f.size("max_header_bytes", d.max_header_bytes, positive=True),
-        )
-
-
 def build_config(data: object, errors: list[FieldError]) -> Config:
     """The whole config from env-expanded data; check ``errors`` before trusting the result.
 
@@ -389,7 +296,7 @@ def build_config(data: object, errors: list[FieldError]) -> Config:
         admin = _admin(f.section("admin"))
         reload = _reload(f.section("reload"))
         preserve_host = f.flag("preserve_host", d.preserve_host)
-        response_headers = _response_headers(f.section("response_headers"))
+        response_headers = response_headers_section(f.section("response_headers"))
         state_dir = f.text("state_dir", d.state_dir, nonempty=True)
         state = _state(f.section("state"))
         instance_id = f.text("instance_id", d.instance_id)
@@ -409,11 +316,11 @@ def build_config(data: object, errors: list[FieldError]) -> Config:
             health_check=_health_check(f.section("health_check")),
             outlier_detection=_outlier_detection(f.section("outlier_detection")),
             failover=_failover(f.section("failover")),
-            retries=_retries(f.section("retries")),
-            timeouts=_timeouts(f.section("timeouts")),
-            hedging=_hedging(f.section("hedging")),
-            http2=_http2(f.section("http2")),
-            limits=_limits(f.section("limits")),
+            retries=retries_section(f.section("retries")),
+            timeouts=timeouts_section(f.section("timeouts")),
+            hedging=hedging_section(f.section("hedging")),
+            http2=http2_section(f.section("http2")),
+            limits=limits_section(f.section("limits")),
             routes=_routes(f, region_ids),
             affinity=_affinity(f),
             geo=_geo(f.section("geo"), region_ids),

@@ -1,4 +1,4 @@
-"""Control-plane operations: register, patch, remove, fail over, recover, reload, persist.
+"""Control-plane writes: register, patch, remove, reload; manual failover in failover.py.
 
 The admin API is HTTP glue over this class; with worker processes the supervisor runs it.
 Each write validates, changes the registry, persists, and only then answers; when the
@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +25,21 @@ from router.config.diff import ReloadResult, read_config_text
 from router.config.loader import Config, ConfigError, FieldError, RegionConfig, parse_config
 from router.control import remote
 from router.control.certwatch import CertificateWatcher
+from router.control.failover import Failovers, writable
 from router.control.persist import ControlState
 from router.control.reload import plan_reload
 from router.control.removal import RemovalResult, Removals
 from router.control.watch import ConfigWatcher
-from router.errors import NotFound, RegionConflict, UnknownRegion
+from router.errors import RegionConflict
 from router.monitoring.alerts import AlertEngine
 from router.monitoring.window import TrafficWindow
 from router.replication.engine import ReplicationEngine
 from router.replication.inventory import ArtifactInventory
 from router.runtime import Runtime
-from router.state.operations import FailoverOperation, OperationBook
-from router.state.registry import RegionRecord, Transition
+from router.state.operations import OperationBook
+from router.state.registry import Transition
 from router.state.snapshot import RegionView
-from router.store.docs import operation_key, region_key
+from router.store.docs import region_key
 from router.store.files import FileStateStore, StateStore, StoreConflict, StoreWriteError
 from router.store.redis import RedisStateStore
 
@@ -75,6 +76,7 @@ class Control:
             self.registry, self.store, self.ops, runtime.record_transition, runtime.instance_id
         )
         self.removals = Removals(runtime, self.lock, self.ops, self.state, wall)
+        self.failovers = Failovers(runtime, self.lock, self.ops, self.state, wall)
         self.window = TrafficWindow()
         self.inventory = ArtifactInventory(self.registry, self.store, wall=wall)
         self.replication = ReplicationEngine(
@@ -87,7 +89,6 @@ class Control:
         )
         self.last_reload: ReloadResult | None = None
         self._history_dirty = False
-        self._ops_dirty = False  # an expiry applied here, not yet stored
         self._history_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.watcher: ConfigWatcher | None = None
@@ -97,9 +98,9 @@ class Control:
         self.alerts = AlertEngine(self, wall=wall)
         self.cluster: Cluster | None = None
         if isinstance(self.store, RedisStateStore):
-            self.cluster = Cluster(runtime, self.replication, self.store)
-            self.store.on_change = self._apply_remote
-            self.store.on_reconnect = self.cluster.quorum.recompute
+            self.cluster = Cluster(
+                runtime, self.replication, self.store, apply_change=self._apply_remote
+            )
 
     def __repr__(self) -> str:
         return (
@@ -171,7 +172,7 @@ class Control:
 
     async def patch(self, region_id: str, changes: dict[str, object]) -> RegionView:
         async with self.lock:
-            self._writable(region_id)
+            writable(self.registry, region_id)
             old_config, old_overrides = self.registry.region_config(region_id)
             self.registry.update_region(region_id, time.monotonic(), **changes)
             try:
@@ -206,122 +207,6 @@ class Control:
                         raise
                     pending = self.removals.begin(region_id, grace_s, "removal requested")
         return await asyncio.shield(pending)
-
-    def _writable(self, region_id: str) -> RegionRecord:
-        rec = self.registry.record(region_id)
-        if rec.removing:
-            raise RegionConflict(f"region {region_id!r} is being removed")
-        return rec
-
-    # -- failover operations -----------------------------------------------------------
-
-    async def failover(
-        self,
-        region_id: str,
-        *,
-        target: str | None = None,
-        drain_s: float = 0.0,
-        reason: str = "",
-        expires_s: float | None = None,
-    ) -> FailoverOperation:
-        async with self.lock:
-            return await self._failover(region_id, target, drain_s, reason, expires_s)
-
-    async def _failover(
-        self,
-        region_id: str,
-        target: str | None,
-        drain_s: float,
-        reason: str,
-        expires_s: float | None,
-    ) -> FailoverOperation:
-        self._writable(region_id)
-        snap = self.registry.snapshot()
-        if target is not None:
-            if target not in snap.by_id:
-                raise UnknownRegion(target)
-            if target == region_id:
-                raise RegionConflict("the failover target must be another region")
-        if region_id in self.ops.active:
-            op = self.ops.active[region_id]
-            raise RegionConflict(f"region {region_id!r} is already failed over (operation {op.id})")
-        wall = self.wall()
-        op = FailoverOperation(
-            id=FailoverOperation.new_id(),
-            region=region_id,
-            target=target,
-            reason=reason or "manual failover",
-            drain_s=drain_s,
-            created_at=wall,
-            expires_at=wall + expires_s if expires_s else None,
-        )
-        try:
-            with self._ops_rollback():
-                self.ops.start(op)
-                await self.state.save_ops(create=operation_key(region_id))
-        except StoreConflict as exc:
-            other = exc.current.get("id") if isinstance(exc.current, dict) else None
-            raise RegionConflict(
-                f"region {region_id!r} is already failed over (operation {other}, started on "
-                "another instance)"
-            ) from None
-        t = self.registry.set_manual(
-            region_id,
-            "failed_over",
-            time.monotonic(),
-            wall,
-            f"manual failover {op.id}: {op.reason}",
-            drain_s=drain_s,
-            target=target,
-        )
-        if t is not None:
-            self.runtime.record_transition(t)
-        return op
-
-    async def recover(
-        self, region_id: str, reason: str = "manual recover"
-    ) -> FailoverOperation | None:
-        """End the region's failover (if any) and put it back after its next passing check.
-
-        Returns the ended operation; None when the region was not held out by hand.
-        """
-        async with self.lock:
-            return await self._recover(region_id, reason)
-
-    async def _recover(self, region_id: str, reason: str) -> FailoverOperation | None:
-        rec = self._writable(region_id)
-        if region_id not in self.ops.active and rec.manual is None:
-            return None
-        wall = self.wall()
-        with self._ops_rollback():
-            op = self.ops.end(region_id, wall, reason)
-            if op is not None:
-                await self.state.save_ops()
-        t = self.registry.set_manual(region_id, None, time.monotonic(), wall, reason)
-        if t is not None:
-            self.runtime.record_transition(t)
-        self.runtime.health.check_now(region_id)
-        return op
-
-    async def undo(self, op_id: str) -> FailoverOperation:
-        async with self.lock:
-            op = self.ops.get(op_id)
-            if op is None:
-                raise NotFound(f"no failover operation with id {op_id!r}")
-            if op.state != "active":
-                raise RegionConflict(f"operation {op_id} already ended ({op.ended_reason})")
-            ended = await self._recover(op.region, reason=f"undo of {op_id}")
-            assert ended is not None
-            return ended
-
-    @contextlib.contextmanager
-    def _ops_rollback(self) -> Iterator[None]:
-        saved = self.ops.checkpoint()
-        try:
-            yield
-        except (StoreWriteError, StoreConflict):
-            self.ops.rollback(saved)
-            raise
 
     # -- other instances' changes (router/control/remote.py) ----------------------------
 
@@ -426,22 +311,7 @@ class Control:
                 log.exception("control housekeeping failed; continuing")
 
     async def _housekeeping_step(self, next_sample: float) -> float:
-        for op in self.ops.expired(self.wall()):
-            reason = f"operation {op.id} expired"
-            try:
-                await self.recover(op.region, reason=reason)
-            except StoreWriteError as exc:
-                # The operator set this end: honour it on time here, store it when possible.
-                log.warning("operation %s expired; ended here, to be stored: %s", op.id, exc)
-                async with self.lock:
-                    self._end_unstored(op.region, reason)
-            except (UnknownRegion, RegionConflict):
-                self.ops.end(op.region, self.wall(), reason)
-        if self._ops_dirty:
-            async with self.lock:
-                with contextlib.suppress(StoreWriteError):
-                    await self.state.save_ops()
-                    self._ops_dirty = False
+        await self.failovers.expire()
         now = time.monotonic()
         if now >= next_sample:
             next_sample = now + 1.0
@@ -458,15 +328,6 @@ class Control:
             else:
                 self._history_error = None
         return next_sample
-
-    def _end_unstored(self, region_id: str, reason: str) -> None:
-        self._ops_dirty = True
-        if self.ops.end(region_id, self.wall(), reason) is None:
-            return
-        t = self.registry.set_manual(region_id, None, time.monotonic(), self.wall(), reason)
-        if t is not None:
-            self.runtime.record_transition(t)
-        self.runtime.health.check_now(region_id)
 
     def _on_transition(self, t: Transition) -> None:
         self._history_dirty = True

@@ -13,7 +13,6 @@ import logging
 import os
 import random
 import signal
-import statistics
 import sys
 import tempfile
 from collections import deque
@@ -24,6 +23,7 @@ from router.config.loader import (
     Config,
     ConfigError,
 )
+from router.demo.observe import change_reason, read_frame
 from router.demo.regions import (
     PROFILES,
     DemoRegion,
@@ -34,7 +34,7 @@ from router.demo.regions import (
     url_host,
 )
 from router.demo.script import Step, demo_config, load_demo_config, scenario, seconds
-from router.demo.view import Frame, Outage, Row, TableStyle, Totals, status_line, summary, table
+from router.demo.view import Frame, Outage, TableStyle, status_line, summary, table
 from router.service import EXIT_CONFIG, EXIT_OK, EXIT_START, RouterService
 from router.state.snapshot import RegionState, Snapshot
 
@@ -314,54 +314,18 @@ class Demo:
 
     def _reason(self, region_id: str, state: RegionState) -> str:
         assert self.service is not None
-        history = self.service.runtime.registry.history
-        for t in itertools.islice(reversed(history), 20):
-            if t.region == region_id and t.to_state is state:
-                reason = t.reason if len(t.reason) <= 60 else t.reason[:59] + "…"
-                return f" ({reason})"
-        return ""
+        return change_reason(self.service.runtime.registry.history, region_id, state)
 
     def frame(self) -> Frame:
         """Everything the view shows, read once from the router and the clients."""
         assert self.service is not None
-        runtime = self.service.runtime
-        now = asyncio.get_running_loop().time()
-        window = self.traffic.window(now)
-        span_s = max(0.5, min(WINDOW_S, self.now()))
-        stats = runtime.core.stats
-        errors: dict[str, int] = {}
-        for (region_id, _kind), n in stats.upstream_errors.items():
-            errors[region_id] = errors.get(region_id, 0) + n
-        rows = []
-        for r in runtime.holder.current.regions:
-            latencies = [s.latency_s for s in window if s.region == r.id]
-            demo_region = self.regions.get(r.id)
-            estimate_s = runtime.loads.get(r.id).latency_estimate(r.probe_latency_s, now)
-            rows.append(
-                Row(
-                    id=r.id,
-                    state=r.state,
-                    share=len(latencies) / len(window) if window else 0.0,
-                    rps=len(latencies) / span_s,
-                    p50_ms=statistics.median(latencies) * 1000 if latencies else None,
-                    estimate_ms=estimate_s * 1000,
-                    upstream_errors=errors.get(r.id, 0),
-                    simulated=demo_region.profile.describe() if demo_region else "-",
-                    down=demo_region is not None and not demo_region.up,
-                )
-            )
-        retries = sum(n for why, n in stats.retries.items() if not why.startswith("skipped"))
-        totals = Totals(
-            rps=len(window) / span_s,
-            ok=self.traffic.ok,
-            failed=self.traffic.failed,
-            retries=retries,
-        )
         step = self._next_step
-        return Frame(
+        return read_frame(
+            self.service.runtime,
+            self.traffic,
+            self.regions,
             t_s=self.now(),
-            rows=rows,
-            totals=totals,
+            window_s=WINDOW_S,
             next_step=step.describe() if step is not None else None,
             events=tuple(self.events),
         )

@@ -21,16 +21,12 @@ from typing import Any
 import aiodns
 
 from router.config.loader import DnsConfig
-from router.errors import RouterError
+from router.errors import ResolveError
 
 log = logging.getLogger("router.proxy.dns")
 
 MIN_INTERVAL_S = 1.0  # a TTL of 0 or 1 must not turn into a query storm
 UNUSED_REFRESHES = 10  # refresh rounds without a use before a name is dropped
-
-
-class ResolveError(RouterError, OSError):
-    """No address for a name (an OSError, so a request counts it as a connect failure)."""
 
 
 @dataclass(slots=True)
@@ -206,13 +202,17 @@ class Resolver:
         # way to turn that off, so a long-lived channel would not see an answer change.
         servers = [_server_text(hp.host, hp.port) for hp in self.config.nameservers]
         resolver = aiodns.DNSResolver(nameservers=servers or None)
+        # Not try/finally: mypyc (this module is compiled) re-raises a stale exception from
+        # a `finally` that awaits; closing on both paths keeps it correct in both builds.
         try:
             result = await asyncio.wait_for(
                 resolver.getaddrinfo(host, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM),
                 10.0,
             )
-        finally:
+        except BaseException:
             await resolver.close()
+            raise
+        await resolver.close()
         v4: list[str] = []
         v6: list[str] = []
         ttls: list[int] = []

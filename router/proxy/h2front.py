@@ -1,9 +1,9 @@
 """HTTP/2 from clients: one connection's protocol, and how a connection is found to be one.
 
-``H2ClientConnection`` runs the jh2 state machine (HPACK, frames, flow control; its own
-header checks are off: ``h2stream.build_exchange`` checks fields the RFC's way while it
-builds the upstream head, one walk instead of three) and maps each stream to an
-``H2Exchange``. Regions are spoken to over HTTP/1.1, exactly as for HTTP/1.1 clients.
+``H2ClientConnection`` runs the router's own HTTP/2 server framing (``h2wire.H2Framer``:
+frames, flow control, HPACK) and maps each stream to an ``H2Exchange``; the fields of a
+request are checked the RFC's way by ``h2request.build_exchange`` while it builds the
+upstream head. Regions are spoken to over HTTP/1.1, exactly as for HTTP/1.1 clients.
 
 ``Preface`` is what the plain listener (``http2.enabled``) and the https listener hand a
 new connection: ALPN ``h2``, or the client preface ``PRI * HTTP/2.0`` as the first bytes
@@ -17,57 +17,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import monotonic
-from typing import TYPE_CHECKING, Any
-
-from jh2._hazmat import HPACKError as CompiledHPACKError
-from jh2.config import H2Configuration
-from jh2.connection import H2Connection
-from jh2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    RequestReceived,
-    StreamEnded,
-    StreamReset,
-    TrailersReceived,
-    WindowUpdated,
-)
-from jh2.exceptions import ProtocolError, StreamClosedError
-from jh2.hpack.exceptions import HPACKError
-from jh2.hyperframe.frame import GoAwayFrame
-from jh2.settings import SettingCodes, Settings
+from typing import TYPE_CHECKING
 
 from router.errors import ProxyError
 from router.proxy.client import ClientConnection
-from router.proxy.h2stream import H2Exchange, H2Stream, StreamError, build_exchange
+from router.proxy.h2frames import PREFACE, PROTOCOL_ERROR, REFUSED_STREAM, Header
+from router.proxy.h2request import StreamError, build_exchange
+from router.proxy.h2stream import H2Exchange, H2Stream
+from router.proxy.h2wire import H2Framer
 
 if TYPE_CHECKING:
     from router.proxy.core import ProxyCore
 
 log = logging.getLogger("router.proxy.h2")
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_PROTOCOL_ERROR = 0x1
-_FRAME_SIZE_ERROR = 0x6
-_COMPRESSION_ERROR = 0x9
-_REFUSED_STREAM = 0x7
 # The connection-level receive window: large, so a stream whose region is slow to take its
 # upload (its own window held back) cannot starve the other streams' uploads.
 _CONNECTION_WINDOW = 16 * 1024 * 1024
 _STREAM_WINDOW = 256 * 1024
-
-
-def _unenforced(settings: object) -> int:
-    return 2**31 - 1
-
-
-# Our SETTINGS as sent, except that jh2 does not enforce MAX_CONCURRENT_STREAMS itself: it
-# would end the whole connection (GOAWAY) for one stream too many, where RFC 9113 5.1.2
-# allows a stream error; the router refuses that stream (REFUSED_STREAM, which clients
-# retry) and the others go on. Made with type(): a class statement here would be compiled
-# by mypyc into a native class, which cannot extend jh2's Python class.
-_Advertised: Any = type(
-    "_Advertised", (Settings,), {"max_concurrent_streams": property(_unenforced)}
-)
 
 
 class H2ClientConnection(asyncio.Protocol):
@@ -89,25 +56,13 @@ class H2ClientConnection(asyncio.Protocol):
         self._flush_scheduled = False
         self.loop = core.loop
         cfg = core.config
-        self.h2: Any = H2Connection(
-            H2Configuration(
-                client_side=False,
-                header_encoding=None,
-                validate_inbound_headers=False,
-                normalize_inbound_headers=False,
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-            )
-        )
         self.max_streams = cfg.http2.max_concurrent_streams
-        self.h2.local_settings = _Advertised(
-            client=False,
-            initial_values={
-                SettingCodes.MAX_CONCURRENT_STREAMS: cfg.http2.max_concurrent_streams,
-                SettingCodes.MAX_HEADER_LIST_SIZE: cfg.limits.max_header_bytes,
-                SettingCodes.INITIAL_WINDOW_SIZE: _STREAM_WINDOW,
-                SettingCodes.ENABLE_PUSH: 0,
-            },
+        self.wire = H2Framer(
+            self,
+            max_streams=self.max_streams,
+            max_header_bytes=cfg.limits.max_header_bytes,
+            stream_window=_STREAM_WINDOW,
+            connection_window=_CONNECTION_WINDOW,
         )
 
     @property
@@ -125,86 +80,79 @@ class H2ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if peer else b"unknown"
         self.core.connections.add(self)
-        self.h2.initiate_connection()
-        self.h2.increment_flow_control_window(_CONNECTION_WINDOW - 65535)
-        self.flush()
+        self.flush()  # our SETTINGS and connection window
 
     def data_received(self, data: bytes) -> None:
         self.last_active = monotonic()
-        try:
-            events = self.h2.receive_data(data)
-        except ProtocolError as exc:
-            # jh2 queued GOAWAY with the error's code: send it and close.
-            log.debug("h2 protocol error from %s: %s", self.peer.decode(), exc)
-            if isinstance(exc.__context__, (HPACKError, CompiledHPACKError)):
-                self._compression_error()
-            self._fail_connection()
-            return
-        buffered = self.h2.incoming_buffer
-        if len(buffered._data) - buffered._data_offset > self.h2.max_inbound_frame_size + 9:
-            # jh2 checks a frame's length only once all of it has arrived: an over-long
-            # one would be buffered whole first (up to 16 MiB). Refused at its header.
-            self._send_goaway(_FRAME_SIZE_ERROR)
-            self._fail_connection()
-            return
         self._corked += 1
         try:
-            for event in events:
-                self._event(event)
+            code = self.wire.receive(data)
         finally:
             self._corked -= 1
+        if code:
+            # the framer queued GOAWAY with the error's code: send it and close
+            log.debug("h2 connection error 0x%x from %s", code, self.peer.decode())
+            self._fail_connection()
+        else:
             self.flush()
 
-    def _event(self, event: object) -> None:
-        if isinstance(event, RequestReceived):
-            self._request(event.stream_id, event.headers, event.stream_ended is not None)
-        elif isinstance(event, DataReceived):
-            stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                stream.on_data(event.data, event.flow_controlled_length)
-            elif event.flow_controlled_length:
-                self.acknowledge(event.stream_id, event.flow_controlled_length)
-        elif isinstance(event, StreamEnded):
-            stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                stream.on_end()
-        elif isinstance(event, WindowUpdated):
-            self._window_opened(event.stream_id)
-        elif isinstance(event, TrailersReceived):
-            stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                stream.on_trailers(event.headers)
-        elif isinstance(event, StreamReset):
-            stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                stream.on_reset()
-        elif isinstance(event, ConnectionTerminated):
-            self.going_away = True
-            if not self.streams:
-                self.close()
+    # -- from the framer (h2wire.FrameHandler) ---------------------------------------------
+
+    def on_request(self, stream_id: int, headers: list[Header], ended: bool) -> None:
+        self._request(stream_id, headers, ended)
+
+    def on_data(self, stream_id: int, data: bytes, flow_len: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.on_data(data, flow_len)
+        elif flow_len:
+            self.wire.acknowledge(stream_id, flow_len)
+
+    def on_trailers(self, stream_id: int, headers: list[Header]) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.on_trailers(headers)
+
+    def on_end(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.on_end()
+
+    def on_reset(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.on_reset()
+
+    def on_window(self, stream_id: int) -> None:
+        self._window_opened(stream_id)
+
+    def on_goaway(self) -> None:
+        self.going_away = True
+        if not self.streams:
+            self.close()
 
     def _request(self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
         stream = H2Stream(self, stream_id)
         stream.head = headers
         if self.going_away or self.core.draining:
-            self.reset_stream(stream_id, _REFUSED_STREAM)
+            self.reset_stream(stream_id, REFUSED_STREAM)
             return
         if len(self.streams) >= self.max_streams:
-            self.reset_stream(stream_id, _REFUSED_STREAM)  # over max_concurrent_streams
+            self.reset_stream(stream_id, REFUSED_STREAM)  # over max_concurrent_streams
             return
         self.streams[stream_id] = stream
         try:
             ex = build_exchange(self.core, stream, headers, ended)
         except StreamError as exc:
             log.debug("h2 stream %d from %s: %s", stream_id, self.peer.decode(), exc)
-            stream.reset(_PROTOCOL_ERROR)
+            stream.reset(PROTOCOL_ERROR)
             return
         except ProxyError as error:
             self.core.stats.record("none", "OTHER", str(error.status), 0.0)
             stream.refuse(error, dict(headers).get(b"x-request-id"), ended)
             return
         stream.ex = ex
-        ex.start()  # (jh2's StreamEnded event, after this one, ends a body: on_end)
+        ex.start()  # (a later END_STREAM ends the body: on_end)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -236,7 +184,7 @@ class H2ClientConnection(asyncio.Protocol):
             self.flush()
 
     def flush(self) -> None:
-        """Write what jh2 queued, once per loop iteration: every stream answered in this
+        """Write what the framer queued, once per loop iteration: every stream answered in this
         iteration (several upstream reads) shares one write instead of one each."""
         if not self._flush_scheduled and not self._corked and not self.closed:
             self._flush_scheduled = True
@@ -246,75 +194,43 @@ class H2ClientConnection(asyncio.Protocol):
         self._flush_scheduled = False
         if self.transport is None or self.closed:
             return
-        out = self.h2.data_to_send()
+        out = self.wire.data_to_send()
         if out:
             self.last_active = monotonic()  # a long response to a quiet client is not idle
             self.transport.write(out)
 
-    def send_headers(
-        self, stream_id: int, fields: list[tuple[bytes, bytes]], end_stream: bool
-    ) -> None:
-        try:
-            self.h2.send_headers(stream_id, fields, end_stream=end_stream)
-        except (ProtocolError, StreamClosedError):
-            return
+    def send_headers(self, stream_id: int, fields: list[Header], end_stream: bool) -> None:
+        self.wire.send_headers(stream_id, fields, end_stream)
         self.flush()
 
     def send_data(self, stream_id: int, chunks: list[bytes], end: bool) -> bool:
         """Send from ``chunks`` what the window allows (consumed in place); ``end``: the
         last frame carries END_STREAM when all of it went. True when that happened."""
-        h2 = self.h2
-        try:
-            window = h2.local_flow_control_window(stream_id)
-            frame = h2.max_outbound_frame_size
-            while chunks and window > 0:
-                chunk = chunks[0]
-                n = min(len(chunk), window, frame)
-                if n < len(chunk):
-                    h2.send_data(stream_id, chunk[:n])
-                    chunks[0] = chunk[n:]
-                else:
-                    chunks.pop(0)
-                    h2.send_data(stream_id, chunk, end_stream=end and not chunks)
-                window -= n
-        except (ProtocolError, StreamClosedError):
-            chunks.clear()
-            return False
+        ended = self.wire.send_data(stream_id, chunks, end)
         stream = self.streams.get(stream_id)
         if chunks and stream is not None:
             self.blocked[stream_id] = stream
         else:
             self.blocked.pop(stream_id, None)
         self.flush()
-        return end and not chunks
+        return ended
 
-    def end_stream(self, stream_id: int, trailers: list[tuple[bytes, bytes]]) -> None:
-        try:
-            if trailers:
-                self.h2.send_headers(stream_id, trailers, end_stream=True)
-            else:
-                self.h2.end_stream(stream_id)
-        except (ProtocolError, StreamClosedError):
-            return
+    def end_stream(self, stream_id: int, trailers: list[Header]) -> None:
+        self.wire.end_stream(stream_id, trailers)
         self.flush()
 
     def reset_stream(self, stream_id: int, code: int) -> None:
-        try:
-            self.h2.reset_stream(stream_id, code)
-        except (ProtocolError, StreamClosedError):
-            return
+        self.wire.reset_stream(stream_id, code)
         self.flush()
 
     def acknowledge(self, stream_id: int, size: int) -> None:
-        try:
-            self.h2.acknowledge_received_data(size, stream_id)
-        except (ProtocolError, StreamClosedError):
-            return
+        self.wire.acknowledge(stream_id, size)
         self.flush()
 
     def stream_done(self, stream: H2Stream) -> None:
         stream.ex = None  # no stream <-> exchange cycle left for the cyclic GC to find
         self.streams.pop(stream.stream_id, None)
+        self.wire.forget(stream.stream_id)
         self.blocked.pop(stream.stream_id, None)
         if not self.streams and (self.going_away or self.core.draining):
             self.close()
@@ -338,29 +254,14 @@ class H2ClientConnection(asyncio.Protocol):
         if not self.streams:
             self.close()
 
-    def _compression_error(self) -> None:
-        """jh2 answers a bad header block with GOAWAY PROTOCOL_ERROR; RFC 9113 4.3 says
-        COMPRESSION_ERROR: the code of the GOAWAY it just queued (the last frame) is fixed."""
-        out = bytearray(self.h2.data_to_send())
-        if len(out) >= 17 and out[-17:-13] == b"\x00\x00\x08\x07":
-            out[-4:] = _COMPRESSION_ERROR.to_bytes(4, "big")
-        if self.transport is not None:
-            self.transport.write(bytes(out))
-
     def _send_goaway(self, code: int) -> None:
-        """GOAWAY written around jh2: its close_connection() closes the state machine, after
-        which the open streams could not be answered (RFC 9113 6.8 lets them finish)."""
+        """GOAWAY; the open streams may still finish (RFC 9113 6.8)."""
         self.going_away = True
+        self.wire.goaway(code)
         self.flush()
-        if self.transport is not None and not self.closed:
-            frame = GoAwayFrame(0)
-            frame.last_stream_id = self.h2.highest_inbound_stream_id
-            frame.error_code = code
-            self.transport.write(frame.serialize())
 
     def _fail_connection(self) -> None:
         self.going_away = True  # the GOAWAY with the error's code is already queued
-        self.flush()
         for stream in list(self.streams.values()):
             stream.on_reset()
         self.close()

@@ -1,40 +1,22 @@
 """One HTTP/2 stream as an exchange's client side, and the exchange that answers over it.
 
-A stream's request head (pseudo-headers and fields, already HPACK-decoded) is checked the
-RFC 9113 way (8.2 and 8.3: lower-case names, no connection-specific fields, ``te`` only
-``trailers``, pseudo-headers first and known, ``:method``/``:scheme``/``:path`` present,
-no CR/LF/NUL) and turned into the HTTP/1.1 request line and head the regions get, with the
-same routing, forwarding headers and refusals as ``ClientConnection``. ``H2Exchange`` is an
-``Exchange`` whose response head and router-made errors become HEADERS/DATA frames; the
-body bytes and everything else (retries, hedging, accounting) are the HTTP/1.1 path's.
+``H2Exchange`` is an ``Exchange`` whose response head and router-made errors become
+HEADERS/DATA frames; the body bytes and everything else (retries, hedging, accounting) are
+the HTTP/1.1 path's. The request head becomes an exchange in ``h2request``; the router's
+own answers are built by ``h2replies``.
 """
 
 from __future__ import annotations
 
-import re
 from time import monotonic
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-import orjson
-
-from router.errors import BadRequest, BodyTooLarge, ProxyError, RouterError
+from router.errors import ProxyError
 from router.proxy.exchange import Exchange
-from router.proxy.headers import (
-    FRAMING_LOOKALIKES,
-    IDEMPOTENT_METHODS,
-    TRAILER_DROP,
-    connection_tokens,
-    forwarded_fields,
-    framing_field,
-    named_headers,
-    valid_host,
-)
-from router.proxy.paths import normalize_path
+from router.proxy.h2replies import error_body, error_fields, grpc_error_fields, is_grpc
+from router.proxy.headers import TRAILER_DROP, connection_tokens, named_headers
 from router.proxy.response import ResponseRelay
 from router.proxy.upstream import UpstreamConnection
-
-if TYPE_CHECKING:
-    from router.proxy.core import ProxyCore
 
 Header = tuple[bytes, bytes]
 
@@ -61,206 +43,14 @@ class H2Sender(Protocol):
 CONNECTION_SPECIFIC = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
-_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path"})
-# Names joined by "\n": a character outside the lower-case token set, or a ":" anywhere
-# but at a name's start (pseudo-headers are checked against _PSEUDO on their own).
-_BAD_NAMES = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z\n:]|[^\n]:|^$|\n\n|\n$")
-_BAD_VALUE = re.compile(rb"[\r\n\x00]")
 # Response fields that an HTTP/2 answer must not carry (framing is HTTP/2's own).
 _RESPONSE_NEVER = CONNECTION_SPECIFIC | {b"te", b"trailer", b"proxy-authenticate"}
-
-
-class StreamError(RouterError):
-    """A malformed request: the stream is reset with PROTOCOL_ERROR, nothing is forwarded."""
-
-
-def build_exchange(
-    core: ProxyCore, stream: H2Stream, headers: list[Header], end_stream: bool
-) -> H2Exchange:
-    """The exchange for a request head; raises ``StreamError`` or a ``ProxyError``."""
-    method = scheme = path = authority = None
-    seen_regular = False
-    lines: list[bytes] = []
-    host_field: bytes | None = None
-    content_length = -1
-    cookies: list[bytes] = []
-    xff: bytes | None = None
-    request_id: bytes | None = None
-    idempotency_key = False
-    affinity_value: bytes | None = None
-    geo_value: bytes | None = None
-    size = 0
-    interesting = core.interesting
-    for name, value in headers:
-        size += len(name) + len(value) + 32
-        if name[:1] == b":":
-            if seen_regular:
-                raise StreamError("pseudo-header after a regular field")
-            if name not in _PSEUDO:
-                raise StreamError(f"unknown pseudo-header {name!r}")
-            if name == b":method":
-                if method is not None:
-                    raise StreamError("duplicate :method")
-                method = value
-            elif name == b":path":
-                if path is not None:
-                    raise StreamError("duplicate :path")
-                path = value
-            elif name == b":scheme":
-                if scheme is not None:
-                    raise StreamError("duplicate :scheme")
-                scheme = value
-            else:
-                if authority is not None:
-                    raise StreamError("duplicate :authority")
-                authority = value
-            continue
-        seen_regular = True
-        if name not in interesting:
-            lines.append(b"%b: %b\r\n" % (name, value))
-            continue
-        if name in core.watched:
-            if name == b"cookie":
-                cookies.append(value)  # crumbs are joined into one field (RFC 9113 8.2.3)
-                continue
-            if name == b"idempotency-key":
-                idempotency_key = True
-            elif name == core.affinity_header:
-                affinity_value = value
-            if name == core.geo_header:
-                geo_value = value
-            lines.append(b"%b: %b\r\n" % (name, value))
-        elif name in CONNECTION_SPECIFIC:
-            raise StreamError(f"connection-specific field {name!r}")
-        elif name == b"te":
-            if value != b"trailers":
-                raise StreamError("te other than trailers")
-            lines.append(b"te: trailers\r\n")
-        elif name == b"host":
-            host_field = value
-        elif name == b"content-length":
-            if not value.isdigit():
-                raise StreamError("invalid content-length")
-            content_length = int(value)
-        elif name == b"x-forwarded-for":
-            xff = value if xff is None else xff + b", " + value
-        elif name == b"x-request-id":
-            if 0 < len(value) <= 200:
-                request_id = value
-        elif name in FRAMING_LOOKALIKES:
-            raise BadRequest(f"header {name.decode('latin-1')!r} could be read as a framing header")
-        # everything else in REQUEST_SPECIAL is hop-by-hop or rewritten: dropped
-    if size > core.max_header_bytes:
-        raise StreamError("header list too large")
-    # One scan of all names and one of all values rather than two per field.
-    if _BAD_NAMES.search(b"\n".join([name for name, _ in headers])) is not None:
-        raise StreamError("invalid field name (upper case, or not a token)")
-    if _BAD_VALUE.search(b"".join([value for _, value in headers])) is not None:
-        raise StreamError("CR, LF or NUL in a field value")
-    if method is None:
-        raise StreamError("missing :method")
-    if method == b"CONNECT":
-        raise BadRequest("CONNECT is not supported: this is a reverse proxy")
-    if path is None or scheme is None or not path:
-        raise StreamError("missing :path or :scheme")
-    if cookies:
-        lines.append(b"cookie: %b\r\n" % b"; ".join(cookies))
-    host = authority if authority is not None else host_field
-    if host is None or not valid_host(host):
-        raise BadRequest("missing or invalid :authority")
-    if path[:1] != b"/" and path != b"*":
-        raise BadRequest("request target must be origin-form")
-    snapshot = core.holder.current
-    norm = (
-        normalize_path(path) if (b"." in path or b"%" in path or core.has_routes) else ""
-    )  # also rejects climbing above the root
-    plan = core.plan_for(snapshot, host, norm) if core.has_routes else snapshot.default_plan
-    if content_length > core.max_body_bytes:
-        raise BodyTooLarge(f"request body exceeds {core.max_body_bytes} bytes")
-    has_body = not end_stream and content_length != 0
-    chunked = has_body and content_length < 0
-    request_id = request_id or core.next_request_id()
-    peer = stream.peer
-    forwarded_for = peer if xff is None else xff + b", " + peer
-    lines.append(forwarded_fields(forwarded_for, stream.conn.proto, host, request_id))
-    framing = framing_field(chunked, content_length)
-    if not framing and method in (b"POST", b"PUT", b"PATCH"):
-        framing = b"Content-Length: 0\r\n"  # HTTP/1.1 servers expect a length on these
-    lines.append(framing)
-    lines.append(b"\r\n")
-    ex = H2Exchange(
-        core,
-        stream,
-        method=method,
-        method_label=core.method_label(method),
-        request_line=b"%b %b HTTP/1.1\r\n" % (method, path),
-        head_common=b"".join(lines),
-        upstream_host=host if core.preserve_host else None,
-        chunked_request=chunked,
-        has_body=has_body,
-        keep_alive=True,
-        upgrade=False,
-        idempotent=method in IDEMPOTENT_METHODS or idempotency_key,
-        request_id=request_id,
-        snapshot=snapshot,
-        plan=plan,
-        info=core.request_info(b"; ".join(cookies) if cookies else None, affinity_value, geo_value),
-        now=monotonic(),
-    )
-    ex.stream = stream
-    ex.aborted = False
-    return ex
 
 
 def _field(line: bytes) -> Header:
     """``b"Name: value\\r\\n"`` as an HTTP/2 field (lower-case name)."""
     name, _, value = line.partition(b":")
     return name.lower(), value.strip()
-
-
-def error_fields(error: ProxyError, request_id: bytes | None, body_len: int) -> list[Header]:
-    fields = [
-        (b":status", b"%d" % error.status),
-        (b"content-type", b"application/json"),
-        (b"content-length", b"%d" % body_len),
-        (b"x-router-error", error.code.encode()),
-    ]
-    if error.retry_after_s is not None:
-        fields.append((b"retry-after", b"%d" % max(1, error.retry_after_s)))
-    if request_id:
-        fields.append((b"x-request-id", request_id))
-    return fields
-
-
-# HTTP status -> gRPC status of a router-made answer (the gRPC spec's mapping, Envoy's too).
-_GRPC_STATUS = {400: b"13", 401: b"16", 403: b"7", 404: b"12", 429: b"14", 502: b"14"}
-_GRPC_STATUS |= {503: b"14", 504: b"4", 413: b"8", 431: b"8"}
-_UNSAFE = re.compile(rb"[^\x20-\x24\x26-\x7e]")  # grpc-message is percent-encoded
-
-
-def is_grpc(head: list[Header]) -> bool:
-    for name, value in head:
-        if name == b"content-type":
-            return value.startswith(b"application/grpc")
-    return False
-
-
-def grpc_error_fields(error: ProxyError, request_id: bytes | None) -> list[Header]:
-    message = _UNSAFE.sub(lambda m: b"%%%02X" % m.group()[0], error.message.encode())
-    fields = [
-        (b":status", b"200"),
-        (b"content-type", b"application/grpc"),
-        (b"grpc-status", _GRPC_STATUS.get(error.status, b"2")),
-        (b"grpc-message", message),
-        (b"x-router-error", error.code.encode()),
-    ]
-    if request_id:
-        fields.append((b"x-request-id", request_id))
-    return fields
-
-
-def error_body(error: ProxyError) -> bytes:
-    return orjson.dumps({"error": {"code": error.code, "message": error.message}})
 
 
 class H2Exchange(ResponseRelay):

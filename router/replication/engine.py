@@ -22,10 +22,9 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import quote
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter
@@ -36,15 +35,10 @@ from router.config.validate import FieldError, ValidationError
 from router.errors import NotFound, RegionConflict
 from router.replication.copier import Copier, JobFailed
 from router.replication.inventory import ArtifactInventory
-from router.replication.jobs import (
-    KINDS,
-    Job,
-    JobRequest,
-    JobState,
-    TargetProgress,
-    TargetState,
-)
-from router.replication.transfer import SpoolError, TransferError, hash_file, head
+from router.replication.jobs import KINDS, Job, JobRequest, JobState, TargetState
+from router.replication.planning import check_overlap, plan_job
+from router.replication.runner import JobRunner
+from router.replication.transfer import TransferError, head
 from router.state.registry import Registry
 from router.state.snapshot import RegionView
 from router.store.docs import split_key
@@ -207,42 +201,14 @@ class ReplicationEngine:
 
     def plan(self, request: JobRequest) -> Job:
         """A new job for ``request``; raises ValidationError (400) or RegionConflict (409)."""
-        snap = self.registry.snapshot()
-        errors: list[FieldError] = []
-        if request.source not in snap.by_id:
-            errors.append(FieldError("source", f"no region with id {request.source!r}"))
-        if request.targets == "all":
-            targets = [r.id for r in snap.regions if r.id != request.source]
-            if not targets:
-                errors.append(FieldError("targets", '"all" names no region besides the source'))
-        else:
-            targets = list(request.targets)
-            for i, region_id in enumerate(targets):
-                if region_id not in snap.by_id:
-                    errors.append(FieldError(f"targets[{i}]", f"no region with id {region_id!r}"))
-                elif region_id == request.source:
-                    errors.append(
-                        FieldError(f"targets[{i}]", "is the source; a region cannot copy to itself")
-                    )
-        if errors:
-            raise ValidationError(errors)
-        self._check_overlap(request.path, request.source, targets)
-        return Job(
-            id=Job.new_id(),
-            kind=request.kind,
-            name=request.name,
-            path=request.path,
-            source=request.source,
-            targets=[TargetProgress(region=r) for r in targets],
-            created_at=self.wall(),
-        )
+        return plan_job(self.registry.snapshot(), request, self.jobs.values(), self.wall())
 
     async def submit(self, request: JobRequest, *, check_source: bool = True) -> Job:
         """Validate, check the source has the path (HEAD), persist and start the job."""
         job = self.plan(request)
         if check_source and self._session is not None:
             await self._check_source(job)
-            self._check_overlap(job.path, job.source, [t.region for t in job.targets])
+            check_overlap(self.jobs.values(), job.path, job.source, [t.region for t in job.targets])
         self.jobs[job.id] = job
         try:
             await self._save(strict=True)
@@ -290,54 +256,7 @@ class ReplicationEngine:
             await self._finish(job, JobState.CANCELLED, "cancelled by request")
         return job
 
-    def source_of(self, name: str) -> str | None:
-        """The region to read ``name`` from: the latest job's source, else any holder."""
-        snap = self.registry.snapshot()
-        info = snap.artifacts.get(name)
-        if info is not None and info.source in snap.by_id:
-            return info.source
-        return next((r.id for r in snap.regions if name in r.artifacts), None)
-
-    def model_request(
-        self,
-        model_id: str,
-        target: str | None,
-        source: str | None = None,
-        *,
-        kind: str = "model",
-        path: str | None = None,
-    ) -> JobRequest:
-        """The compatibility API's ``replicate-model``: path from ``replication.model_path``,
-        source the region named, else the latest job's source or any region holding it."""
-        path = path or self.config.model_path.replace("{modelId}", quote(model_id, safe=""))
-        source = source or self.source_of(model_id)
-        if source is None:
-            raise ValidationError(
-                [FieldError("source", f"no region is known to hold {model_id!r}; name one")]
-            )
-        return JobRequest(
-            kind=kind,
-            name=model_id,
-            path=path,
-            source=source,
-            targets=(target,) if target else "all",
-        )
-
     # -- checks ------------------------------------------------------------------------
-
-    def _check_overlap(self, path: str, source: str, targets: Iterable[str]) -> None:
-        """Refuse two live jobs writing the same copy, or reading a copy being written."""
-        wanted = set(targets)
-        for other in self.jobs.values():
-            if not other.active or other.path != path:
-                continue
-            theirs = {t.region for t in other.targets}
-            clash = wanted & theirs or ({source} & theirs) or (wanted & {other.source})
-            if clash:
-                raise RegionConflict(
-                    f"job {other.id} is already replicating {path} "
-                    f"({other.source} -> {', '.join(sorted(theirs))}); wait or cancel it"
-                )
 
     async def _check_source(self, job: Job) -> None:
         """A HEAD first, so a missing source path is a 400 now rather than a failed job."""
@@ -383,24 +302,23 @@ class ReplicationEngine:
                 ssl_for=self._ssl_for,
                 wall=self.wall,
             )
-            spool = await self._spool(job, copier)
-            await self._copy_all(job, spool, copier)
+            runner = JobRunner(
+                job,
+                copier,
+                registry=self.registry,
+                inventory=self.inventory,
+                spool_dir=self.spool_dir,
+                save=self._save,
+                wall=self.wall,
+            )
+            state, error = await runner.run()
         except JobFailed as exc:
-            await self._finish(job, JobState.FAILED, str(exc))
-            return
+            state, error = JobState.FAILED, str(exc)
         # CancelledError passes: stop() keeps the job for the next start; cancel() ends it.
         except Exception as exc:  # a bug must not leave the job running forever
             log.exception("replication %s: internal error", job.id)
-            await self._finish(job, JobState.FAILED, f"internal error: {exc!r}")
-            return
-        failed = [t for t in job.targets if t.state is TargetState.FAILED]
-        if failed:
-            detail = "; ".join(f"{t.region}: {t.last_error}" for t in failed)
-            await self._finish(
-                job, JobState.FAILED, f"{len(failed)} of {len(job.targets)} failed: {detail}"
-            )
-        else:
-            await self._finish(job, JobState.SUCCEEDED, None)
+            state, error = JobState.FAILED, f"internal error: {exc!r}"
+        await self._finish(job, state, error)
 
     async def _finish(self, job: Job, state: JobState, error: str | None) -> None:
         now = self.wall()
@@ -418,87 +336,7 @@ class ReplicationEngine:
             "replication %s %s%s", job.id, state.value, f": {error}" if error else ""
         )
 
-    async def _spool(self, job: Job, copier: Copier) -> Path:
-        """The spool of the job's source bytes: reused when intact, else read (again)."""
-        spool = self.spool_dir / f"{job.id}.spool"
-        if job.sha256 is not None and spool.exists():
-            digest, size = await hash_file(spool)  # never copy a torn spool
-            if digest == job.sha256:
-                job.fetched_bytes = size
-                return spool
-            log.warning("replication %s: spool damaged; reading the source again", job.id)
-        source = self._region(job.source, "source")
-        first = job.sha256 is None
-        read = await copier.read_source(job, source)
-        if not first and read.sha256 != job.sha256:
-            raise JobFailed(
-                f"the source changed since the job started (sha256 was {job.sha256}, now "
-                f"{read.sha256}); nothing more is copied"
-            )
-        job.sha256, job.size_bytes = read.sha256, read.size
-        if first:
-            job.read_at, job.validators = self.wall(), read.validators
-            await self.inventory.record_source(job.name, job.source, job.read_at)
-        part = self.spool_dir / f"{job.id}.part"
-        part.replace(spool)
-        await self._save()
-        return spool
-
-    async def _copy_all(self, job: Job, spool: Path, copier: Copier) -> None:
-        limit = asyncio.Semaphore(self.config.concurrency)
-
-        async def one(t: TargetProgress) -> None:
-            async with limit:
-                await self._copy_target(job, t, spool, copier)
-
-        await asyncio.gather(*(one(t) for t in job.targets if not t.done))
-
-    async def _copy_target(self, job: Job, t: TargetProgress, spool: Path, copier: Copier) -> None:
-        assert job.sha256 is not None and job.size_bytes is not None
-        attempts = self.config.attempts
-        while t.attempts < attempts:
-            region = self.registry.snapshot().by_id.get(t.region)
-            if region is None:
-                t.last_error = "the region was removed"
-                break
-            t.attempts += 1
-            t.state, t.bytes = TargetState.COPYING, 0
-            await self._save()
-
-            def progress(n: int) -> None:
-                t.bytes += n
-
-            try:
-                report = await copier.put(job, region, spool, progress)
-                t.state = TargetState.VERIFYING
-                await self._save()
-                verified_by = await copier.verify(job, region, report)
-            except SpoolError as exc:
-                raise JobFailed(str(exc)) from None
-            except TransferError as exc:
-                t.last_error = str(exc)
-                log.warning("replication %s: %s try %d: %s", job.id, t.region, t.attempts, exc)
-                if not exc.retryable or t.attempts >= attempts:
-                    break
-                t.state = TargetState.PENDING
-                await self._save()
-                await asyncio.sleep(copier.backoff(t.attempts))
-                continue
-            t.state, t.digest, t.verified_by = TargetState.VERIFIED, job.sha256, verified_by
-            t.finished_at = self.wall()
-            await self.inventory.record_copy(t.region, job.name, job.sha256, job.read_at or 0.0)
-            await self._save()
-            return
-        t.state, t.finished_at = TargetState.FAILED, self.wall()
-        await self._save()
-
     # -- helpers -----------------------------------------------------------------------
-
-    def _region(self, region_id: str, role: str) -> RegionView:
-        region = self.registry.snapshot().by_id.get(region_id)
-        if region is None:
-            raise JobFailed(f"the {role} region {region_id!r} no longer exists")
-        return region
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:

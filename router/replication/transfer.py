@@ -15,7 +15,7 @@ import binascii
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -302,21 +302,15 @@ async def read_to_spool(
     before_body: Callable[[int | None], None] | None = None,
 ) -> SourceRead:
     """GET ``url`` into ``spool`` (hashing as it goes); the caller owns ``spool.abort``."""
-    what = f"GET {url}"
-    with transfer_errors(what):
-        async with session.get(
-            url, headers={**headers, "Accept-Encoding": "identity"}, ssl=ssl
-        ) as resp:
-            if resp.status != 200:
-                raise status_error(what, resp.status, resp.reason)
-            validators = {k: resp.headers[k] for k in VALIDATORS if k in resp.headers}
-            if before_body is not None:
-                before_body(resp.content_length)
-            await spool.open()
-            async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
-                await spool.write(chunk)
-                progress(len(chunk))
-            declared = digest_header_sha256(resp.headers)  # an ETag is only a validator here
+    async with _get_as_stored(session, url, headers, ssl) as resp:
+        validators = {k: resp.headers[k] for k in VALIDATORS if k in resp.headers}
+        if before_body is not None:
+            before_body(resp.content_length)
+        await spool.open()
+        async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+            await spool.write(chunk)
+            progress(len(chunk))
+        declared = digest_header_sha256(resp.headers)  # an ETag is only a validator here
     sha = await spool.finish()
     return SourceRead(sha256=sha, size=spool.size, validators=validators, declared=declared)
 
@@ -366,16 +360,26 @@ async def hash_url(
     session: aiohttp.ClientSession, url: str, *, headers: Mapping[str, str], ssl: Any
 ) -> tuple[str, int]:
     """(sha256, size) of what ``GET url`` returns, streamed (the read-back of a copy)."""
-    what = f"GET {url}"
     h = hashlib.sha256()
     size = 0
+    async with _get_as_stored(session, url, headers, ssl) as resp:
+        async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+            await _in_thread(h.update, chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+@contextlib.asynccontextmanager
+async def _get_as_stored(
+    session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], ssl: Any
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """``GET url`` for the bytes as stored (no content coding); TransferError unless 200,
+    and for any transfer failure while the caller reads the body."""
+    what = f"GET {url}"
     with transfer_errors(what):
         async with session.get(
             url, headers={**headers, "Accept-Encoding": "identity"}, ssl=ssl
         ) as resp:
             if resp.status != 200:
                 raise status_error(what, resp.status, resp.reason)
-            async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
-                await _in_thread(h.update, chunk)
-                size += len(chunk)
-    return h.hexdigest(), size
+            yield resp

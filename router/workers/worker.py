@@ -65,87 +65,114 @@ async def run_worker(
     loop = asyncio.get_running_loop()
     # SIGUSR1 (reopen the access log) must not kill a worker before its handler is set.
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    first: asyncio.Future[Snapshot] = loop.create_future()
-    stop = asyncio.Event()
-    holder: SnapshotHolder | None = None
-    core: ProxyCore | None = None
-
-    def on_message(kind: bytes, payload: Any) -> None:
-        nonlocal holder
-        if kind == SNAPSHOT:
-            assert isinstance(payload, Snapshot)
-            if holder is None:
-                holder = SnapshotHolder(payload)
-                first.set_result(payload)
-            else:
-                old, holder.current = holder.current, payload
-                # Every message unpickles a fresh Config: compare by content hash.
-                if core is not None and core.config.config_hash != payload.config.config_hash:
-                    core.apply_config(payload.config)
-                if core is not None:
-                    core.snapshot_changed(old, payload)
-            channel.send(ACK, payload.version)
-
-    def on_lost() -> None:
-        stop.set()  # the supervisor is gone: drain and exit
-
-    # Created before connecting: the first snapshot may arrive during the connect call.
-    channel = ChannelProtocol(on_message, on_lost)
-    chan_sock = socket.socket(fileno=channel_fd)
-    await loop.connect_accepted_socket(lambda: channel, sock=chan_sock)
-    snapshot = await first
-    assert holder is not None
-    outcomes = OutcomeRecorder()
-    config = snapshot.config
-    core = ProxyCore(holder, loop=loop, loads=LoadTable(), observer=outcomes)
-    access_log: AccessLogger | None = None
-    if config.access_log:
-        # Each worker appends its own lines to the same file (O_APPEND keeps them whole).
-        access_log = AccessLogger(loop, access_log_path(config))
-        access_log.bind(core.stats)
-        core.access_log = access_log.record
-    core.selector.capacity_share = 1.0 / max(1, workers)
+    worker = Worker(loop, workers)
+    core = worker.build(await worker.connect(channel_fd))
     server = ProxyServer(core)
     try:
         await server.start(host, port, reuse_port=True, https_port=https_port)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", host, port, exc)
         return 2
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    if access_log is not None:
-        loop.add_signal_handler(signal.SIGUSR1, access_log.reopen)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor handles Ctrl-C for us
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    channel.send(READY, {"worker": worker_id, "pid": os.getpid()})
+    worker.install_signals()
+    worker.channel.send(READY, {"worker": worker_id, "pid": os.getpid()})
     gc.collect()
     gc.freeze()
-
-    async def report() -> None:
-        while True:
-            await asyncio.sleep(REPORT_INTERVAL_S)
-            channel.send(REPORT, _report(core, outcomes))
-
-    async def sweep() -> None:
-        while True:
-            await asyncio.sleep(0.1)
-            core.sweep()
-
-    tasks = [loop.create_task(report()), loop.create_task(sweep())]
-    await stop.wait()
-    drained = await server.drain(holder.current.config.shutdown_grace_s)
-    await core.dns.close()
-    channel.send(REPORT, _report(core, outcomes))
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    if access_log is not None:
-        core.access_log = None
-        access_log.close()
-    await asyncio.sleep(0)  # let the last report leave
-    channel.close()
-    if not drained:
+    if not await worker.serve(server):
         log.warning("grace period over: closed connections with requests in flight")
     return 0
+
+
+class Worker:
+    """One worker's life: wait for the first snapshot, proxy on it, report, then drain."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, workers: int) -> None:
+        self.loop = loop
+        self.workers = workers
+        self.first: asyncio.Future[Snapshot] = loop.create_future()
+        self.stop = asyncio.Event()  # SIGTERM, or the supervisor is gone: drain and exit
+        self.holder: SnapshotHolder | None = None
+        self.core: ProxyCore | None = None
+        self.outcomes = OutcomeRecorder()
+        self.access_log: AccessLogger | None = None
+        # Created before connecting: the first snapshot may arrive during the connect call.
+        self.channel = ChannelProtocol(self._on_message, self.stop.set)
+
+    def _on_message(self, kind: bytes, payload: Any) -> None:
+        if kind != SNAPSHOT:
+            return
+        assert isinstance(payload, Snapshot)
+        holder, core = self.holder, self.core
+        if holder is None:
+            self.holder = SnapshotHolder(payload)
+            self.first.set_result(payload)
+        else:
+            old, holder.current = holder.current, payload
+            # Every message unpickles a fresh Config: compare by content hash.
+            if core is not None and core.config.config_hash != payload.config.config_hash:
+                core.apply_config(payload.config)
+            if core is not None:
+                core.snapshot_changed(old, payload)
+        self.channel.send(ACK, payload.version)
+
+    async def connect(self, channel_fd: int) -> Snapshot:
+        """Connect the supervisor's channel; the first snapshot it sends."""
+        chan_sock = socket.socket(fileno=channel_fd)
+        await self.loop.connect_accepted_socket(lambda: self.channel, sock=chan_sock)
+        return await self.first
+
+    def build(self, snapshot: Snapshot) -> ProxyCore:
+        """The proxy core on the pushed snapshots, reporting outcomes, with its access log."""
+        assert self.holder is not None
+        config = snapshot.config
+        core = ProxyCore(self.holder, loop=self.loop, loads=LoadTable(), observer=self.outcomes)
+        if config.access_log:
+            # Each worker appends its own lines to the same file (O_APPEND keeps them whole).
+            self.access_log = AccessLogger(self.loop, access_log_path(config))
+            self.access_log.bind(core.stats)
+            core.access_log = self.access_log.record
+        core.selector.capacity_share = 1.0 / max(1, self.workers)
+        self.core = core
+        return core
+
+    def install_signals(self) -> None:
+        self.loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        if self.access_log is not None:
+            self.loop.add_signal_handler(signal.SIGUSR1, self.access_log.reopen)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor handles Ctrl-C for us
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    async def serve(self, server: ProxyServer) -> bool:
+        """Report and sweep until told to stop; then drain and close. False: not drained."""
+        core, holder = self.core, self.holder
+        assert core is not None and holder is not None
+        # The sweep loop repeats Runtime's: its one home would be ProxyCore (router/proxy),
+        # and importing router.runtime would load aiohttp into every worker.
+        tasks = [self.loop.create_task(self._report_loop()), self.loop.create_task(_sweep(core))]
+        await self.stop.wait()
+        drained = await server.drain(holder.current.config.shutdown_grace_s)
+        await core.dns.close()
+        self.channel.send(REPORT, _report(core, self.outcomes))
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.access_log is not None:
+            core.access_log = None
+            self.access_log.close()
+        await asyncio.sleep(0)  # let the last report leave
+        self.channel.close()
+        return drained
+
+    async def _report_loop(self) -> None:
+        assert self.core is not None
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL_S)
+            self.channel.send(REPORT, _report(self.core, self.outcomes))
+
+
+async def _sweep(core: ProxyCore) -> None:
+    while True:
+        await asyncio.sleep(0.1)
+        core.sweep()
 
 
 def _report(core: ProxyCore, outcomes: OutcomeRecorder) -> dict[str, Any]:

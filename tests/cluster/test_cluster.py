@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import statistics
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,18 +22,10 @@ import redis
 from pytest_aiohttp import AiohttpServer
 
 from tests.cluster import Cluster, Instance, eventually, start_site
-from tests.redis_server import RedisServer, require_redis
+from tests.redis_server import RedisServer
 from tests.stores import start_store, write_payload
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(require_redis(), tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ async def test_failover_stops_new_requests_at_once_while_in_flight_ones_finish(
     async with aiohttp.ClientSession() as session:
         admin = Admin(session, service.admin_port)
         # A POST in flight finishes where it is (a GET waiting for headers would be
-        # re-sent to r2 at once: tests/e2e/test_gray_failures.py).
+        # re-sent to r2 at once: tests/proxy/test_gray_failures.py).
         slow = asyncio.create_task(_post(session, service.proxy_port, "/delay/0.6", _pinned("r1")))
         async with asyncio.timeout(5):
             await r1.arrived.wait()

@@ -28,7 +28,7 @@ from router.service import RouterService
 from tests.backends import RawResponse, probe_passes
 from tests.cluster import eventually
 from tests.conftest import StartRouter, make_config
-from tests.e2e.test_wire_corpus import assert_still_serving
+from tests.proxy.test_wire_corpus import assert_still_serving
 from tests.wire import StrictRegion, exchange_raw, start_strict_region
 
 SEED = int(os.environ.get("ROUTER_FUZZ_SEED", "20261202"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +18,9 @@ from router.config.loader import StateConfig
 from router.store.docs import region_key
 from router.store.files import StoreConflict, StoreWriteError
 from router.store.redis import RedisStateStore
-from tests.redis_server import RedisServer, require_redis
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(require_redis(), tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 class Changes:
@@ -54,7 +46,8 @@ async def stores(
     a = RedisStateStore(config, tmp_path / "a", "a", CollectorRegistry())
     b = RedisStateStore(config, tmp_path / "b", "b", CollectorRegistry())
     ca, cb = Changes(), Changes()
-    a.on_change, b.on_change = ca, cb
+    a.follow(changes=ca)
+    b.follow(changes=cb)
     for s in (a, b):
         await s.open()
         await s.start()

@@ -19,7 +19,7 @@ import pytest
 from router.service import RouterService
 from tests.backends import probe_passes, raw_exchange
 from tests.conftest import StartRouter, make_config
-from tests.e2e.test_proxy_errors import assert_router_error
+from tests.proxy.test_proxy_errors import assert_router_error
 from tests.wire import StrictRegion, exchange_raw, start_strict_region
 
 H = b"Host: a\r\n"

@@ -6,7 +6,7 @@ import pytest
 
 from router.state.snapshot import RegionState, RegionView
 from router.state.tiers import plan_tiers
-from tests.router.test_strategies import view
+from tests.routing.test_strategies import view
 
 H, U, E = RegionState.HEALTHY, RegionState.UNHEALTHY, RegionState.EJECTED
 

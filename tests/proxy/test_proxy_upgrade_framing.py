@@ -23,7 +23,7 @@ from tests.backends import (
     region_behind_router,
 )
 from tests.conftest import StartRouter
-from tests.e2e.test_proxy_errors import assert_router_error
+from tests.proxy.test_proxy_errors import assert_router_error
 
 UPGRADE_WITH_BODY = {
     "Upgrade: foo, Content-Length": (

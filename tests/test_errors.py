@@ -14,7 +14,7 @@ import router
 from router import errors
 from router.errors import RouterError
 
-ARCHITECTURE = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
+ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 
 
 def router_exception_classes() -> dict[str, type[BaseException]]:
