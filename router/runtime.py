@@ -175,14 +175,8 @@ class Runtime:
             self.access_logger.bind(self.core.stats)
             self.core.access_log = self.access_logger.record
         self.health.sync()
-        self._tasks.append(self.loop.create_task(self._sweep_loop(), name="proxy-sweeper"))
+        self._tasks.append(self.loop.create_task(self.core.sweep_forever(), name="proxy-sweeper"))
         self._tasks.append(self.loop.create_task(self._tick_loop(), name="registry-tick"))
-
-    async def _sweep_loop(self) -> None:
-        core = self.core
-        while True:
-            await asyncio.sleep(0.1)
-            core.sweep()
 
     async def _tick_loop(self) -> None:
         loads = self.loads

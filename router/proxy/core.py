@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 AccessLog = Callable[[Exchange, int, float, bool, str | None], None]
 
 
+# Timeouts are checked this often, without a timer per request: a response-header or idle
+# deadline fires at most this late.
+SWEEP_INTERVAL_S = 0.1
+
+
 class ProxyCore(ExchangeServices[Exchange]):
     """Shared by every client connection of one process."""
 
@@ -141,6 +146,13 @@ class ProxyCore(ExchangeServices[Exchange]):
         """A new routing state took over: rescue requests waiting on regions that left."""
         if self.awaiting:
             rescue_departed(self, old, new)
+
+    async def sweep_forever(self) -> None:
+        """``sweep`` every ``SWEEP_INTERVAL_S`` until cancelled: one task per serving process
+        (the runtime's, or a worker's)."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            self.sweep()
 
     def sweep(self) -> None:
         """Timeouts without a timer per request: response-header deadlines, idle clients."""

@@ -145,9 +145,10 @@ class Worker:
         """Report and sweep until told to stop; then drain and close. False: not drained."""
         core, holder = self.core, self.holder
         assert core is not None and holder is not None
-        # The sweep loop repeats Runtime's: its one home would be ProxyCore (router/proxy),
-        # and importing router.runtime would load aiohttp into every worker.
-        tasks = [self.loop.create_task(self._report_loop()), self.loop.create_task(_sweep(core))]
+        tasks = [
+            self.loop.create_task(self._report_loop()),
+            self.loop.create_task(core.sweep_forever(), name="proxy-sweeper"),
+        ]
         await self.stop.wait()
         drained = await server.drain(holder.current.config.shutdown_grace_s)
         await core.dns.close()
@@ -167,12 +168,6 @@ class Worker:
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
             self.channel.send(REPORT, _report(self.core, self.outcomes))
-
-
-async def _sweep(core: ProxyCore) -> None:
-    while True:
-        await asyncio.sleep(0.1)
-        core.sweep()
 
 
 def _report(core: ProxyCore, outcomes: OutcomeRecorder) -> dict[str, Any]:
