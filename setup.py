@@ -36,11 +36,13 @@ COMPILED = [
     "router/proxy/core.py",
     "router/proxy/dns.py",
     "router/proxy/exchange.py",
-    # h2front/h2stream/h2upstream: H2Exchange and H2RegionStream subclass compiled classes
-    # (an interpreted class cannot), and the HTTP/2 path is per-request code too; h2frames,
-    # h2wire and h2hpack are the client side's framing and response HPACK, written for mypyc.
+    # h2front/h2stream/h2upstream/h2region_stream: H2Exchange and H2RegionStream subclass
+    # compiled classes (an interpreted class cannot), and the HTTP/2 path is per-request
+    # code too; h2frames, h2wire and h2hpack are the client side's framing and response
+    # HPACK, written for mypyc.
     "router/proxy/h2front.py",
     "router/proxy/h2stream.py",
+    "router/proxy/h2region_stream.py",
     "router/proxy/h2upstream.py",
     "router/proxy/h2frames.py",
     "router/proxy/h2hpack.py",
@@ -50,7 +52,10 @@ COMPILED = [
     "router/proxy/headers.py",
     "router/proxy/hedging.py",
     "router/proxy/paths.py",
+    "router/proxy/request_head.py",
+    "router/proxy/response.py",
     "router/proxy/retries.py",
+    "router/proxy/services.py",
     "router/proxy/upstream.py",
     "router/routing/load.py",
     "router/routing/routes.py",

@@ -26,25 +26,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# proxy-path cycle: see issue 11 item 3, pending. client, core, exchange, retries and upstream
-# import each other through TYPE_CHECKING blocks (hedging and rescue joined them in issue 10);
-# interfaces.py Protocols will break it. Until then a cycle among (a subset of) these modules
-# is tolerated, and no other cycle is.
-PENDING_CYCLES = (
-    frozenset(
-        {
-            "router.proxy.client",
-            "router.proxy.core",
-            "router.proxy.exchange",
-            "router.proxy.h2upstream",  # h2 regions (issue 14): a stream is an upstream
-            "router.proxy.hedging",  # per-try and hedges (issue 10): extra tries of an exchange
-            "router.proxy.rescue",  # in-flight rescue (issue 10) works on exchanges and core
-            "router.proxy.retries",
-            "router.proxy.upstream",
-        }
-    ),
-)
-
 
 def run_lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
     """The real ``lint-imports`` with ``root``'s pyproject, analysing ``root``'s packages."""
@@ -87,14 +68,20 @@ def test_lint_imports_rejects_a_tree_that_breaks_each_contract(tmp_path: Path) -
 
     # Package __init__ modules: they stay whatever the packages' modules become.
     append("router/proxy/__init__.py", "from router.control import core  # layers: upward")
+    # Inside the proxy: an upward import under TYPE_CHECKING still breaks its layers.
+    append(
+        "router/proxy/upstream.py",
+        "import typing\nif typing.TYPE_CHECKING:\n    from router.proxy import exchange",
+    )
     append("router/store/__init__.py", "from admin import keys  # the planes: admin")
     append("router/cli.py", "import admin.app  # only the composition root")
     (tmp_path / "router" / "unplaced.py").write_text('"""In no layer."""\n', encoding="utf-8")
     result = run_lint_imports(tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     out = result.stdout
-    assert "0 kept, 3 broken" in out, out
+    assert "0 kept, 4 broken" in out, out
     assert "router.proxy is not allowed to import router.control" in out, out
+    assert "router.proxy.upstream is not allowed to import router.proxy.exchange" in out, out
     assert "router.unplaced" in out, out  # exhaustive: a new module must be given a layer
     assert "router.store -> admin.keys" in out, out
     assert "router.cli -> admin.app" in out, out
@@ -160,29 +147,25 @@ def router_graph() -> grimp.ImportGraph:
     return grimp.build_graph("router", cache_dir=None)
 
 
-def new_cycles(graph: grimp.ImportGraph) -> list[list[str]]:
+def cycles(graph: grimp.ImportGraph) -> list[list[str]]:
     adjacency = {m: graph.find_modules_directly_imported_by(m) for m in graph.modules}
-    return sorted(
-        sorted(cycle)
-        for cycle in import_cycles(adjacency)
-        if not any(cycle <= pending for pending in PENDING_CYCLES)
-    )
+    return sorted(sorted(cycle) for cycle in import_cycles(adjacency))
 
 
 def test_no_import_cycle_among_router_modules() -> None:
     assert router_graph().find_modules_directly_imported_by("router.cli")  # not vacuous
-    assert new_cycles(router_graph()) == []
+    assert cycles(router_graph()) == []
 
 
 def test_the_cycle_check_sees_new_cycles() -> None:
     graph = router_graph()
     graph.add_import(importer="router.config.units", imported="router.control.core")
-    assert any("router.config.units" in cycle for cycle in new_cycles(graph))
-    # The pending proxy cycle is tolerated only within its modules: pulling one more in fails.
+    assert any("router.config.units" in cycle for cycle in cycles(graph))
+    # The proxy path (issue 11 item 3) has no cycle left to tolerate: one call back up, as
+    # the upstream connection naming its exchange once did, fails.
     graph = router_graph()
-    graph.add_import(importer="router.proxy.exchange", imported="router.proxy.headers")
-    graph.add_import(importer="router.proxy.headers", imported="router.proxy.exchange")
-    assert any("router.proxy.headers" in cycle for cycle in new_cycles(graph))
+    graph.add_import(importer="router.proxy.upstream", imported="router.proxy.exchange")
+    assert any({"router.proxy.exchange", "router.proxy.upstream"} <= set(c) for c in cycles(graph))
 
 
 def test_grimp_counts_type_checking_imports(tmp_path: Path) -> None:

@@ -1,9 +1,11 @@
-"""Client side of the data plane: one client connection's protocol.
+"""Client side of the data plane: one HTTP/1.1 client connection's protocol.
 
-``ClientConnection`` parses requests with httptools (llhttp, strict), validates each head
-before anything reaches a region, builds the upstream head once, and hands the request to
-an ``Exchange``; it keeps pipelined requests in order, answers refusals itself (JSON,
-``X-Router-Error``), and splices WebSocket tunnels.
+``ClientConnection`` parses requests with httptools (llhttp, strict); each head's fields go
+to a ``RequestHead`` (router/proxy/request_head.py), which validates them before anything
+reaches a region and builds the exchange. The connection keeps pipelined requests in order,
+bounds what llhttp buffers, restarts the parser where llhttp stops (custom methods, Upgrade
+requests that are no tunnel), answers refusals itself (JSON, ``X-Router-Error``), applies
+backpressure both ways, and splices WebSocket tunnels.
 """
 
 from __future__ import annotations
@@ -16,22 +18,11 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from router.errors import BadRequest, BodyTooLarge, HeadersTooLarge, ProxyError
+from router.errors import BadRequest, HeadersTooLarge, ProxyError
 from router.proxy.exchange import Exchange
-from router.proxy.headers import (
-    FRAMING_LOOKALIKES,
-    IDEMPOTENT_METHODS,
-    TRAILER_DROP,
-    connection_tokens,
-    error_response,
-    forwarded_fields,
-    framing_field,
-    named_headers,
-    valid_host,
-)
-from router.proxy.paths import normalize_path, split_target
+from router.proxy.headers import TRAILER_DROP, error_response
+from router.proxy.request_head import RequestHead
 from router.proxy.upstream import UpstreamConnection
-from router.state.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from router.proxy.core import ProxyCore
@@ -74,24 +65,7 @@ class ClientConnection(asyncio.Protocol):
         # whether the next head is that framing only (see _after_upgrade).
         self.skipped_body: bytes | None = None
         self.framing_head = False
-        self._reset_head()
-
-    def _reset_head(self) -> None:
-        self.url = b""
-        self.lines: list[bytes] = []
-        self.head_bytes = 0
-        self.host: bytes | None = None
-        self.content_length = -1
-        self.chunked = False
-        self.conn_tokens: frozenset[bytes] | None = None
-        self.upgrade_value: bytes | None = None
-        self.xff: bytes | None = None
-        self.request_id: bytes | None = None
-        self.expect: bytes | None = None
-        self.idempotency_key = False
-        self.cookie: bytes | None = None
-        self.affinity_value: bytes | None = None
-        self.geo_value: bytes | None = None
+        self.head = RequestHead()
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -231,21 +205,18 @@ class ClientConnection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._reset_head()
+        self.head = RequestHead()
         if self.feeding == _FEEDING:
             self.feeding = _BEGUN  # this read starts the request (see _custom_method)
 
     def on_url(self, url: bytes) -> None:
-        self.url += url
-        self.head_bytes += len(url)
-        if self.head_bytes > self.core.max_header_bytes:
-            raise HeadersTooLarge(f"request head exceeds {self.core.max_header_bytes} bytes")
+        head = self.head
+        head.url += url
+        head.grow(len(url), self.core.max_header_bytes)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.head_bytes += len(name) + len(value) + 4
-        core = self.core
-        if self.head_bytes > core.max_header_bytes:
-            raise HeadersTooLarge(f"request head exceeds {core.max_header_bytes} bytes")
+        head = self.head
+        head.grow(len(name) + len(value) + 4, self.core.max_header_bytes)
         lname = name.lower()
         if not self.in_head:
             # A trailer of a chunked body: never read as a request header; passed on
@@ -254,52 +225,9 @@ class ClientConnection(asyncio.Protocol):
             if ex is not None and lname not in TRAILER_DROP:
                 ex.req_trailers.append(b"%b: %b\r\n" % (name, value))
             return
-        if lname not in core.interesting:
-            self.lines.append(b"%b: %b\r\n" % (name, value))
-            return
-        if lname in core.watched:
-            if lname == b"cookie":
-                self.cookie = value
-            elif lname == b"idempotency-key":
-                self.idempotency_key = True
-            elif lname == core.affinity_header:
-                self.affinity_value = value
-            if lname == core.geo_header:
-                self.geo_value = value
-            self.lines.append(b"%b: %b\r\n" % (name, value))
-            return
-        if lname == b"host":
-            if self.host is not None:
-                raise BadRequest("more than one Host header")
-            self.host = value
-        elif lname == b"content-length":
-            self.content_length = int(value)
-        elif lname == b"transfer-encoding":
-            # llhttp frames by a final "chunked"; other codings would reach the region
-            # without their label once re-framed, so refuse them (as nginx does).
-            if value.strip().lower() != b"chunked":
-                raise BadRequest("unsupported Transfer-Encoding (only chunked)")
-            self.chunked = True
-        elif lname == b"connection":
-            tokens = connection_tokens(value)
-            self.conn_tokens = tokens if self.conn_tokens is None else self.conn_tokens | tokens
-        elif lname == b"upgrade":
-            self.upgrade_value = value
-        elif lname == b"x-forwarded-for":
-            self.xff = value if self.xff is None else self.xff + b", " + value
-        elif lname == b"x-request-id":
-            if 0 < len(value) <= 200:
-                self.request_id = value
-        elif lname == b"expect":
-            self.expect = value.lower()
-        elif lname == b"te" and value.strip().lower() == b"trailers":
-            self.lines.append(b"TE: trailers\r\n")
-        elif lname in FRAMING_LOOKALIKES:
-            raise BadRequest(f"header {name.decode('latin-1')!r} could be read as a framing header")
-        # everything else in REQUEST_SPECIAL is hop-by-hop or rewritten: dropped
+        head.add_field(name, lname, value, self.core)
 
     def on_headers_complete(self) -> None:
-        core = self.core
         parser = self.parser
         self.in_head = False
         self.head_fed = 0
@@ -309,87 +237,30 @@ class ClientConnection(asyncio.Protocol):
         method = parser.get_method()
         if self.method_override is not None:
             method, self.method_override = self.method_override, None
+        head = self.head
         version = parser.get_http_version()
-        self.http11 = version == "1.1"
-        if not self.http11:
-            if version != "1.0":
-                raise BadRequest(f"unsupported HTTP version {version}")
-            if self.chunked:
-                # RFC 9112 6.1: the connection must close after it; refused, as nginx does.
-                raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
-        if method == b"CONNECT":
-            raise BadRequest("CONNECT is not supported: this is a reverse proxy")
-        target, authority = split_target(self.url)
-        host = self.host
-        if host is None:
-            if self.http11:
-                raise BadRequest("missing Host header")
-            host = authority or b""
-        elif not valid_host(host):
-            raise BadRequest("invalid Host header")
-        if authority is not None and authority != host.lower():
-            raise BadRequest("absolute-form target names another host; this is not a forward proxy")
-        snapshot: Snapshot = core.holder.current
-        if b"." in target or b"%" in target or core.has_routes:
-            path = normalize_path(target)  # also rejects climbing above the root
-        else:
-            path = ""
-        plan = core.plan_for(snapshot, host, path) if core.has_routes else snapshot.default_plan
-        has_body = self.chunked or self.content_length > 0
-        if self.content_length > core.max_body_bytes:
-            raise BodyTooLarge(f"request body exceeds {core.max_body_bytes} bytes")
+        http11 = self.http11 = version == "1.1"
+        head.check(method, version)
+        route = head.route(self.core, http11)
         upgrade = False
         if parser.should_upgrade():
             # Only a WebSocket handshake (GET, no body) becomes a tunnel. llhttp skips the
             # body of any request asking to upgrade: for the others, note its framing so
             # the body is parsed and forwarded (see _after_upgrade).
-            upgrade = (
-                method == b"GET"
-                and self.http11
-                and not has_body
-                and self.upgrade_value is not None
-                and self.upgrade_value.strip().lower() == b"websocket"
-            )
-            if has_body and not upgrade:
-                self.skipped_body = (
-                    b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-                    if self.chunked
-                    else b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % self.content_length
-                )
-        request_id = self.request_id or core.next_request_id()
-
-        lines = self.lines
-        if self.conn_tokens:
-            named = named_headers(self.conn_tokens)
-            if named:
-                lines = [ln for ln in lines if ln.split(b":", 1)[0].lower() not in named]
-        xff = self.peer if self.xff is None else self.xff + b", " + self.peer
-        lines.append(forwarded_fields(xff, self.proto, host, request_id))
-        lines.append(framing_field(self.chunked, self.content_length))
-        if upgrade:
-            lines.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
-        lines.append(b"\r\n")
-        info = core.request_info(self.cookie, self.affinity_value, self.geo_value)
-        ex = Exchange(
-            core,
+            upgrade = head.websocket(method, http11)
+            if not upgrade:
+                self.skipped_body = head.body_framing()
+        ex = head.exchange(
+            self.core,
             self,
-            method=method,
-            method_label=core.method_label(method),
-            request_line=b"%b %b HTTP/1.1\r\n" % (method, target),
-            head_common=b"".join(lines),
-            upstream_host=host if core.preserve_host else None,
-            chunked_request=self.chunked,
-            has_body=has_body,
+            method,
+            route,
             keep_alive=parser.should_keep_alive(),
             upgrade=upgrade,
-            idempotent=method in IDEMPOTENT_METHODS or self.idempotency_key,
-            request_id=request_id,
-            snapshot=snapshot,
-            plan=plan,
-            info=info,
-            now=monotonic(),
+            peer=self.peer,
+            proto=self.proto,
         )
-        if self.expect == b"100-continue" and has_body and self.http11:
+        if head.expect == b"100-continue" and head.has_body and http11:
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.parsing = ex
         if self.active is None:
@@ -502,7 +373,7 @@ class ClientConnection(asyncio.Protocol):
             self.pause_reading_for("error")
 
     def _send_error(self, error: ProxyError) -> None:
-        self.write(error_response(error, self.request_id, close=True))
+        self.write(error_response(error, self.head.request_id, close=True))
         self.core.stats.record("none", "OTHER", str(error.status), 0.0)
 
     def start_tunnel(

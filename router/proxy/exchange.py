@@ -1,10 +1,14 @@
-"""One proxied request: region choice, attempts and retries, response relay, accounting.
+"""One proxied request's state and its request half: region choice, tries, body, the end.
 
-The client connection creates an ``Exchange`` when a request head has been read and
-validated; the exchange binds to a pooled upstream connection (or opens one), writes the
-re-framed request, relays the re-framed response, and tells the client connection when it
-is done. All of it runs in protocol callbacks; only opening a connection is a task. What
-to do when an attempt fails (retry where and when, or answer an error) is router/proxy/retries.py.
+The client connection creates an exchange when a request head has been read and validated;
+the exchange chooses a region, binds to a pooled upstream connection (or opens one), writes
+the re-framed request and its body, and tells the client connection when it is done,
+counting the outcome. All of it runs in protocol callbacks; only opening a connection is a
+task. Everything that reaches the client (the response, an error the router answers) is
+the response half, ``router.proxy.response.ResponseRelay``, the class client connections
+create. What to do when a try fails (retry where and when, hedge, or answer an error) is
+router/proxy/retries.py and hedging.py, above this module: the exchange asks through its
+services' hooks (router/proxy/services.py).
 """
 
 from __future__ import annotations
@@ -12,56 +16,38 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from time import monotonic
-from typing import TYPE_CHECKING
 
-from router.errors import BodyTooLarge, ProxyError
+from router.errors import BodyTooLarge, NoEligibleRegion, ProxyError
 from router.proxy.headers import (
     CRLF,
-    TRAILER_DROP,
-    connection_tokens,
-    error_response,
-    named_headers,
 )
-from router.proxy.hedging import Hedges, arm, disarm, end_all
-from router.proxy.retries import (
-    attempt_failed,
-    honour_retry_after,
-    may_retry,
-    no_region_error,
-    retry_after_status,
-)
-from router.proxy.upstream import UpstreamConnection
+from router.proxy.interfaces import ClientSide
+from router.proxy.services import ExchangeServices, HedgeSet
+from router.proxy.upstream import ResponseSink, UpstreamConnection
 from router.routing.load import RegionLoad
-from router.routing.routes import current_plan
 from router.routing.strategies import RequestInfo
 from router.state.snapshot import RegionView, RoutePlan, Snapshot
 
-if TYPE_CHECKING:
-    from router.proxy.core import ProxyCore
-    from router.proxy.interfaces import ClientSide
-
-_CHUNK_END = b"0\r\n\r\n"
+CHUNK_END = b"0\r\n\r\n"
 _PENDING_PAUSE_BYTES = 256 * 1024
 
 
-class Exchange:
+class Exchange(ResponseSink):
     __slots__ = (
-        "_connect_task",
         "_informational",
         "attempts",
         "body_bytes",
         "body_done",
         "body_too_large_for_retry",
         "chunked_request",
-        "client",
         "close_client",
+        "connect_task",
         "core",
         "counted",
         "deadline",
         "discard_response",
         "done",
         "head_common",
-        "head_only_done",
         "hedges",
         "idempotent",
         "info",
@@ -78,8 +64,6 @@ class Exchange:
         "request_id",
         "request_line",
         "resp_chunked",
-        "resp_headers",
-        "resp_reason",
         "resp_started",
         "resp_trailers",
         "resp_until_close",
@@ -100,7 +84,7 @@ class Exchange:
 
     def __init__(
         self,
-        core: ProxyCore,
+        core: ExchangeServices[Exchange],
         client: ClientSide,
         *,
         method: bytes,
@@ -119,6 +103,9 @@ class Exchange:
         info: RequestInfo | None,
         now: float,
     ) -> None:
+        # Long on purpose: every field of an exchange is set here, once, so that compiled
+        # (mypyc) each is a native slot with a known type, and no attribute is ever
+        # missing on the per-request path. The arguments are the request's, already parsed.
         self.core = core
         self.client = client
         self.method = method
@@ -145,7 +132,7 @@ class Exchange:
         self.region: RegionView | None = None
         self.load: RegionLoad | None = None  # the region's live load, looked up once
         self.upstream: UpstreamConnection | None = None
-        self._connect_task: asyncio.Task[None] | None = None
+        self.connect_task: asyncio.Task[None] | None = None
         self.tried: set[str] = set()
         self.counted = False
         self.attempts = 0
@@ -170,7 +157,7 @@ class Exchange:
         self.tunnel_pending: list[bytes] = []
         # tail-latency state (router/proxy/hedging.py), only when per_try or hedging is on
         self.try_timer: asyncio.TimerHandle | None = None
-        self.hedges: Hedges | None = None
+        self.hedges: HedgeSet | None = None
 
     def __repr__(self) -> str:
         region = self.region.id if self.region else None
@@ -203,22 +190,22 @@ class Exchange:
         if conn is not None:
             self._bind(conn)
         else:
-            self._connect_task = core.loop.create_task(self._connect(region))
+            self.connect_task = core.loop.create_task(self._connect(region))
 
     async def _connect(self, region: RegionView) -> None:
         try:
             conn = await self.core.open_connection(region)
         except TimeoutError:
-            self._connect_task = None
+            self.connect_task = None
             if not self.done:
-                attempt_failed(self, "connect-timeout", sent=False)
+                self.core.attempt_failed(self, "connect-timeout", sent=False)
             return
         except OSError:
-            self._connect_task = None
+            self.connect_task = None
             if not self.done:
-                attempt_failed(self, "connect-failure", sent=False)
+                self.core.attempt_failed(self, "connect-failure", sent=False)
             return
-        self._connect_task = None
+        self.connect_task = None
         if self.done:
             self.core.pool.release(conn, monotonic())
             return
@@ -226,7 +213,7 @@ class Exchange:
             # Accepted, then reset before we wrote a byte: nothing was sent, so this is
             # retried like a refused connection.
             conn.abort()
-            attempt_failed(self, "connect-failure", sent=False)
+            self.core.attempt_failed(self, "connect-failure", sent=False)
             return
         self._bind(conn)
 
@@ -280,7 +267,7 @@ class Exchange:
             for chunk in chunks:
                 parts += (b"%x\r\n" % len(chunk), chunk, CRLF)
             if complete:
-                parts.append(self._last_chunk(self.req_trailers))
+                parts.append(last_chunk(self.req_trailers))
         else:
             parts += chunks
 
@@ -294,7 +281,7 @@ class Exchange:
             self.deadline = now + core.response_headers_timeout_s
         core.awaiting.add(self)
         if core.tail_timers:
-            arm(self, now)
+            core.arm_tail(self, now)
 
     # -- request body (from the client connection) -------------------------------------
 
@@ -325,7 +312,7 @@ class Exchange:
         self.body_done = True
         if self.upstream is not None and not self.discard_response:
             if self.chunked_request:
-                self.upstream.write(self._last_chunk(self.req_trailers))
+                self.upstream.write(last_chunk(self.req_trailers))
             if not self.resp_started:
                 self._await_headers()
 
@@ -333,217 +320,21 @@ class Exchange:
         """Client bytes after a WebSocket handshake, before the upstream accepted it."""
         self.tunnel_pending.append(data)
 
-    # -- response (from the upstream connection) ---------------------------------------
-
-    def on_response_head(self, status: int) -> None:
-        if 100 <= status < 200:
-            if status != 101:
-                self._informational = True  # 100/103: dropped; the final response follows
-                self.resp_headers = []
-                return
-            if not self.upgrade:
-                attempt_failed(self, "protocol", sent=True, detail="unrequested 101 from region")
-                return
-        core = self.core
-        core.awaiting.discard(self)
-        self.resp_trailers = []  # a discarded attempt's must not reach the client
-        region = self.region
-        assert region is not None
-        now = monotonic()
-        # This attempt's time to headers (from when it was written), not the whole
-        # exchange's: a retry must not charge the earlier attempts to this region.
-        elapsed = now - self.sent_at
-        load = self.load
-        assert load is not None
-        self.status = status
-        if status >= 500:
-            load.observe_failure(now)
-            core.observer(region.id, False, str(status))
-            if status in {503, 429}:
-                honour_retry_after(self, load, now)
-            if core.retry.retries_status(status) and may_retry(self, str(status)):
-                self.discard_response = True
-                self.head_only_done = self.is_head  # no body will follow a HEAD answer
-                return
-        else:
-            if status == 429:
-                honour_retry_after(self, load, now)
-            load.observe(elapsed, now)
-            if core.hedge_auto:
-                load.record_time(elapsed, now)
-            core.observer(region.id, True, "")
-        if self.hedges is not None:
-            end_all(self, "lost")  # this response goes to the client: every copy lost
-        self._send_response_head(status)
-
-    def _send_response_head(self, status: int) -> None:
-        core = self.core
-        client = self.client
-        assert self.region is not None
-        drop = core.response_drop
-        lines = [b"HTTP/1.1 %d %b\r\n" % (status, self.resp_reason)]
-        content_length: bytes | None = None
-        upstream_chunked = False
-        tokens: frozenset[bytes] | None = None
-        for name, value in self.resp_headers:
-            lname = name.lower()
-            if lname in drop:
-                if lname == b"content-length":
-                    content_length = value
-                elif lname == b"transfer-encoding":
-                    upstream_chunked = True
-                elif lname == b"connection":
-                    more = connection_tokens(value)
-                    tokens = more if tokens is None else tokens | more
-                continue
-            lines.append(b"%b: %b\r\n" % (name, value))
-        named = named_headers(tokens)
-        if named:
-            lines = [lines[0]] + [
-                ln for ln in lines[1:] if ln.split(b":", 1)[0].lower() not in named
-            ]
-        if status == 101:
-            lines.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
-        elif self.is_head or status in (204, 304):
-            if content_length is not None:
-                lines.append(b"Content-Length: %b\r\n" % content_length)
-        elif content_length is not None:
-            lines.append(b"Content-Length: %b\r\n" % content_length)
-        else:
-            self.resp_until_close = not upstream_chunked
-            if client.http11:
-                self.resp_chunked = True
-                lines.append(b"Transfer-Encoding: chunked\r\n")
-            else:
-                self.close_client = True
-        if core.region_header:
-            lines.append(self.region.region_header_line)
-        if core.request_id_header:
-            lines.append(b"X-Request-ID: %b\r\n" % self.request_id)
-        if self.set_cookie is not None:
-            lines.append(self.set_cookie)
-        if status == 101:
-            pass
-        elif self.close_client or core.draining:
-            self.close_client = True
-            lines.append(b"Connection: close\r\n")
-        elif not client.http11:
-            lines.append(b"Connection: keep-alive\r\n")
-        lines.append(CRLF)
-        self.resp_started = True
-        client.write(b"".join(lines))
-        if self.is_head:
-            self.head_only_done = True  # HEAD: the parser would wait for a body that never comes
-
-    def on_response_body(self, data: bytes) -> None:
-        if self.discard_response or self.head_only_done:
-            return  # a retried 5xx, or bytes a confused upstream sent after a HEAD answer
-        if self.resp_chunked:
-            self.client.write(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            self.client.write(data)
-
-    def on_response_trailer(self, name: bytes, value: bytes) -> None:
-        """A trailer field of a chunked response: passed on when the client gets chunks."""
-        if name.lower() not in TRAILER_DROP:
-            self.resp_trailers.append(b"%b: %b\r\n" % (name, value))
-
-    @staticmethod
-    def _last_chunk(trailers: list[bytes]) -> bytes:
-        return b"0\r\n%b\r\n" % b"".join(trailers) if trailers else _CHUNK_END
-
-    def on_response_complete(self) -> None:
-        if self._informational:
-            self._informational = False
-            return
-        if self.status == 101:
-            return  # llhttp ends the 101 message, then stops: on_upgrade_data follows
-        conn = self.upstream
-        if self.discard_response:
-            retry_after_status(self, conn)
-            return
-        if self.done:
-            return
-        if self.resp_chunked:
-            self.client.write(self._last_chunk(self.resp_trailers))
-        reusable = (
-            conn is not None
-            and self.body_done
-            and not self.head_only_done
-            and conn.parser.should_keep_alive()
-        )
-        if self.head_only_done and conn is not None:
-            conn.reset_parser()
-            reusable = self.body_done
-        self.release_upstream(reuse=reusable)
-        if not self.body_done:
-            self.close_client = True  # the client is still sending a body nobody reads
-        self._finish(self.status)
-
-    def on_upgrade_data(self, rest: bytes) -> None:
-        """The upstream accepted a WebSocket: splice the two connections together."""
-        conn = self.upstream
-        if conn is None or self.done:
-            return  # an unrequested 101, already failed
-        self.core.awaiting.discard(self)
-        self.release_upstream(reuse=False, keep_open=True)
-        self.client.start_tunnel(conn, rest, self.tunnel_pending)
-        self.tunnel_pending = []
-        self._finish(101, close=False)
-
-    def on_upstream_protocol_error(self, message: str) -> None:
-        attempt_failed(self, "protocol", sent=True, detail=message)
-
-    def on_upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
-        if self.done or conn is not self.upstream:
-            return
-        if self.resp_started:
-            if self.resp_until_close and not self.discard_response:
-                self.upstream = None
-                self.release_upstream(reuse=False)
-                if self.resp_chunked:
-                    self.client.write(_CHUNK_END)
-                self._finish(self.status)  # end of a close-delimited body
-                return
-            # Truncated mid-body: the only honest signal left is to cut the client off.
-            self.release_upstream(reuse=False)
-            self.close_client = True
-            self._finish(self.status, aborted=True)
-            return
-        if self.discard_response:
-            retry_after_status(self, None)
-            return
-        stale = conn.reused and self.status == 0
-        attempt_failed(self, "reset", sent=True, stale=stale)
-
     def on_timeout(self) -> None:
         """The response-headers deadline passed (the core's sweeper calls this)."""
-        if not self.done and not self.resp_started:
-            # With per_try on, this deadline is the whole request's: nothing follows it.
-            attempt_failed(self, "timeout", sent=True, final=bool(self.core.per_try_s))
+        raise NotImplementedError  # router/proxy/response.py: what reaches the client
 
     # -- failures and retries (policy in router/proxy/retries.py) ----------------------------
 
     def body_done_empty(self) -> bool:
         return self.body_done and self.body_bytes == 0
 
-    def retry_now(self) -> None:
-        """A scheduled retry's time has come (the loop calls this).
-
-        It chooses from the routing state of now, not of when the request arrived: a
-        region ejected or failed over in between must not get the retry.
-        """
-        if self.done or self.upstream is not None or self._connect_task is not None:
-            return  # finished, or already on another try (a hedge took it over, a rescue)
-        current = self.core.holder.current
-        if current is not self.snapshot:
-            self.plan = current_plan(self.snapshot, current, self.plan)
-            self.snapshot = current
-        self.start()
-
     def release_upstream(self, *, reuse: bool, keep_open: bool = False) -> None:
-        if self.try_timer is not None or self.hedges is not None:
-            disarm(self)
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+        if self.hedges is not None:
+            self.hedges.disarm()
         if self.counted:
             self.counted = False
             assert self.load is not None
@@ -562,20 +353,8 @@ class Exchange:
             conn.abort()
 
     def fail(self, error: ProxyError) -> None:
-        if self.done:
-            return
-        if self.resp_started:
-            self.close_client = True
-            self._finish(self.status, aborted=True)
-            return
-        self.close_client = self.close_client or not self.body_done
-        self.client.write(
-            error_response(error, self.request_id, close=self.close_client)
-            if not self.is_head
-            else error_response(error, self.request_id, close=self.close_client, head_only=True)
-        )
-        self.status = error.status
-        self._finish(error.status, router_error=error.code)
+        """Answer ``error`` to the client (or cut it off if the response has started)."""
+        raise NotImplementedError  # router/proxy/response.py: what reaches the client
 
     def _finish(
         self,
@@ -593,7 +372,7 @@ class Exchange:
         core.awaiting.discard(self)
         self.cancel_connect()
         if self.hedges is not None:
-            end_all(self, "cancelled")
+            self.hedges.end_all("cancelled")
         if self.retrying:
             core.retries_active -= 1
             self.retrying = False
@@ -605,9 +384,9 @@ class Exchange:
         self.client.exchange_finished(self, self.close_client if close is None else close)
 
     def cancel_connect(self) -> None:
-        if self._connect_task is not None:
-            self._connect_task.cancel()
-            self._connect_task = None
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
 
     def client_lost(self) -> None:
         """The client went away: cancel the upstream request (its connection is not reused)."""
@@ -620,5 +399,17 @@ class Exchange:
         self._finish(self.status or 499, aborted=True)
 
 
+def last_chunk(trailers: list[bytes]) -> bytes:
+    """The end of a chunked body, with its trailer fields (``name: value\\r\\n`` lines)."""
+    return b"0\r\n%b\r\n" % b"".join(trailers) if trailers else CHUNK_END
+
+
 def raise_body_too_large(limit: int) -> None:
     raise BodyTooLarge(f"request body exceeds {limit} bytes")
+
+
+def no_region_error(snapshot: Snapshot, now: float) -> NoEligibleRegion:
+    wake = snapshot.next_eligible_at
+    hint = snapshot.config.health_check.interval_s
+    seconds = int(max(1.0, (wake - now) if wake else hint) + 0.999)
+    return NoEligibleRegion("no eligible region for this request", retry_after_s=seconds)

@@ -15,6 +15,7 @@ from router.errors import ProxyError
 from router.proxy.exchange import Exchange
 from router.proxy.h2replies import error_body, error_fields, grpc_error_fields, is_grpc
 from router.proxy.headers import TRAILER_DROP, connection_tokens, named_headers
+from router.proxy.response import ResponseRelay
 from router.proxy.upstream import UpstreamConnection
 
 Header = tuple[bytes, bytes]
@@ -52,7 +53,7 @@ def _field(line: bytes) -> Header:
     return name.lower(), value.strip()
 
 
-class H2Exchange(Exchange):
+class H2Exchange(ResponseRelay):
     """An exchange whose client is an HTTP/2 stream: the head and errors are frames."""
 
     __slots__ = ("aborted", "stream")

@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import asyncio
 from time import monotonic
-from typing import TYPE_CHECKING
 
-from router.proxy.upstream import UpstreamConnection
+from router.proxy.exchange import Exchange
+from router.proxy.retries import may_retry, schedule_retry
+from router.proxy.services import ExchangeServices, HedgeSet
+from router.proxy.upstream import ResponseSink, UpstreamConnection
 from router.routing.load import auto_hedge_delay
 from router.routing.routes import current_plan
 from router.state.snapshot import RegionView
-
-if TYPE_CHECKING:
-    from router.proxy.core import ProxyCore
-    from router.proxy.exchange import Exchange
-    from router.proxy.interfaces import ClientSide
 
 
 def replayable(ex: Exchange) -> bool:
@@ -50,22 +47,20 @@ def arm(ex: Exchange, since: float) -> None:
         wait = max(0.0, since + core.per_try_s - now)
         ex.try_timer = core.loop.call_later(wait, per_try_due, ex, conn)
     if core.hedging is not None:
-        hedges = ex.hedges
+        hedges = hedges_of(ex)
         if hedges is None:
-            hedges = ex.hedges = Hedges()
+            hedges = Hedges(ex)
+            ex.hedges = hedges
         if hedges.sent < core.hedging.max_extra and hedges.timer is None:
             wait = max(0.0, since + hedge_delay(ex) - now)
-            hedges.timer = core.loop.call_later(wait, hedge_due, ex)
+            hedges.timer = core.loop.call_later(wait, hedge_due, hedges)
 
 
-def disarm(ex: Exchange) -> None:
-    if ex.try_timer is not None:
-        ex.try_timer.cancel()
-        ex.try_timer = None
+def hedges_of(ex: Exchange) -> Hedges | None:
+    """``ex.hedges`` as this module made it (the exchange sees only a ``HedgeSet``)."""
     hedges = ex.hedges
-    if hedges is not None and hedges.timer is not None:
-        hedges.timer.cancel()
-        hedges.timer = None
+    assert hedges is None or isinstance(hedges, Hedges)
+    return hedges
 
 
 def hedge_delay(ex: Exchange) -> float:
@@ -85,9 +80,8 @@ def per_try_due(ex: Exchange, conn: UpstreamConnection) -> None:
     ex.try_timer = None
     if ex.done or ex.resp_started or ex.discard_response or ex.upstream is not conn:
         return
-    from router.proxy.retries import may_retry, schedule_retry
-
-    waiting_hedge = ex.hedges is not None and any(h.conn is not None for h in ex.hedges.tries)
+    hedges = hedges_of(ex)
+    waiting_hedge = hedges is not None and any(h.conn is not None for h in hedges.tries)
     if not waiting_hedge and not may_retry(ex, "timeout"):
         return  # keep waiting: timeouts.response_headers still bounds the request
     region = ex.region
@@ -98,7 +92,7 @@ def per_try_due(ex: Exchange, conn: UpstreamConnection) -> None:
     core.loads.get(region.id).observe_failure(monotonic())
     core.stats.upstream_error(region.id, "per_try_timeout")
     ex.tried.add(region.id)
-    if not hand_over(ex, "per_try_timeout"):
+    if hedges is None or not hedges.hand_over("per_try_timeout"):
         schedule_retry(ex, "per_try_timeout")
     # Last: an ejection it causes rescues what still waits on the region, not this request.
     core.observer(region.id, False, "timeout")
@@ -107,22 +101,58 @@ def per_try_due(ex: Exchange, conn: UpstreamConnection) -> None:
 # -- hedges ----------------------------------------------------------------------------
 
 
-class Hedges:
+class Hedges(HedgeSet):
     """The hedging state of one exchange, allocated only when hedging is on."""
 
-    __slots__ = ("sent", "skipped", "timer", "tries")
+    __slots__ = ("ex", "sent", "skipped", "timer", "tries")
 
-    def __init__(self) -> None:
+    def __init__(self, ex: Exchange) -> None:
+        self.ex = ex
         self.tries: list[HedgeTry] = []
         self.sent = 0
         self.timer: asyncio.TimerHandle | None = None
         self.skipped = False
 
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
-def hedge_due(ex: Exchange) -> None:
-    hedges = ex.hedges
-    assert hedges is not None
+    def end_all(self, outcome: str, keep: HedgeTry | None = None) -> None:
+        for h in list(self.tries):
+            if h is not keep:
+                h.end(outcome)
+
+    def hand_over(self, reason: str) -> bool:
+        """The current try failed: a hedge still waiting takes the request over (no retry).
+
+        Only a copy already written to a region still in rotation qualifies. On True the
+        failed try is closed (if the caller has not released it yet).
+        """
+        ex = self.ex
+        by_id = ex.core.holder.current.by_id
+        ready = [
+            h
+            for h in self.tries
+            if h.conn is not None and not h.done and (r := by_id.get(h.region.id)) and r.eligible
+        ]
+        if not ready:
+            return False
+        h = ready[0]
+        core = ex.core
+        core.stats.retry(reason)
+        if ex.region is not None:
+            ex.tried.add(ex.region.id)
+        adopt(ex, h, won=False)
+        core.awaiting.add(ex)
+        ex.status = 0
+        arm(ex, h.sent_at)
+        return True
+
+
+def hedge_due(hedges: Hedges) -> None:
     hedges.timer = None
+    ex = hedges.ex
     core = ex.core
     cfg = core.hedging
     if ex.done or ex.resp_started or ex.discard_response or ex.upstream is None or cfg is None:
@@ -146,40 +176,31 @@ def hedge_due(ex: Exchange) -> None:
     if region is None or region.id in avoid:
         return  # nowhere else to send a copy
     hedges.sent += 1
-    HedgeTry(ex, region).start()
+    HedgeTry(hedges, region).start()
     if hedges.sent < cfg.max_extra:
-        hedges.timer = core.loop.call_later(hedge_delay(ex), hedge_due, ex)
+        hedges.timer = core.loop.call_later(hedge_delay(ex), hedge_due, hedges)
 
 
-def _budget_freed(core: ProxyCore) -> None:
+def _budget_freed(core: ExchangeServices[Exchange]) -> None:
     """A hedge ended: the request that has waited longest for the budget goes next."""
     waiting = core.hedge_waiting
     while waiting:
         ex = waiting.popleft()
-        if not (ex.done or ex.resp_started or ex.upstream is None):
-            core.loop.call_soon(hedge_due, ex)
+        hedges = hedges_of(ex)
+        if hedges is not None and not (ex.done or ex.resp_started or ex.upstream is None):
+            core.loop.call_soon(hedge_due, hedges)
             return
 
 
-class HedgeTry:
+class HedgeTry(ResponseSink):
     """One extra copy of a request, bound to its own upstream connection until it wins."""
 
-    __slots__ = (
-        "client",
-        "conn",
-        "connect_task",
-        "done",
-        "ex",
-        "head_only_done",
-        "region",
-        "resp_headers",
-        "resp_reason",
-        "sent_at",
-    )
+    __slots__ = ("conn", "connect_task", "done", "ex", "hedges", "region", "sent_at")
 
-    def __init__(self, ex: Exchange, region: RegionView) -> None:
-        self.ex = ex
-        self.client: ClientSide = ex.client  # the upstream connection corks it
+    def __init__(self, hedges: Hedges, region: RegionView) -> None:
+        self.hedges = hedges
+        self.ex = ex = hedges.ex
+        self.client = ex.client  # the upstream connection corks it
         self.region = region
         self.conn: UpstreamConnection | None = None
         self.connect_task: asyncio.Task[None] | None = None
@@ -193,10 +214,8 @@ class HedgeTry:
         return f"<HedgeTry region={self.region.id} done={self.done}>"
 
     def start(self) -> None:
-        ex = self.ex
-        core = ex.core
-        assert ex.hedges is not None
-        ex.hedges.tries.append(self)
+        core = self.ex.core
+        self.hedges.tries.append(self)
         core.hedges_active += 1
         core.loads.get(self.region.id).inflight += 1
         conn = core.pool.acquire_idle(self.region.endpoint)
@@ -295,8 +314,8 @@ class HedgeTry:
         core.hedges_active -= 1
         _budget_freed(core)
         core.loads.get(self.region.id).inflight -= 1
-        if ex.hedges is not None and self in ex.hedges.tries:
-            ex.hedges.tries.remove(self)
+        if self in self.hedges.tries:
+            self.hedges.tries.remove(self)
         if self.connect_task is not None:
             self.connect_task.cancel()
             self.connect_task = None
@@ -329,12 +348,11 @@ def adopt(ex: Exchange, h: HedgeTry, *, won: bool) -> None:
     ex.discard_response = False  # a 5xx being read to be retried: dropped with its try
     ex.head_only_done = False
     if won:
-        end_all(ex, "lost", keep=h)
+        h.hedges.end_all("lost", keep=h)
     h.done = True
     core.hedges_active -= 1
     _budget_freed(core)
-    assert ex.hedges is not None
-    ex.hedges.tries.remove(h)
+    h.hedges.tries.remove(h)
     core.stats.hedge("won")
     conn = h.conn
     h.conn = None
@@ -356,41 +374,3 @@ def adopt(ex: Exchange, h: HedgeTry, *, won: bool) -> None:
         # Last, with the exchange on its new try: an ejection rescues the requests still
         # waiting on the loser's region, and this one must not be among them.
         core.observer(loser, False, "hedge_lost")
-
-
-def hand_over(ex: Exchange, reason: str) -> bool:
-    """The current try failed: a hedge still waiting takes the request over (no retry).
-
-    Only a copy already written to a region still in rotation qualifies. On True the
-    failed try is closed (if the caller has not released it yet).
-    """
-    hedges = ex.hedges
-    if hedges is None:
-        return False
-    by_id = ex.core.holder.current.by_id
-    ready = [
-        h
-        for h in hedges.tries
-        if h.conn is not None and not h.done and (r := by_id.get(h.region.id)) and r.eligible
-    ]
-    if not ready:
-        return False
-    h = ready[0]
-    core = ex.core
-    core.stats.retry(reason)
-    if ex.region is not None:
-        ex.tried.add(ex.region.id)
-    adopt(ex, h, won=False)
-    core.awaiting.add(ex)
-    ex.status = 0
-    arm(ex, h.sent_at)
-    return True
-
-
-def end_all(ex: Exchange, outcome: str, keep: HedgeTry | None = None) -> None:
-    hedges = ex.hedges
-    if hedges is None:
-        return
-    for h in list(hedges.tries):
-        if h is not keep:
-            h.end(outcome)

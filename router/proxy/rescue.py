@@ -12,15 +12,12 @@ abandoned try is closed, so the region set as a whole carries no extra request.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from router.proxy.hedging import hand_over, replayable
+from router.proxy.exchange import Exchange
+from router.proxy.hedging import replayable
+from router.proxy.retries import retry_now
+from router.proxy.services import ExchangeServices
 from router.routing.routes import current_plan
 from router.state.snapshot import RoutePlan, Snapshot
-
-if TYPE_CHECKING:
-    from router.proxy.core import ProxyCore
-    from router.proxy.exchange import Exchange
 
 
 def departed(old: Snapshot, new: Snapshot) -> frozenset[str]:
@@ -35,7 +32,7 @@ def departed(old: Snapshot, new: Snapshot) -> frozenset[str]:
     return frozenset(out)
 
 
-def rescue_departed(core: ProxyCore, old: Snapshot, new: Snapshot) -> int:
+def rescue_departed(core: ExchangeServices[Exchange], old: Snapshot, new: Snapshot) -> int:
     """Re-send every rescuable request waiting on a region that left; how many were."""
     if not core.awaiting or old is new:
         return 0
@@ -54,7 +51,7 @@ def rescue(ex: Exchange, current: Snapshot) -> bool:
     region = ex.region
     if region is None or not rescuable(ex):
         return False
-    if ex.hedges is not None and hand_over(ex, "region_down"):
+    if ex.hedges is not None and ex.hedges.hand_over("region_down"):
         return True  # a copy already waits on another region: it carries on alone
     plan = _plan_now(ex, current)
     avoid = ex.tried | {region.id}
@@ -68,7 +65,7 @@ def rescue(ex: Exchange, current: Snapshot) -> bool:
     ex.attempts -= 1  # the region left; the request did not fail
     core.stats.retry("region_down")
     ex.rewind()
-    core.loop.call_soon(ex.retry_now)
+    core.loop.call_soon(retry_now, ex)
     return True
 
 

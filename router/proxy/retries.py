@@ -1,7 +1,10 @@
 """Retry policy of one exchange: what failed, whether to try again, where and when.
 
-The failure half of ``router.proxy.exchange.Exchange``, kept apart from the per-request fast path:
-nothing here runs unless an attempt failed or a region answered with a retryable status.
+The failure half of ``router.proxy.exchange.Exchange``, kept apart from the per-request fast
+path: nothing here runs unless an attempt failed or a region answered with a retryable status.
+This module sits above the exchange; the exchange reaches it through its services' hooks
+(``ExchangeServices.attempt_failed``, ``retry_after_status``, ``may_retry``), which
+``ProxyCore`` implements with these functions.
 Retries go to a region not tried yet while one is eligible, with full-jitter backoff, within
 the retry budget (retries that re-send what no region saw are outside it). A request that
 never reached a region is always retried (its body is still pending); otherwise only
@@ -11,20 +14,13 @@ a retry skipped for its body size or the budget is counted, never silent.
 
 from __future__ import annotations
 
-import time
-from email.utils import parsedate_to_datetime
 from time import monotonic
-from typing import TYPE_CHECKING
 
-from router.errors import NoEligibleRegion, ProxyError, UpstreamConnectError, UpstreamTimeout
-from router.proxy.hedging import hand_over
+from router.errors import ProxyError, UpstreamConnectError, UpstreamTimeout
+from router.proxy.exchange import Exchange
 from router.proxy.retry_policy import condition_of
 from router.proxy.upstream import UpstreamConnection
-from router.routing.load import RegionLoad
-from router.state.snapshot import Snapshot
-
-if TYPE_CHECKING:
-    from router.proxy.exchange import Exchange
+from router.routing.routes import current_plan
 
 
 def may_retry(ex: Exchange, reason: str, *, unsent: bool = False, budgeted: bool = True) -> bool:
@@ -78,7 +74,7 @@ def attempt_failed(
     # Even a stale reset may mean the region just died: retry elsewhere while one is
     # eligible, or a dead region still in rotation takes the retry and refuses it.
     ex.tried.add(region.id)
-    if ex.hedges is not None and not final and kind != "timeout" and hand_over(ex, kind):
+    if ex.hedges is not None and not final and kind != "timeout" and ex.hedges.hand_over(kind):
         return  # a copy of the request is already waiting elsewhere
     reason = None if final else core.retry.failure_reason(kind, sent=sent, stale=stale)
     if reason is not None and may_retry(ex, reason, unsent=not sent, budgeted=not stale):
@@ -107,7 +103,7 @@ def retry_after_status(ex: Exchange, conn: UpstreamConnection | None) -> None:
     assert ex.region is not None
     ex.core.stats.upstream_error(ex.region.id, str(ex.status))
     ex.tried.add(ex.region.id)
-    if ex.hedges is not None and hand_over(ex, str(ex.status)):
+    if ex.hedges is not None and ex.hedges.hand_over(str(ex.status)):
         return
     schedule_retry(ex, str(ex.status))
 
@@ -121,35 +117,19 @@ def schedule_retry(ex: Exchange, reason: str, *, budgeted: bool = True) -> None:
         ex.retrying = True
         core.retries_active += 1
     delay = core.selector.rng.uniform(0, core.retry.backoff_cap_s(ex.attempts))  # full jitter
-    core.loop.call_later(delay, ex.retry_now)
+    core.loop.call_later(delay, retry_now, ex)
 
 
-def honour_retry_after(ex: Exchange, load: RegionLoad, now: float) -> None:
-    for name, value in ex.resp_headers:
-        if name.lower() == b"retry-after":
-            seconds = retry_after_seconds(value)
-            if seconds is not None:
-                load.not_before = now + min(seconds, 3600.0)
-            return
+def retry_now(ex: Exchange) -> None:
+    """A scheduled retry's (or a rescue's) time has come: try again.
 
-
-def retry_after_seconds(value: bytes, wall: float | None = None) -> float | None:
-    """Seconds from a Retry-After value: delta-seconds or an HTTP-date (RFC 9110 10.2.3)."""
-    text = value.strip().decode("latin-1")
-    if text.isdigit():
-        return float(text)
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    now = time.time() if wall is None else wall
-    return max(0.0, when.timestamp() - now)
-
-
-def no_region_error(snapshot: Snapshot, now: float) -> NoEligibleRegion:
-    wake = snapshot.next_eligible_at
-    hint = snapshot.config.health_check.interval_s
-    seconds = int(max(1.0, (wake - now) if wake else hint) + 0.999)
-    return NoEligibleRegion("no eligible region for this request", retry_after_s=seconds)
+    It chooses from the routing state of now, not of when the request arrived: a
+    region ejected or failed over in between must not get the retry.
+    """
+    if ex.done or ex.upstream is not None or ex.connect_task is not None:
+        return  # finished, or already on another try (a hedge took it over, a rescue)
+    current = ex.core.holder.current
+    if current is not ex.snapshot:
+        ex.plan = current_plan(ex.snapshot, current, ex.plan)
+        ex.snapshot = current
+    ex.start()

@@ -7,7 +7,9 @@ and a reload swaps the whole policy at once (``ProxyCore.apply_config``).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 
 from router.config.model import RetriesConfig
 
@@ -77,3 +79,18 @@ class RetryPolicy:
 
     def keeps_body(self, body_bytes: int) -> bool:
         return body_bytes <= self.buffer_body_max_bytes
+
+
+def retry_after_seconds(value: bytes, wall: float | None = None) -> float | None:
+    """Seconds from a Retry-After value: delta-seconds or an HTTP-date (RFC 9110 10.2.3)."""
+    text = value.strip().decode("latin-1")
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    now = time.time() if wall is None else wall
+    return max(0.0, when.timestamp() - now)

@@ -13,17 +13,54 @@ import ssl
 from collections.abc import Callable, Sequence
 from functools import partial
 from time import monotonic
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import httptools
 
 from router.config.loader import Endpoint
 from router.proxy.dns import Resolver
+from router.proxy.interfaces import ClientSide
 
 P = TypeVar("P", bound=asyncio.Protocol)
-if TYPE_CHECKING:
-    from router.proxy.exchange import Exchange
-    from router.proxy.hedging import HedgeTry
+
+
+class ResponseSink:
+    """What an upstream connection delivers a response to: an exchange
+    (``router.proxy.exchange.Exchange``), or a hedged copy of one until it wins
+    (``router.proxy.hedging.HedgeTry``).
+
+    A base class, not a Protocol: this module sits below both, and compiled, a native base
+    keeps struct reads and vtable calls where a Protocol costs a generic lookup
+    (docs/architecture.md, bench/mypyc_protocol.py).
+    """
+
+    __slots__ = ("client", "head_only_done", "resp_headers", "resp_reason")
+
+    client: ClientSide  # corked per upstream read; paused by upstream backpressure
+    resp_reason: bytes
+    resp_headers: list[tuple[bytes, bytes]]
+    head_only_done: bool  # a HEAD answer: no body follows, the message is complete
+
+    def on_response_head(self, status: int) -> None:
+        raise NotImplementedError
+
+    def on_response_body(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def on_response_trailer(self, name: bytes, value: bytes) -> None:
+        raise NotImplementedError
+
+    def on_response_complete(self) -> None:
+        raise NotImplementedError
+
+    def on_upgrade_data(self, rest: bytes) -> None:
+        raise NotImplementedError
+
+    def on_upstream_protocol_error(self, message: str) -> None:
+        raise NotImplementedError
+
+    def on_upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
+        raise NotImplementedError
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -53,7 +90,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.born = monotonic()  # dns.max_connection_age counts from here
         self._on_lost = on_lost
         self.transport: asyncio.Transport | None = None
-        self.exchange: Exchange | HedgeTry | None = None  # a hedge until it wins
+        self.exchange: ResponseSink | None = None  # an exchange, or a hedge until it wins
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.in_trailers = False  # past the head: header fields now are chunked trailers

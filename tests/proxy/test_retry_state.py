@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from router.proxy.retries import retry_after_seconds
+from router.proxy.retry_policy import retry_after_seconds
 from router.routing.routes import current_plan
 from router.state.registry import Registry
 from tests.conftest import make_config
