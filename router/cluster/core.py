@@ -14,21 +14,29 @@ from router.cluster.leases import JobLeases
 from router.cluster.quorum import HealthQuorum
 from router.replication.engine import ReplicationEngine
 from router.runtime import Runtime
-from router.store.redis import RedisStateStore
+from router.store.redis import ChangeSink, RedisStateStore
 
 
 class Cluster:
     def __init__(
-        self, runtime: Runtime, replication: ReplicationEngine, store: RedisStateStore
+        self,
+        runtime: Runtime,
+        replication: ReplicationEngine,
+        store: RedisStateStore,
+        *,
+        apply_change: ChangeSink,
     ) -> None:
         self.store = store
         self.quorum = HealthQuorum(runtime, store)
         self.leases = JobLeases(replication, store)
         self.applied = 0  # other instances' changes applied here
-        # The wiring, in one place: this instance's verdicts and the others' meet in the
-        # quorum, and replication jobs run only under a lease.
+        # The wiring, in one place: the others' changes go to ``apply_change`` (Control's),
+        # this instance's verdicts and the others' meet in the quorum (recomputed after
+        # Redis comes back), and replication jobs run only under a lease.
+        store.follow(
+            changes=apply_change, health=self.quorum.on_peer, reconnected=self.quorum.recompute
+        )
         runtime.health.on_verdict = self.quorum.on_local_verdict
-        store.on_health = self.quorum.on_peer
         replication.coordinator = self.leases
 
     def __repr__(self) -> str:

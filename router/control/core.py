@@ -98,9 +98,9 @@ class Control:
         self.alerts = AlertEngine(self, wall=wall)
         self.cluster: Cluster | None = None
         if isinstance(self.store, RedisStateStore):
-            self.cluster = Cluster(runtime, self.replication, self.store)
-            self.store.on_change = self._apply_remote
-            self.store.on_reconnect = self.cluster.quorum.recompute
+            self.cluster = Cluster(
+                runtime, self.replication, self.store, apply_change=self._apply_remote
+            )
 
     def __repr__(self) -> str:
         return (

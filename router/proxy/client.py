@@ -212,11 +212,16 @@ class ClientConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         head = self.head
         head.url += url
-        head.grow(len(url), self.core.max_header_bytes)
+        head.size += len(url)
+        if head.size > self.core.max_header_bytes:
+            raise HeadersTooLarge(f"request head exceeds {self.core.max_header_bytes} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         head = self.head
-        head.grow(len(name) + len(value) + 4, self.core.max_header_bytes)
+        head.size += len(name) + len(value) + 4
+        core = self.core
+        if head.size > core.max_header_bytes:
+            raise HeadersTooLarge(f"request head exceeds {core.max_header_bytes} bytes")
         lname = name.lower()
         if not self.in_head:
             # A trailer of a chunked body: never read as a request header; passed on
@@ -225,7 +230,10 @@ class ClientConnection(asyncio.Protocol):
             if ex is not None and lname not in TRAILER_DROP:
                 ex.req_trailers.append(b"%b: %b\r\n" % (name, value))
             return
-        head.add_field(name, lname, value, self.core)
+        if lname in core.interesting:
+            head.add_special(name, lname, value, core)
+        else:
+            head.lines.append(b"%b: %b\r\n" % (name, value))  # forwarded as it is
 
     def on_headers_complete(self) -> None:
         parser = self.parser

@@ -3,7 +3,7 @@
 ``RequestHead`` gathers what llhttp reports of a head (the target, each field), keeps the
 fields the proxy reads (framing, Host, Connection, forwarding, affinity, geography) apart
 from the ones it forwards as they are, refuses what must not reach a region
-(``BadRequest``, ``HeadersTooLarge``, ``BodyTooLarge``), routes the request to its plan and
+(``BadRequest``, ``BodyTooLarge``), routes the request to its plan and
 builds its upstream head once, into the exchange. The connection's own protocol (the
 parsing loop, pipelining, backpressure, tunnels, refusals) is
 ``router.proxy.client.ClientConnection``'s.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from time import monotonic
 
-from router.errors import BadRequest, BodyTooLarge, HeadersTooLarge
+from router.errors import BadRequest, BodyTooLarge
 from router.proxy.core import ProxyCore
 from router.proxy.headers import (
     FRAMING_LOOKALIKES,
@@ -68,16 +68,10 @@ class RequestHead:
         self.affinity_value: bytes | None = None
         self.geo_value: bytes | None = None
 
-    def grow(self, size: int, limit: int) -> None:
-        self.size += size
-        if self.size > limit:
-            raise HeadersTooLarge(f"request head exceeds {limit} bytes")
-
-    def add_field(self, name: bytes, lname: bytes, value: bytes, core: ProxyCore) -> None:
-        """A field of the head (``lname``: its lower-case name)."""
-        if lname not in core.interesting:
-            self.lines.append(b"%b: %b\r\n" % (name, value))
-            return
+    def add_special(self, name: bytes, lname: bytes, value: bytes, core: ProxyCore) -> None:
+        """A field the proxy reads (``lname``, its lower-case name, is in
+        ``core.interesting``); the client connection appends every other field to ``lines``
+        itself, the common case, without a call."""
         if lname in core.watched:
             if lname == b"cookie":
                 self.cookie = value

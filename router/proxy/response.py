@@ -6,7 +6,8 @@ the region's response head, body, trailers and end to it, and it re-frames the h
 client (hop-by-hop and ``Connection``-named fields dropped, the router's own fields added,
 chunked or close-delimited where the region's framing does not carry over), relays the
 body, takes a retryable status as a failed try, and ends the try when the response does.
-HTTP/2 clients get ``router.proxy.h2stream.H2Exchange``, which writes the head as frames.
+It also writes what the router answers itself (``fail``: the JSON error response).
+HTTP/2 clients get ``router.proxy.h2stream.H2Exchange``, which writes both as frames.
 """
 
 from __future__ import annotations

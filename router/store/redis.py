@@ -79,6 +79,7 @@ class RedisStateStore:
         self.state_dir = Path(state_dir)
         self.instance_id = instance_id
         self.problems: list[StoreProblem] = []
+        # Set once by follow(): what the other instances' messages are handed to.
         self.on_change: ChangeSink | None = None
         self.on_health: HealthSink | None = None
         self.on_reconnect: Callable[[], None] | None = None
@@ -109,6 +110,18 @@ class RedisStateStore:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=metrics,
         )
+
+    def follow(
+        self,
+        *,
+        changes: ChangeSink,
+        health: HealthSink | None = None,
+        reconnected: Callable[[], None] | None = None,
+    ) -> None:
+        """Follow the other instances: their stored changes go to ``changes`` (under the
+        caller's write lock), their health verdicts to ``health``, and ``reconnected`` runs
+        after Redis comes back (a full resynchronisation has happened)."""
+        self.on_change, self.on_health, self.on_reconnect = changes, health, reconnected
 
     def __repr__(self) -> str:
         state = "connected" if self.link.connected else "disconnected"

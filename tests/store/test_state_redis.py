@@ -46,7 +46,8 @@ async def stores(
     a = RedisStateStore(config, tmp_path / "a", "a", CollectorRegistry())
     b = RedisStateStore(config, tmp_path / "b", "b", CollectorRegistry())
     ca, cb = Changes(), Changes()
-    a.on_change, b.on_change = ca, cb
+    a.follow(changes=ca)
+    b.follow(changes=cb)
     for s in (a, b):
         await s.open()
         await s.start()
