@@ -22,7 +22,7 @@ from router.proxy import hedging, retries
 from router.proxy.exchange import Exchange
 from router.proxy.headers import KNOWN_METHODS, REQUEST_SPECIAL
 from router.proxy.rescue import rescue_departed
-from router.proxy.services import ExchangeServices, Observer, _ignore
+from router.proxy.services import ExchangeServices, Observer, no_observer
 from router.proxy.upstream import UpstreamConnection
 from router.routing.load import LoadTable
 from router.routing.routes import match_plan
@@ -44,7 +44,7 @@ class ProxyCore(ExchangeServices[Exchange]):
         *,
         loop: asyncio.AbstractEventLoop,
         loads: LoadTable,
-        observer: Observer = _ignore,
+        observer: Observer = no_observer,
         access_log: AccessLog | None = None,
     ) -> None:
         """``loads`` is the process's load table, owned by its runtime (or worker): the

@@ -372,8 +372,10 @@ class Exchange(ResponseSink):
         core = self.core
         core.awaiting.discard(self)
         self.cancel_connect()
-        if self.hedges is not None:
-            self.hedges.end_all("cancelled")
+        hedges = self.hedges
+        if hedges is not None:
+            self.hedges = None  # it points back at this exchange: no cycle left for the GC
+            hedges.end_all("cancelled")
         if self.retrying:
             core.retries_active -= 1
             self.retrying = False

@@ -36,7 +36,8 @@ E = TypeVar("E")
 Observer = Callable[[str, bool, str], None]  # (region id, ok, failure kind)
 
 
-def _ignore(region_id: str, ok: bool, kind: str) -> None:
+def no_observer(region_id: str, ok: bool, kind: str) -> None:
+    """The default outcome observer: nobody listens (tests, benchmarks)."""
     return None
 
 
@@ -71,7 +72,7 @@ class ExchangeServices(Generic[E]):
         *,
         loop: asyncio.AbstractEventLoop,
         loads: LoadTable,
-        observer: Observer = _ignore,
+        observer: Observer = no_observer,
         access_log: Callable[[E, int, float, bool, str | None], None] | None = None,
     ) -> None:
         """``loads`` is the process's load table, owned by its runtime (or worker): the

@@ -7,6 +7,7 @@ pinned to "up" (``probe_passes``), so only the per-try timer or a hedge can save
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from typing import Any
 import aiohttp
 from pytest_aiohttp import AiohttpServer
 
+from router.proxy.hedging import Hedges
 from router.service import RouterService
 from tests.backends import Region, probe_passes, start_region
 from tests.conftest import StartRouter, make_config
@@ -307,3 +309,25 @@ async def test_a_hedge_carries_the_whole_chunked_body(
         assert seen["body_sha256"] == hashlib.sha256(b"".join(body)).hexdigest()
         assert len(spare.seen) == 1
         assert await _counter(service, "router_hedges_total", 'outcome="won"') == 1
+
+
+async def test_an_exchange_with_hedging_on_leaves_no_reference_cycle(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    """Each exchange's ``Hedges`` points back at it; a finished exchange drops its hedges,
+    so both go by reference counting, not by waiting for the cyclic GC."""
+    hedging = {"enabled": True, "delay": "5s"}  # armed on every request, never sent
+    async with (
+        _setup(aiohttp_server, start_router, hedging=hedging) as (_, _, _, service),
+        aiohttp.ClientSession() as session,
+    ):
+        assert (await _send(session, service))[0] == 200
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(20):
+                assert (await _send(session, service))[0] == 200
+            alive = sum(isinstance(o, Hedges) for o in gc.get_objects())
+        finally:
+            gc.enable()
+        assert alive == 0
