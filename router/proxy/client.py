@@ -54,7 +54,8 @@ class ClientConnection(asyncio.Protocol):
         self._paused: set[str] = set()
         self.writing_paused = False
         self.tunnel: UpstreamConnection | None = None
-        self._cork: list[bytes] | None = None
+        self._cork: list[bytes | memoryview] | None = None
+        self._cork_views = False  # the cork holds a view of a read: write it without a join
         self.feeding = _IDLE
         self.corked_upstream: UpstreamConnection | None = None
         self.in_head = True  # between requests or inside a head: bytes are head bytes
@@ -306,6 +307,16 @@ class ClientConnection(asyncio.Protocol):
         elif self.transport is not None and not self.closed:
             self.transport.write(data)
 
+    def write_from(self, data: bytes, start: int) -> None:
+        """A body as read after its head: a view, so its bytes are copied only by the kernel."""
+        view = memoryview(data)[start:]
+        out = self._cork
+        if out is not None:
+            out.append(view)
+            self._cork_views = True
+        elif self.transport is not None and not self.closed:
+            self.transport.write(view)
+
     def cork(self) -> None:
         if self._cork is None:
             self._cork = []
@@ -313,7 +324,13 @@ class ClientConnection(asyncio.Protocol):
     def uncork(self) -> None:
         out, self._cork = self._cork, None
         if out and self.transport is not None and not self.closed:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            if len(out) == 1:
+                self.transport.write(out[0])
+            elif self._cork_views:
+                self.transport.writelines(out)  # one writev; a join would copy the body
+            else:
+                self.transport.write(b"".join(out))
+        self._cork_views = False
 
     def cork_upstream(self, conn: UpstreamConnection) -> None:
         """Hold writes to ``conn`` until the current client read is fully parsed."""

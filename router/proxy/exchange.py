@@ -148,6 +148,7 @@ class Exchange(ResponseSink):
         self.resp_chunked = False
         self.resp_until_close = False  # the upstream's body ends when it closes
         self.head_only_done = False
+        self.relay_length = 0
         self.discard_response = False
         self._informational = False
         # A refused upgrade leaves the client's parser in upgrade mode: close after it.

@@ -176,6 +176,9 @@ class H2Stream:
         if len(self.outbuf) == 1:
             self.send_pending()
 
+    def write_from(self, data: bytes, start: int) -> None:
+        self.write(data[start:])
+
     def cork(self) -> None:
         self.conn.cork()
 

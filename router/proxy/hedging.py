@@ -207,6 +207,7 @@ class HedgeTry(ResponseSink):
         self.resp_reason = b""
         self.resp_headers: list[tuple[bytes, bytes]] = []
         self.head_only_done = False
+        self.relay_length = 0  # a hedge never relays a body itself: it hands over first
         self.sent_at = 0.0
         self.done = False
 
@@ -269,6 +270,9 @@ class HedgeTry(ResponseSink):
 
     def on_response_body(self, data: bytes) -> None:
         return None  # only after a head, which either adopted or ended this try
+
+    def on_response_raw(self, data: bytes, start: int) -> None:
+        return None  # the same
 
     def on_response_complete(self) -> None:
         return None

@@ -33,6 +33,9 @@ class ClientSide(Protocol):
     def write(self, data: bytes) -> None:
         """Response bytes: the head once, then body bytes, as the exchange framed them."""
 
+    def write_from(self, data: bytes, start: int) -> None:
+        """``write(data[start:])``, without copying where the side can (a body as read)."""
+
     def cork(self) -> None:
         """Hold writes until ``uncork`` (one write per upstream read)."""
 

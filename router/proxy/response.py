@@ -117,6 +117,8 @@ class ResponseRelay(Exchange):
                 lines.append(b"Content-Length: %b\r\n" % content_length)
         elif content_length is not None:
             lines.append(b"Content-Length: %b\r\n" % content_length)
+            if not upstream_chunked:  # llhttp checked the value: digits only
+                self.relay_length = int(content_length)
         else:
             self.resp_until_close = not upstream_chunked
             if client.http11:
@@ -148,6 +150,13 @@ class ResponseRelay(Exchange):
             return  # a retried 5xx, or bytes a confused upstream sent after a HEAD answer
         if self.resp_chunked:
             self.client.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.client.write(data)
+
+    def on_response_raw(self, data: bytes, start: int) -> None:
+        """Content-Length body bytes as read (``data[start:]``): the framing carries over."""
+        if start:
+            self.client.write_from(data, start)
         else:
             self.client.write(data)
 
