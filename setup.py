@@ -52,6 +52,7 @@ COMPILED = [
     "router/proxy/headers.py",
     "router/proxy/hedging.py",
     "router/proxy/paths.py",
+    "router/proxy/pool.py",
     "router/proxy/request_head.py",
     "router/proxy/response.py",
     "router/proxy/retries.py",

@@ -30,7 +30,8 @@ from jh2.exceptions import ProtocolError, StreamClosedError
 
 from router.config.loader import Endpoint
 from router.proxy.h2region_stream import H2Carrier, H2RegionStream
-from router.proxy.upstream import Pool, UpstreamConnection, connect_first
+from router.proxy.pool import Pool, connect_first
+from router.proxy.upstream import UpstreamConnection
 
 
 class H2RegionConnection(H2Carrier):

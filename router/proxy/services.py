@@ -26,8 +26,9 @@ from router.metrics import TrafficStats
 from router.proxy.dns import Resolver
 from router.proxy.h2upstream import H2Pool
 from router.proxy.headers import RESPONSE_SPECIAL
+from router.proxy.pool import Pool
 from router.proxy.retry_policy import RetryPolicy
-from router.proxy.upstream import Pool, UpstreamConnection
+from router.proxy.upstream import UpstreamConnection
 from router.routing.load import LoadTable
 from router.routing.strategies import Selector
 from router.state.snapshot import RegionView, SnapshotHolder
