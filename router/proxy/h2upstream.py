@@ -169,7 +169,11 @@ class H2Pool:
         address = dns.pick(endpoint.host) or await dns.resolve(endpoint.host)
         key = f"{endpoint.url} {address}"
         conn = self.conns.get(key)
-        if conn is not None and conn.usable() and not self._stale(conn, monotonic()):
+        if (
+            conn is not None
+            and conn.usable()
+            and not self.pool.outlived(conn.host, conn.address, conn.born, monotonic())
+        ):
             return conn.open_stream()
         opening = self._opening.get(key)
         if opening is None:
@@ -212,13 +216,6 @@ class H2Pool:
             endpoint.host,
         )
         return await asyncio.wait_for(opening, self.pool.connect_timeout_s)
-
-    def _stale(self, conn: H2RegionConnection, now: float) -> bool:
-        """Too old, or to an address the current answer no longer has."""
-        if now - conn.born > self.pool.max_age_s:
-            return True
-        current = self.pool.dns.current(conn.host)
-        return current is not None and conn.address not in current
 
     def _retire(self, conn: H2RegionConnection) -> None:
         for key in [k for k, c in self.conns.items() if c is conn]:

@@ -91,7 +91,7 @@ class Pool:
     def release(self, conn: UpstreamConnection, now: float) -> None:
         if conn.closed:
             return
-        if now - conn.born > self.max_age_s or not self._in_answer(conn):
+        if self.outlived(conn.host, conn.address, conn.born, now):
             conn.close()
             return
         idle = self._idle.setdefault(conn.key, [])
@@ -101,9 +101,13 @@ class Pool:
         conn.idle_since = now
         idle.append(conn)
 
-    def _in_answer(self, conn: UpstreamConnection) -> bool:
-        current = self.dns.current(conn.host)
-        return current is None or conn.address in current
+    def outlived(self, host: str, address: str, born: float, now: float) -> bool:
+        """A connection to be closed rather than reused, HTTP/1.1 or HTTP/2: older than
+        ``dns.max_connection_age``, or to an address that left ``host``'s answer."""
+        if now - born > self.max_age_s:
+            return True
+        current = self.dns.current(host)
+        return current is not None and address not in current
 
     def _addresses_changed(self, host: str, addresses: tuple[str, ...]) -> None:
         """Idle connections to addresses that left the answer close now."""
