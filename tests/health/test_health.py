@@ -19,6 +19,7 @@ from router.health.checker import HealthChecker, HttpProber, ProbeResult
 from router.state.registry import Registry, Transition
 from router.state.snapshot import RegionState
 from tests.conftest import make_config
+from tests.poll import eventually
 
 OK = ProbeResult(True, 0.002)
 FAIL = ProbeResult(False, 0.001, "status 503", 503)
@@ -183,10 +184,14 @@ async def test_loops_probe_new_regions_at_once_and_set_first_round() -> None:
 
     hc, registry, _, _ = checker(n=2, probe=probe)
     hc.sync()
-    await asyncio.sleep(0.05)
+
+    async def r0_answered() -> bool:
+        return state(registry, "r0") is RegionState.HEALTHY
+
+    # A poll with a deadline, not a fixed sleep: under load 50 ms was not always enough.
+    await eventually(r0_answered, 5.0, "r0's first probe applied")
     assert sorted(calls) == ["r0", "r1"]
     assert not hc.first_round.is_set()  # r1 has not answered yet
-    assert state(registry, "r0") is RegionState.HEALTHY
     gate.set()
     await asyncio.wait_for(hc.first_round.wait(), 1.0)
     await hc.stop()
