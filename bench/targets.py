@@ -297,11 +297,15 @@ def defaults_nolog_config(backend_port: int, listen: dict[str, str], state_dir: 
 ConfigText = Callable[[int, dict[str, str], Path], str]
 
 
-def _compiled_root() -> Path:
-    """A copy of this checkout with the proxy path compiled by mypyc (bench/mypyc_build.sh)."""
-    value = os.environ.get("BENCH_COMPILED_ROOT")
+def _compiled_root(variable: str = "BENCH_COMPILED_ROOT") -> Path:
+    """A copy of a checkout with the proxy path compiled by mypyc (bench/mypyc_build.sh).
+
+    ``BENCH_COMPILED_ROOT`` is the tree under test; ``BENCH_BASELINE_ROOT`` (the ``-base``
+    targets) another tree, such as main before a change, so both run in the same rounds.
+    """
+    value = os.environ.get(variable)
     if not value:
-        raise TargetError("set BENCH_COMPILED_ROOT to a tree built by bench/mypyc_build.sh")
+        raise TargetError(f"set {variable} to a tree built by bench/mypyc_build.sh")
     return Path(value)
 
 
@@ -331,6 +335,8 @@ def region_router(
     conf_path.write_text(config(backend_port, listen, state_dir))
     if root is None and name.endswith("-mypyc"):
         root = _compiled_root()
+    elif root is None and name.endswith("-base"):
+        root = _compiled_root("BENCH_BASELINE_ROOT")
     root = root or REPO_ROOT
     pythonpath = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": pythonpath}
@@ -377,6 +383,19 @@ TARGETS: tuple[Target, ...] = (
         label="region-router defaults, log off",
         tools=(),
         start=partial(region_router, name="defaults-nolog", config=defaults_nolog_config),
+    ),
+    # The same two from a baseline tree (BENCH_BASELINE_ROOT, compiled), for before/after.
+    Target(
+        key="defaults-base",
+        label="region-router defaults, baseline tree",
+        tools=(),
+        start=partial(region_router, name="defaults-base", config=defaults_config),
+    ),
+    Target(
+        key="bare-base",
+        label="region-router bare, baseline tree",
+        tools=(),
+        start=partial(region_router, name="bare-base"),
     ),
     Target(key="nginx", label="nginx", tools=("nginx",), start=nginx_proxy),
     Target(key="haproxy", label="haproxy", tools=("haproxy",), start=haproxy),
