@@ -27,7 +27,7 @@ import queue
 import sys
 import threading
 import time
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
@@ -51,76 +51,51 @@ Row = tuple[float, bytes, bytes, bytes, bytes, int, str | None, int, float, bool
 
 _REOPEN = object()
 _STOP = object()
+# Inside a JSON string every '"' is escaped, so this only occurs between two objects.
+_BETWEEN = b'},{"ts":'
 
 
 def format_lines(rows: list[Row]) -> bytes:
     """The rows as JSON lines, each with the fields of the old one-dict-per-line encoder.
 
-    Runs on the writer thread. Each line is put together from bytes: a field that is only
-    plain printable ASCII is quoted as it is, anything else goes through orjson (escapes,
-    latin-1 as UTF-8), and floats are Python's shortest repr, which is orjson's too in the
-    range of these values. Building a dict per line for one ``orjson.dumps`` of the batch
-    cost 1.8 us a line compiled; this about a third of that (docs/performance.md).
-    Client addresses, methods and regions repeat: their JSON text is cached.
+    Runs on the writer thread. Client addresses and methods repeat: their text is cached.
     """
-    quoted = _quoted
-    if len(quoted) > _QUOTED_MAX:
-        quoted.clear()
-    out: list[bytes] = []
+    objects: list[dict[str, Any]] = []
+    texts = _texts
+    if len(texts) > _TEXTS_MAX:
+        texts.clear()
     for ts, rid, client, method, line, status, region, attempts, dur, aborted, error in rows:
-        client_json = quoted.get(client)
-        if client_json is None:
-            client_json = quoted[client] = _json_text(client)
-        method_json = quoted.get(method)
-        if method_json is None:
-            method_json = quoted[method] = _json_text(method)
-        if region is None:
-            region_json = b"null"
-        else:
-            region_json = _regions.get(region, b"")
-            if not region_json:
-                region_json = _regions[region] = orjson.dumps(region)
-        # "METHOD TARGET HTTP/1.1\r\n", as the client connection builds it; latin-1 text,
-        # so TARGET_MAX characters are as many bytes
-        target = line[len(method) + 1 : -11][:TARGET_MAX]
-        # round(ms, 3) without round()'s decimal conversion (4x dearer)
-        duration_ms = int(dur * 1e6 + 0.5) / 1000.0
-        out.append(
-            b'{"ts":%b,"request_id":%b,"client":%b,"method":%b,"target":%b,"status":%d,'
-            b'"region":%b,"attempts":%d,"duration_ms":%b'
-            % (
-                repr(ts).encode(),
-                _json_text(rid),
-                client_json,
-                method_json,
-                _json_text(target),
-                status,
-                region_json,
-                attempts,
-                repr(duration_ms).encode(),
-            )
-        )
+        client_text = texts.get(client)
+        if client_text is None:
+            client_text = texts[client] = client.decode("latin-1")
+        method_text = texts.get(method)
+        if method_text is None:
+            method_text = texts[method] = method.decode("latin-1")
+        obj: dict[str, Any] = {
+            "ts": ts,
+            "request_id": rid.decode("latin-1"),
+            "client": client_text,
+            "method": method_text,
+            # "METHOD TARGET HTTP/1.1\r\n", as the client connection builds it
+            "target": line[len(method) + 1 : -11].decode("latin-1")[:TARGET_MAX],
+            "status": status,
+            "region": region,
+            "attempts": attempts,
+            # round(ms, 3) without round()'s decimal conversion (4x dearer)
+            "duration_ms": int(dur * 1e6 + 0.5) / 1000.0,
+        }
         if aborted:
-            out.append(b',"aborted":true')
+            obj["aborted"] = True
         if error:
-            out.append(b',"router_error":%b' % orjson.dumps(error))
-        out.append(b"}\n")
-    return b"".join(out)
+            obj["router_error"] = error
+        objects.append(obj)
+    if not objects:
+        return b""
+    return orjson.dumps(objects)[1:-1].replace(_BETWEEN, b'}\n{"ts":') + b"\n"
 
 
-def _json_text(raw: bytes) -> bytes:
-    """``raw`` as latin-1 text in a JSON string: quoted as it is when nothing needs escaping."""
-    if not raw.translate(None, _PLAIN):
-        return b'"%b"' % raw
-    return orjson.dumps(raw.decode("latin-1"))
-
-
-# Bytes that stand for themselves in a JSON string written as UTF-8: printable ASCII but
-# the quote and the backslash.
-_PLAIN = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
-_quoted: dict[bytes, bytes] = {}  # client address / method -> JSON text (writer thread only)
-_regions: dict[str, bytes] = {}  # region id -> JSON text (writer thread only)
-_QUOTED_MAX = 4096
+_texts: dict[bytes, str] = {}  # client address / method -> text (writer thread only)
+_TEXTS_MAX = 4096
 
 
 class _Sink:
