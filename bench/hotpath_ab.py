@@ -1,7 +1,9 @@
 """bench/hotpath.py between trees, in many short alternating batches: a before/after of the
 Python path that resolves a few tenths of a microsecond on a shared machine.
 
-`python bench/hotpath_ab.py ROOT_A ROOT_B [--shape defaults] [--batches 40] [--n 5000]`
+`python bench/hotpath_ab.py ROOT_A ROOT_B [--shape defaults] [--shape-b SHAPE] [--batches 40]
+[--n 5000]`; with ``--shape-b`` (and the same root twice) it compares two shapes of one tree
+instead, e.g. ``latency3`` vs ``latency3-noroute``: what one feature costs.
 
 Each ROOT is a checkout or a compiled copy (`sh bench/mypyc_build.sh DIR`). One process per
 root builds the shape once (hotpath.build, from that root's own code) and stays up; the
@@ -62,11 +64,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("roots", nargs=2, type=Path)
     ap.add_argument("--shape", default="defaults")
+    ap.add_argument("--shape-b", default=None, help="B's shape (default: --shape)")
     ap.add_argument("--batches", type=int, default=40)
     ap.add_argument("--n", type=int, default=5000, help="requests per batch")
     ap.add_argument("--cpu", type=int, default=0)
     a = ap.parse_args()
-    procs = [start(root.resolve(), a.shape, a.cpu) for root in a.roots]
+    shapes = (a.shape, a.shape_b or a.shape)
+    procs = [start(root.resolve(), s, a.cpu) for root, s in zip(a.roots, shapes, strict=True)]
     results: list[list[float]] = [[], []]
     try:
         for p in procs:  # warm-up, unmeasured
@@ -79,10 +83,10 @@ def main() -> None:
             assert p.stdin is not None
             p.stdin.close()
             p.wait(timeout=30)
-    for root, us in zip(a.roots, results, strict=True):
+    for root, shape, us in zip(a.roots, shapes, results, strict=True):
         print(
             f"{root!s:40} median {statistics.median(us):6.2f} us/request, "
-            f"min {min(us):6.2f} ({len(us)} x {a.n}, shape {a.shape})"
+            f"min {min(us):6.2f} ({len(us)} x {a.n}, shape {shape})"
         )
     ratios = sorted(y / x for x, y in zip(results[0], results[1], strict=True))
     q = statistics.quantiles(ratios, n=4)
