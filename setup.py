@@ -51,6 +51,7 @@ COMPILED = [
     "router/proxy/h2wire.py",
     "router/proxy/headers.py",
     "router/proxy/hedging.py",
+    "router/proxy/interfaces.py",
     "router/proxy/paths.py",
     "router/proxy/pool.py",
     "router/proxy/request_head.py",

@@ -21,6 +21,7 @@ import httptools
 from router.errors import BadRequest, HeadersTooLarge, ProxyError
 from router.proxy.exchange import Exchange
 from router.proxy.headers import TRAILER_DROP, error_response
+from router.proxy.interfaces import ClientSide
 from router.proxy.request_head import RequestHead
 from router.proxy.upstream import UpstreamConnection
 
@@ -34,7 +35,7 @@ _IDLE, _FEEDING, _BEGUN, _COMPLETED = 0, 1, 2, 3
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(ClientSide):
     """One client connection: parse, validate, pipeline, relay, tunnel."""
 
     def __init__(self, core: ProxyCore, *, tls: bool = False) -> None:

@@ -15,6 +15,7 @@ from router.errors import ProxyError
 from router.proxy.exchange import Exchange
 from router.proxy.h2replies import error_body, error_fields, grpc_error_fields, is_grpc
 from router.proxy.headers import TRAILER_DROP, connection_tokens, named_headers
+from router.proxy.interfaces import ClientSide
 from router.proxy.response import ResponseRelay
 from router.proxy.upstream import UpstreamConnection
 
@@ -124,7 +125,7 @@ class H2Exchange(ResponseRelay):
         super()._finish(status, aborted=aborted, close=close, router_error=router_error)
 
 
-class H2Stream:
+class H2Stream(ClientSide):
     """One client stream: the ``ClientSide`` of its exchange (router.proxy.interfaces)."""
 
     __slots__ = (
@@ -133,21 +134,17 @@ class H2Stream:
         "ended",
         "ex",
         "head",
-        "last_active",
         "outbuf",
         "paused",
-        "peer",
         "remaining",
         "sent_end",
         "stop_body",
         "stream_id",
         "unacked",
-        "writing_paused",
     )
 
-    http11 = False
-
     def __init__(self, conn: H2Sender, stream_id: int) -> None:
+        self.http11 = False
         self.conn = conn
         self.stream_id = stream_id
         self.peer = conn.peer
