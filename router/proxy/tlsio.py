@@ -12,16 +12,15 @@ bench/results/tls.md). One object per connection, in four phases:
 - open: the protocol's ``asyncio.Transport``: reads go to ``data_received``, writes go
   straight to ``send`` and are buffered only when the socket is full (with the usual
   high/low marks and pause_writing/resume_writing);
-- closing: the buffer flushes, then close_notify; the socket then lingers (FIN sent, what
-  the client still sends read and dropped) until the client closes or ``_LINGER_S``, so a
-  client's unread request bytes cannot turn our close into a reset that destroys the
-  response before the client reads it.
+- closing: the buffer flushes, then close_notify; the socket then lingers (what the client
+  still sends read and dropped) until the client's close_notify or EOF, or ``_LINGER_S``,
+  so a client's unread bytes cannot turn our close into a reset that destroys the response
+  before the client reads it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -38,7 +37,7 @@ _PEEK = 0
 _HANDSHAKING = 1
 _OPEN = 2
 _CLOSING = 3  # flushing the buffer before close_notify
-_LINGER = 4  # close_notify and FIN sent, draining until the client closes
+_LINGER = 4  # close_notify sent, draining until the client's (or its EOF)
 _CLOSED = 5
 
 # Not having the bytes yet, or not being able to send them yet: wait for the socket.
@@ -234,7 +233,7 @@ class TlsTransport(asyncio.Transport):
         return
 
     def _shutdown(self) -> None:
-        """close_notify, then a FIN; linger for the client's close, or close now."""
+        """close_notify; then linger for the client's, or close now if it came already."""
         tls = self.tls
         assert tls is not None
         self._want_read(False)
@@ -246,11 +245,9 @@ class TlsTransport(asyncio.Transport):
         else:
             self._destroy(None)
             return
-        try:
-            socket.socket.shutdown(tls, socket.SHUT_WR)
-        except OSError:
-            self._destroy(None)
-            return
+        # No FIN yet: like uvloop's SSL transport, wait for the client's close_notify, so a
+        # client still reading what it buffered never sees the TCP close first (uvloop's
+        # own client drops those bytes when it does).
         self.state = _LINGER
         self.timer = self.loop.call_later(_LINGER_S, self._expire)
         self._want_read(True)
@@ -258,15 +255,17 @@ class TlsTransport(asyncio.Transport):
             self.loop.call_soon(self._connection_lost, None)
 
     def _drain(self) -> None:
-        """Lingering: read and drop raw bytes (their TLS no longer matters) until EOF."""
+        """Lingering: drop what the client still sends until its close_notify or EOF."""
+        tls = self.tls
+        assert tls is not None
         try:
-            data = os.read(self.fd, 65536)
-        except (BlockingIOError, InterruptedError):
+            while tls.recv(_READ_BUDGET):
+                pass
+        except _WANT:
             return
-        except OSError:
-            data = b""
-        if not data:
-            self._destroy(None)
+        except (OSError, ValueError):
+            pass
+        self._destroy(None)
 
     # -- helpers -------------------------------------------------------------------------
 
