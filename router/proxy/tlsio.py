@@ -236,7 +236,6 @@ class TlsTransport(asyncio.Transport):
         """close_notify; then linger for the client's, or close now if it came already."""
         tls = self.tls
         assert tls is not None
-        self._want_read(False)
         self._want_write(False)
         try:
             tls.unwrap()  # sends close_notify; done only if the client's already came
@@ -259,8 +258,11 @@ class TlsTransport(asyncio.Transport):
         tls = self.tls
         assert tls is not None
         try:
-            while tls.recv(_READ_BUDGET):
-                pass
+            for _ in range(16):  # bounded: a client that keeps sending meets the timer
+                if not tls.recv(_READ_BUDGET):
+                    break
+            else:
+                return
         except _WANT:
             return
         except (OSError, ValueError):
@@ -398,9 +400,10 @@ class TlsTransport(asyncio.Transport):
                 self._destroy(None)
             return
         self.state = _CLOSING
-        self._want_read(False)
         if not self.buffer:
-            self._shutdown()
+            self._shutdown()  # keeps the reader registered for the linger
+        else:
+            self._want_read(False)  # nothing is read while the buffer flushes
 
     def abort(self) -> None:
         self._destroy(None)
