@@ -61,9 +61,6 @@ class TlsTransport(asyncio.Transport):
         self.sock = sock
         self.fd = sock.fileno()
         self.tls: ssl.SSLSocket | None = None
-        # The SSLSocket's C object (``_ssl._SSLSocket``): its methods without ssl.py's
-        # wrappers, whose do_handshake resets the socket's timeout (an ioctl) on every call.
-        self.conn: Any = None
         self.peer = peer
         self.context = context
         self.app_factory = app_factory
@@ -148,17 +145,14 @@ class TlsTransport(asyncio.Transport):
             self._destroy(None)
             return
         self.sock = self.tls  # the same descriptor, now owned by the SSLSocket
-        self.conn = getattr(self.tls, "_sslobj")  # noqa: B009  # private: not in typeshed
-        if self.conn is None:  # not connected any more (reset before the wrap)
-            self._destroy(None)
-            return
         self.state = _HANDSHAKING
         self._handshake()
 
     def _handshake(self) -> None:
-        conn = self.conn
+        tls = self.tls
+        assert tls is not None
         try:
-            conn.do_handshake()
+            tls.do_handshake()
         except ssl.SSLWantReadError:
             self._want_write(False)
             self._want_read(True)
@@ -181,13 +175,14 @@ class TlsTransport(asyncio.Transport):
             self._read()  # the request often came with the client's Finished
 
     def _read(self) -> None:
-        conn = self.conn
+        tls = self.tls
+        assert tls is not None
         try:
-            data: bytes = conn.read(_READ_BUDGET)
+            data = tls.recv(_READ_BUDGET)
             # A full record may have more behind it; read on while it is cheap to ask.
-            while conn.pending() or _RECORD <= len(data) < _READ_BUDGET:
+            while tls.pending() or _RECORD <= len(data) < _READ_BUDGET:
                 try:
-                    more: bytes = conn.read(max(_RECORD, _READ_BUDGET - len(data)))
+                    more = tls.recv(max(_RECORD, _READ_BUDGET - len(data)))
                 except _WANT:
                     break
                 if not more:
@@ -216,9 +211,11 @@ class TlsTransport(asyncio.Transport):
         self.close()
 
     def _flush(self) -> None:
+        tls = self.tls
+        assert tls is not None
         buffer = self.buffer
         try:
-            sent: int = self.conn.write(buffer)
+            sent = tls.send(buffer)
         except _WANT:
             return
         except OSError as exc:
@@ -237,9 +234,11 @@ class TlsTransport(asyncio.Transport):
 
     def _shutdown(self) -> None:
         """close_notify; then linger for the client's, or close now if it came already."""
+        tls = self.tls
+        assert tls is not None
         self._want_write(False)
         try:
-            self.conn.shutdown()  # sends close_notify; done only if the client's already came
+            tls.unwrap()  # sends close_notify; done only if the client's already came
         except (OSError, ValueError):  # SSLWantRead: the client's close_notify is to come
             pass
         else:
@@ -256,10 +255,11 @@ class TlsTransport(asyncio.Transport):
 
     def _drain(self) -> None:
         """Lingering: drop what the client still sends until its close_notify or EOF."""
-        conn = self.conn
+        tls = self.tls
+        assert tls is not None
         try:
             for _ in range(16):  # bounded: a client that keeps sending meets the timer
-                if not conn.read(_READ_BUDGET):
+                if not tls.recv(_READ_BUDGET):
                     break
             else:
                 return
@@ -336,8 +336,10 @@ class TlsTransport(asyncio.Transport):
             buffer += data
             self._pause_protocol()
             return
+        tls = self.tls
+        assert tls is not None
         try:
-            sent: int = self.conn.write(data)
+            sent = tls.send(data)
         except _WANT:
             sent = 0
         except OSError as exc:
@@ -384,7 +386,8 @@ class TlsTransport(asyncio.Transport):
         if self.state == _OPEN and self.read_paused:
             self.read_paused = False
             self._want_read(True)
-            if self.conn is not None and self.conn.pending():
+            tls = self.tls
+            if tls is not None and tls.pending():
                 self.loop.call_soon(self._on_readable)  # decrypted bytes epoll cannot see
 
     def is_reading(self) -> bool:
