@@ -105,7 +105,8 @@ class TlsTransport(asyncio.Transport):
             self.read_wants_write = False
             if not self.buffer:
                 self._want_write(False)
-            self._read()
+            if self.state == _OPEN and not self.read_paused:
+                self._read()
         if self.buffer and self.state in (_OPEN, _CLOSING):
             self._flush()
 
