@@ -63,6 +63,7 @@ COMPILED = [
     "router/routing/load.py",
     "router/routing/routes.py",
     "router/routing/strategies.py",
+    "router/traffic.py",
 ]
 
 

@@ -31,7 +31,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from router.metrics import TrafficStats
+from router.traffic import TrafficStats
 
 if TYPE_CHECKING:
     from router.proxy.exchange import Exchange

@@ -22,7 +22,7 @@ from router.proxy.headers import (
     framing_field,
     valid_host,
 )
-from router.proxy.paths import normalize_path
+from router.proxy.paths import needs_normalizing, normalize_path
 
 if TYPE_CHECKING:
     from router.proxy.core import ProxyCore
@@ -163,7 +163,7 @@ def build_exchange(
         raise BadRequest("request target must be origin-form")
     snapshot = core.holder.current
     norm = (
-        normalize_path(path) if (b"." in path or b"%" in path or core.has_routes) else ""
+        normalize_path(path) if (core.has_routes or needs_normalizing(path)) else ""
     )  # also rejects climbing above the root
     plan = core.plan_for(snapshot, host, norm) if core.has_routes else snapshot.default_plan
     content_length = head.content_length

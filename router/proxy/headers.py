@@ -82,7 +82,12 @@ def connection_tokens(value: bytes) -> frozenset[bytes]:
 
 def named_headers(tokens: frozenset[bytes] | None) -> frozenset[bytes]:
     """Headers a Connection header names beyond the hop-by-hop ones removed anyway."""
-    return tokens - HOP_BY_HOP if tokens else frozenset()
+    if not tokens or tokens <= HOP_BY_HOP:
+        return _NONE_NAMED  # "keep-alive", "close": no set built per message
+    return tokens - HOP_BY_HOP
+
+
+_NONE_NAMED: frozenset[bytes] = frozenset()
 
 
 def error_response(

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from router.errors import BadRequest
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+# Byte values, not one-byte strings: ``b"." in path`` first tries the operand as an integer,
+# and building that TypeError cost ~0.2 us per test compiled (perf, issue 12); an int is
+# a memchr.
+DOT: Final = 0x2E  # "."
+PERCENT: Final = 0x25  # "%"
+
+
+def needs_normalizing(target: bytes) -> bool:
+    """Whether ``target`` has a dot segment or an escape to look at (most have neither)."""
+    return DOT in target or PERCENT in target
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes | None]:
@@ -38,10 +50,11 @@ def normalize_path(target: bytes) -> str:
 
     Raises BadRequest when dot segments climb above the root.
     """
-    path = target.split(b"?", 1)[0]
-    if b"%" in path:
+    query = target.find(b"?")
+    path = target if query < 0 else target[:query]
+    if PERCENT in path:
         path = _decode_unreserved(path)
-    if b"." not in path:
+    if DOT not in path:
         return path.decode("latin-1")
     out: list[bytes] = []
     segments = path.split(b"/")

@@ -99,6 +99,11 @@ class Pool:
             conn.close()
             return
         conn.idle_since = now
+        if conn.transport is not None:
+            # A client that stopped taking the response may have paused this connection's
+            # reads as the response ended; idle, it must read (the region's close), and the
+            # next exchange must get its answer.
+            conn.transport.resume_reading()
         idle.append(conn)
 
     def outlived(self, host: str, address: str, born: float, now: float) -> bool:

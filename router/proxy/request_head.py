@@ -25,7 +25,7 @@ from router.proxy.headers import (
     valid_host,
 )
 from router.proxy.interfaces import ClientSide
-from router.proxy.paths import normalize_path, split_target
+from router.proxy.paths import needs_normalizing, normalize_path, split_target
 from router.proxy.response import ResponseRelay
 from router.state.snapshot import RoutePlan, Snapshot
 
@@ -141,7 +141,7 @@ class RequestHead:
         if authority is not None and authority != host.lower():
             raise BadRequest("absolute-form target names another host; this is not a forward proxy")
         snapshot: Snapshot = core.holder.current
-        if b"." in target or b"%" in target or core.has_routes:
+        if core.has_routes or needs_normalizing(target):
             path = normalize_path(target)  # also rejects climbing above the root
         else:
             path = ""

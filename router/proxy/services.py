@@ -22,7 +22,6 @@ from typing import Generic, TypeVar
 
 from router.config.loader import Config
 from router.config.model import HedgingConfig
-from router.metrics import TrafficStats
 from router.proxy.dns import Resolver
 from router.proxy.h2upstream import H2Pool
 from router.proxy.headers import RESPONSE_SPECIAL
@@ -32,6 +31,7 @@ from router.proxy.upstream import UpstreamConnection
 from router.routing.load import LoadTable
 from router.routing.strategies import Selector
 from router.state.snapshot import RegionView, SnapshotHolder
+from router.traffic import TrafficStats
 
 E = TypeVar("E")
 Observer = Callable[[str, bool, str], None]  # (region id, ok, failure kind)

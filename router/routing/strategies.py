@@ -195,9 +195,13 @@ class Selector:
         if full:
             # Every region with room is excluded: capacity is a preference, not a wall, so
             # the least-utilised full region takes the request rather than nobody.
-            loads = self.loads
-            return min(full, key=lambda r: loads.get(r.id).inflight / r.max_inflight)
+            return min(full, key=self._utilisation)
         return None
+
+    def _utilisation(self, r: RegionView) -> float:
+        # A method, not a lambda in choose(): compiled, a lambda's closure is allocated on
+        # every call of the function that holds it, used or not.
+        return self.loads.get(r.id).inflight / r.max_inflight
 
     def _tier_order(self, plan: RoutePlan, tiers: tuple[Tier, ...]) -> Sequence[Tier]:
         """The tier this request draws by share first, then the others in priority order."""
@@ -286,6 +290,11 @@ class Selector:
                 return near[0]
             if near:
                 regions = near
+        return self._p2c_regions(regions, now)
+
+    def _p2c_regions(self, regions: list[RegionView], now: float) -> RegionView:
+        """P2C on latency cost over plain regions (geo); its own function so that _pick
+        allocates no closure on every call."""
         return power_of_two(regions, lambda r: self.latency_cost(r, now), self.rng)
 
     def _p2c_latency(self, candidates: Sequence[Candidate], now: float) -> RegionView:

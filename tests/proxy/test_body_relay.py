@@ -18,6 +18,7 @@ from tests.backends import (
     start_raw_region,
 )
 from tests.conftest import StartRouter, make_config
+from tests.h2client import H2Client
 
 BIG = 70_000  # more than one 64 KiB read of the router's, and far past the head-first minimum
 
@@ -182,3 +183,37 @@ async def test_websocket_bytes_in_the_read_of_the_101(start_router: StartRouter)
             head = await read_head(reader)
             assert head.startswith(b"HTTP/1.1 101 ")
             assert await asyncio.wait_for(reader.readexactly(len(early)), 5) == early
+
+
+async def test_an_h2_stream_that_stalled_the_last_read_leaves_the_connection_reading(
+    start_router: StartRouter,
+) -> None:
+    """A client with HTTP/2's default 64 KiB window blocks the stream, and so pauses the
+    region connection's reads, on every response larger than that. When the read that ends
+    the response is the one that blocks, the connection went back to the pool paused, and
+    the next request on it waited for an answer it never read (a hang until the response
+    timeout). The HTTP/1.1 client path pauses from the transport's deferred write, after the
+    exchange let the connection go, so it did not hit this; the pool's fix covers both."""
+    size = 300_000
+
+    async def answer(i: int, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (size, body(size)))
+
+    async with start_raw_region(await serve(answer)) as region:
+        service = await start_router(
+            make_config(
+                [{"id": "r1", "endpoint": region.url}],
+                http2={"enabled": True, "max_concurrent_streams": 100},
+            ),
+            probe=probe_passes,
+        )
+        client = H2Client(window=65535)
+        await client.connect(service.proxy_port)
+        try:
+            for _ in range(3):
+                resp = await client.request("/big", timeout_s=5)
+                assert resp.status == 200
+                assert hashlib.sha256(resp.body).hexdigest() == pattern_sha256(size)
+        finally:
+            await client.close()
+        assert region.connections == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from router.errors import BadRequest
-from router.proxy.paths import normalize_path, split_target
+from router.proxy.paths import needs_normalizing, normalize_path, split_target
 
 
 @pytest.mark.parametrize(
@@ -51,3 +51,24 @@ def test_normalize_path(target: bytes, expected: str) -> None:
 def test_normalize_path_refuses_climbing_above_root(target: bytes) -> None:
     with pytest.raises(BadRequest):
         normalize_path(target)
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (b"/api/items?id=1", False),
+        (b"/a/./b", True),
+        (b"/a%2Fb", True),
+        (b"/a?x=1.5", True),  # a dot in the query: normalize_path looks, finds nothing to do
+        (b"", False),
+    ],
+)
+def test_needs_normalizing_finds_dots_and_escapes(target: bytes, expected: bool) -> None:
+    assert needs_normalizing(target) is expected
+    if not expected and target:
+        assert normalize_path(target) == target.split(b"?", 1)[0].decode("latin-1")
+
+
+def test_the_query_is_cut_before_normalizing() -> None:
+    assert normalize_path(b"/a/../b?c=/../..") == "/b"
+    assert normalize_path(b"/a%2e%2E/b?") == "/a../b"
