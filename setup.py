@@ -58,6 +58,8 @@ COMPILED = [
     "router/proxy/response.py",
     "router/proxy/retries.py",
     "router/proxy/services.py",
+    # the https connection's transport: every TLS read and write goes through it
+    "router/proxy/tlsio.py",
     "router/proxy/upstream.py",
     "router/routing/load.py",
     "router/routing/routes.py",

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -119,8 +119,16 @@ def wait_https(child: Child, port: int, timeout_s: float) -> None:
 
 
 @contextmanager
-def router_https(workdir: Path, backend_port: int, cert: Path, key: Path) -> Iterator[Endpoint]:
-    prefix = workdir / "router"
+def router_https(
+    workdir: Path,
+    backend_port: int,
+    cert: Path,
+    key: Path,
+    name: str = "region-router",
+    root: Path = REPO_ROOT,
+) -> Iterator[Endpoint]:
+    """The router of the tree at ``root`` (this checkout, or ``--baseline``'s)."""
+    prefix = workdir / name
     (prefix / "state").mkdir(parents=True)
     proxy_port, admin_port, https_port = free_ports(3)
     conf = prefix / "config.yaml"
@@ -135,16 +143,14 @@ def router_https(workdir: Path, backend_port: int, cert: Path, key: Path) -> Ite
             backend_port=backend_port,
         )
     )
-    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    pythonpath = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
     argv = [sys.executable, "-m", "router", "run", "-c", str(conf)]
-    child = Child(
-        "region-router", pinned(PROXY_CPU, argv), prefix / "router.log", cwd=REPO_ROOT, env=env
-    )
+    child = Child(name, pinned(PROXY_CPU, argv), prefix / "router.log", cwd=root, env=env)
     try:
         wait_https(child, https_port, ROUTER_READY_TIMEOUT_S)
-        PLAIN_PORTS["region-router"] = proxy_port
-        yield Endpoint("region-router", https_port, child)
+        PLAIN_PORTS[name] = proxy_port
+        yield Endpoint(name, https_port, child)
     finally:
         child.stop()
 
@@ -208,40 +214,65 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--modes", default="plain,keepalive,handshakes", help=f"any of {','.join(MODES)}"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another tree (e.g. main, compiled by bench/mypyc_build.sh) run as router-base "
+        "in the same rounds, for a before/after",
+    )
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
         cert, key = make_cert(workdir)
-        with (
-            nginx_backend(workdir) as backend,
-            router_https(workdir, backend.port, cert, key) as router,
-            nginx_https(workdir, backend.port, cert, key) as nginx,
-        ):
-            for mode in args.modes.split(","):
-                # Warm both (the router's pool, nginx's upstream keep-alive).
-                measure(router, mode, 1)
-                measure(nginx, mode, 1)
-                ratios: list[float] = []
-                cpu_ratios: list[float] = []
-                for i in range(args.rounds):
-                    pair = (router, nginx) if i % 2 == 0 else (nginx, router)
-                    got = {ep.name: measure(ep, mode, args.duration) for ep in pair}
-                    (r_rps, r_us), (n_rps, n_us) = got["region-router"], got["nginx"]
-                    ratios.append(r_rps / n_rps)
-                    cpu_ratios.append(n_us / r_us)
-                    print(
-                        f"{mode:10s} round {i + 1}: router {r_rps:8.0f}/s {r_us:6.1f} us/req  "
-                        f"nginx {n_rps:8.0f}/s {n_us:6.1f} us/req  ratio {ratios[-1]:.2f} "
-                        f"(cpu {cpu_ratios[-1]:.2f})",
-                        flush=True,
-                    )
-                print(
-                    f"{mode:10s} median ratio {statistics.median(ratios):.2f} "
-                    f"(min {min(ratios):.2f}, max {max(ratios):.2f}); "
-                    f"CPU per request, nginx/router: {statistics.median(cpu_ratios):.2f}",
-                    flush=True,
-                )
+        backend = stack.enter_context(nginx_backend(workdir))
+        targets = [stack.enter_context(router_https(workdir, backend.port, cert, key))]
+        if args.baseline is not None:
+            base = router_https(
+                workdir, backend.port, cert, key, name="router-base", root=args.baseline
+            )
+            targets.append(stack.enter_context(base))
+        targets.append(stack.enter_context(nginx_https(workdir, backend.port, cert, key)))
+        for mode in args.modes.split(","):
+            run_mode(targets, mode, args.rounds, args.duration)
     return 0
+
+
+def run_mode(targets: list[Endpoint], mode: str, rounds: int, duration_s: int) -> None:
+    """Rounds of every target, rotating which goes first; ratios to nginx per round."""
+    for target in targets:
+        measure(target, mode, 1)  # warm up (the router's pool, nginx's upstream keep-alive)
+    ratios: dict[str, list[float]] = {t.name: [] for t in targets[:-1]}
+    cpu_ratios: dict[str, list[float]] = {t.name: [] for t in targets[:-1]}
+    for i in range(rounds):
+        order = targets[i % len(targets) :] + targets[: i % len(targets)]
+        got = {t.name: measure(t, mode, duration_s) for t in order}
+        n_rps, n_us = got["nginx"]
+        line = [f"{mode:10s} round {i + 1}:"]
+        for name, series in ratios.items():
+            rps, us = got[name]
+            series.append(rps / n_rps)
+            cpu_ratios[name].append(n_us / us)
+            line.append(f"{name} {rps:8.0f}/s {us:6.1f} us/req ratio {series[-1]:.2f}")
+        line.append(f"nginx {n_rps:8.0f}/s {n_us:6.1f} us/req")
+        print("  ".join(line), flush=True)
+    for name, series in ratios.items():
+        label = "" if name == "region-router" else f" [{name}]"
+        print(
+            f"{mode:10s} median ratio {statistics.median(series):.2f} "
+            f"(min {min(series):.2f}, max {max(series):.2f}); "
+            f"CPU per request, nginx/router: {statistics.median(cpu_ratios[name]):.2f}{label}",
+            flush=True,
+        )
+    if "router-base" in ratios:  # the change itself, per round: this tree over the baseline
+        pairs = zip(ratios["region-router"], ratios["router-base"], strict=True)
+        cpu = zip(cpu_ratios["region-router"], cpu_ratios["router-base"], strict=True)
+        rps = statistics.median(a / b for a, b in pairs)
+        # cpu ratios are nginx/x, so their quotient is base_us/router_us
+        print(
+            f"{mode:10s} router/router-base req/s {rps:.2f}; "
+            f"CPU per request base/router {statistics.median(a / b for a, b in cpu):.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

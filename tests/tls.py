@@ -80,7 +80,12 @@ async def https_get(
     )
     try:
         sslobj = writer.get_extra_info("ssl_object")
-        der = sslobj.getpeercert(binary_form=True)
+        try:
+            der = sslobj.getpeercert(binary_form=True)
+        except ValueError as exc:
+            # TLS 1.3: a server refusing the client's certificate sends its alert after the
+            # client's handshake ended; read before this line, it leaves "handshake not done".
+            raise ConnectionError(f"refused after the handshake: {exc}") from exc
         names = cert_names(der)
         writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         response = await asyncio.wait_for(read_response(reader), 10)

@@ -11,14 +11,14 @@ from router.proxy.core import ProxyCore
 from router.proxy.h2front import H2ClientConnection, Preface
 from router.proxy.redirect import RedirectConnection
 from router.proxy.tls import TlsTerminator
-from router.proxy.tlsgate import TlsGate
+from router.proxy.tlslisten import TlsListener
 
 
 class ProxyServer:
     def __init__(self, core: ProxyCore) -> None:
         self.core = core
         self._server: asyncio.Server | None = None
-        self._https: asyncio.Server | None = None
+        self._https: TlsListener | None = None
         self.tls: TlsTerminator | None = None
 
     async def start(
@@ -40,12 +40,15 @@ class ProxyServer:
         if cfg.listen.https is not None and cfg.tls is not None:
             self.tls = TlsTerminator(cfg.tls, http2=cfg.http2.enabled)
             self.core.config_hooks.append(self._apply_tls)
-            self._https = await loop.create_server(
-                self._gate,
+            self._https = TlsListener(
+                loop,
                 cfg.listen.https.host,
                 cfg.listen.https.port if https_port is None else https_port,
-                backlog=4096,
-                reuse_port=reuse_port or None,
+                context=self.tls.front,
+                app_factory=self._secure,
+                handshake_timeout_s=self.tls.handshake_timeout_s,
+                max_head=self.core.max_header_bytes,
+                reuse_port=reuse_port,
             )
         try:
             if sock is not None:
@@ -69,15 +72,6 @@ class ProxyServer:
         if self.http2:
             return Preface(self.core)  # h2c with prior knowledge, else HTTP/1.1
         return ClientConnection(self.core)
-
-    def _gate(self) -> asyncio.Protocol:
-        """An https connection: TLS from its first byte on, or plain HTTP to refuse."""
-        tls = self.tls
-        assert tls is not None
-        core = self.core
-        return TlsGate(
-            core.loop, self._secure, tls.front, tls.handshake_timeout_s, core.max_header_bytes
-        )
 
     def _secure(self) -> asyncio.Protocol:
         """A TLS connection: HTTP/2 when ALPN picked h2, else HTTP/1.1."""

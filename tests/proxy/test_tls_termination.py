@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import shutil
 import ssl
 from pathlib import Path
@@ -17,7 +18,7 @@ from pytest_aiohttp import AiohttpServer
 
 from router.config.loader import config_notes, load_config
 from router.service import RouterService
-from tests.backends import Region, raw_exchange, read_response, start_region
+from tests.backends import Region, pattern_sha256, raw_exchange, read_response, start_region
 from tests.conftest import StartRouter, make_config
 from tests.poll import eventually
 from tests.tls import CertFiles, client_context, https_get, issue, new_ca, write_leaf
@@ -149,6 +150,36 @@ async def test_mtls_requires_a_client_certificate_from_client_ca_on_every_contex
             # TLS 1.3: the server's refusal arrives after the client's handshake ends.
             with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
                 await https_get(port, ctx, name, host=name)
+
+
+async def test_a_large_response_and_a_large_upload_cross_tls_intact(
+    aiohttp_server: AiohttpServer,
+    start_router: StartRouter,
+    tmp_path: Path,
+    ca: trustme.CA,
+    certs: tuple[CertFiles, CertFiles],
+) -> None:
+    """8 MiB down (more than the socket buffers: the TLS transport's write buffer and
+    pause_writing carry it) and 4 MiB up, through the router."""
+    region, service, _ = await tls_router(
+        aiohttp_server, start_router, tmp_path, tls_section(certs)
+    )
+    port = https_port(service)
+    size = 8 * 1024 * 1024
+    got = await https_get(port, client_context(ca), "api.test", f"/bytes/{size}", "api.test")
+    assert got.response.status == 200
+    assert len(got.response.body) == size
+    assert hashlib.sha256(got.response.body).hexdigest() == pattern_sha256(size)
+    upload = bytes(range(256)) * (4 * 4096)
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=client_context(ca), server_hostname="api.test"
+    )
+    head = f"POST /up HTTP/1.1\r\nHost: api.test\r\nContent-Length: {len(upload)}\r\n\r\n"
+    writer.write(head.encode() + upload)
+    response = await asyncio.wait_for(read_response(reader), 10)
+    writer.close()
+    assert response.status == 200
+    assert region.seen[-1].body_sha256 == hashlib.sha256(upload).hexdigest()
 
 
 async def test_redirect_http_answers_308_to_https_with_host_path_and_query(
