@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from router.config.edge import certificate_notes
 from router.config.loader import TlsConfig
+from router.proxy.tlsio import TlsTransport
 
 log = logging.getLogger("router.proxy.tls")
 
@@ -134,7 +135,10 @@ class TlsTerminator:
         self.front.sni_callback = self._on_server_name if switching else None
 
     def _on_server_name(
-        self, conn: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
+        self,
+        conn: ssl.SSLObject | ssl.SSLSocket | TlsTransport,
+        server_name: str | None,
+        _: ssl.SSLContext,
     ) -> None:
         ctx = self.certs.pick(server_name)
         if ctx is not self.front:

@@ -1,9 +1,15 @@
 """An https connection's transport: OpenSSL reads and writes the socket itself.
 
 uvloop's SSL protocol runs every byte through memory BIOs and its own Python-level state
-machine; here the ``SSLSocket`` does the socket I/O in C, driven by ``add_reader`` and
-``add_writer`` (level-triggered), which costs less per new connection (docs/tls.md,
-bench/results/tls.md). One object per connection, in four phases:
+machine; here OpenSSL does the socket I/O in C, driven by ``add_reader`` and ``add_writer``
+(level-triggered), which costs less per new connection (docs/tls.md, bench/results/tls.md).
+The connection is ``_ssl._SSLSocket``, the C object inside every ``ssl.SSLSocket``, made by
+``SSLContext._wrap_socket`` on the accepted socket: the ``ssl.SSLSocket`` around it is a
+second socket object whose construction and per-call wrappers (an ``ioctl`` re-setting the
+timeout on every ``do_handshake``) cost more per connection than anything else of ours
+around the handshake. This transport is the C object's ``owner``: OpenSSL's SNI callback
+gets it as its ``conn`` and switches ``conn.context`` (router/proxy/tls.py). One object per
+connection, in four phases:
 
 - peek: the first byte decides, as nginx does: a TLS record (``0x16``, or an SSLv2-format
   hello) goes on to the handshake; anything else is handed back (``on_plain``) to be
@@ -24,7 +30,7 @@ import asyncio
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 _HANDSHAKE = 0x16  # TLS record type of a ClientHello
 _SSLV2_HELLO = 0x80  # high bit set: an SSLv2-format ClientHello (OpenSSL refuses it itself)
@@ -44,6 +50,22 @@ _CLOSED = 5
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
+class SslConnection(Protocol):
+    """What this transport uses of ``_ssl._SSLSocket`` (untyped in typeshed)."""
+
+    context: ssl.SSLContext
+
+    def do_handshake(self) -> None: ...
+    def read(self, size: int) -> bytes: ...
+    def write(self, data: bytes | bytearray | memoryview) -> int: ...
+    def pending(self) -> int: ...
+    def shutdown(self) -> socket.socket: ...
+    def selected_alpn_protocol(self) -> str | None: ...
+    def getpeercert(self) -> Any: ...
+    def cipher(self) -> tuple[str, str, int] | None: ...
+    def compression(self) -> str | None: ...
+
+
 class TlsTransport(asyncio.Transport):
     """One accepted https connection (see the module docstring)."""
 
@@ -60,9 +82,9 @@ class TlsTransport(asyncio.Transport):
         self.loop = loop
         self.sock = sock
         self.fd = sock.fileno()
-        self.tls: ssl.SSLSocket | None = None
+        self.tls: SslConnection | None = None
         self.peer = peer
-        self.context = context
+        self.front = context
         self.app_factory = app_factory
         self.on_plain = on_plain
         self.deadline = deadline
@@ -78,6 +100,19 @@ class TlsTransport(asyncio.Transport):
         self.low = _HIGH_WATER // 4
         self.write_paused = False  # the protocol was told pause_writing
         self.lost = False
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        """The connection's SSL context: the listener's, until SNI switches it."""
+        tls = self.tls
+        return self.front if tls is None else tls.context
+
+    @context.setter
+    def context(self, context: ssl.SSLContext) -> None:
+        # OpenSSL's SNI callback (router/proxy/tls.py), mid-handshake: ``tls`` is set.
+        tls = self.tls
+        assert tls is not None
+        tls.context = context
 
     def start(self) -> None:
         """Arm the handshake deadline and look at the first byte (often already there)."""
@@ -139,13 +174,14 @@ class TlsTransport(asyncio.Transport):
 
     def _start_tls(self) -> None:
         try:
-            self.tls = self.context.wrap_socket(
-                self.sock, server_side=True, do_handshake_on_connect=False
+            # The C object alone (module docstring); it holds ``sock`` weakly, ``self`` keeps it.
+            tls: SslConnection = self.front._wrap_socket(  # type: ignore[attr-defined]
+                self.sock, True, None, owner=self, session=None
             )
         except (OSError, ValueError):
             self._destroy(None)
             return
-        self.sock = self.tls  # the same descriptor, now owned by the SSLSocket
+        self.tls = tls
         self.state = _HANDSHAKING
         self._handshake()
 
@@ -179,11 +215,11 @@ class TlsTransport(asyncio.Transport):
         tls = self.tls
         assert tls is not None
         try:
-            data = tls.recv(_READ_BUDGET)
+            data = tls.read(_READ_BUDGET)
             # A full record may have more behind it; read on while it is cheap to ask.
             while tls.pending() or _RECORD <= len(data) < _READ_BUDGET:
                 try:
-                    more = tls.recv(max(_RECORD, _READ_BUDGET - len(data)))
+                    more = tls.read(max(_RECORD, _READ_BUDGET - len(data)))
                 except _WANT:
                     break
                 if not more:
@@ -216,7 +252,7 @@ class TlsTransport(asyncio.Transport):
         assert tls is not None
         buffer = self.buffer
         try:
-            sent = tls.send(buffer)
+            sent = tls.write(buffer)
         except _WANT:
             return
         except OSError as exc:
@@ -239,7 +275,7 @@ class TlsTransport(asyncio.Transport):
         assert tls is not None
         self._want_write(False)
         try:
-            tls.unwrap()  # sends close_notify; done only if the client's already came
+            tls.shutdown()  # sends close_notify; done only if the client's already came
         except (OSError, ValueError):  # SSLWantRead: the client's close_notify is to come
             pass
         else:
@@ -260,7 +296,7 @@ class TlsTransport(asyncio.Transport):
         assert tls is not None
         try:
             for _ in range(16):  # bounded: a client that keeps sending meets the timer
-                if not tls.recv(_READ_BUDGET):
+                if not tls.read(_READ_BUDGET):
                     break
             else:
                 return
@@ -340,7 +376,7 @@ class TlsTransport(asyncio.Transport):
         tls = self.tls
         assert tls is not None
         try:
-            sent = tls.send(data)
+            sent = tls.write(data)
         except _WANT:
             sent = 0
         except OSError as exc:

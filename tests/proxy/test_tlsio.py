@@ -10,6 +10,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import trustme
@@ -321,7 +322,11 @@ async def test_extra_info_and_alpn(listen: Listen, ca: trustme.CA) -> None:
     writer.close()
     assert got["peername"] == ("127.0.0.1", client_port)
     assert got["sockname"] == ("127.0.0.1", port)
-    assert isinstance(got["ssl_object"], ssl.SSLSocket)
+    # OpenSSL's connection object (_ssl._SSLSocket): what h2front asks for ALPN.
+    ssl_object: Any = got["ssl_object"]
+    assert ssl_object.selected_alpn_protocol() is None  # the client offered none
+    assert ssl_object.version() in ("TLSv1.2", "TLSv1.3")
+    assert ssl_object.context is got["sslcontext"]
     assert isinstance(got["sslcontext"], ssl.SSLContext)
     assert got["peercert"] is None  # no client certificate asked
     assert got["closing"] is False
