@@ -61,6 +61,8 @@ COMPILED = [
     # the https connection's transport: every TLS read and write goes through it
     "router/proxy/tlsio.py",
     "router/proxy/upstream.py",
+    # the outlier observer: OutlierDetector.record runs on every upstream attempt's outcome
+    "router/health/outlier.py",
     "router/routing/load.py",
     "router/routing/routes.py",
     "router/routing/strategies.py",
