@@ -66,6 +66,8 @@ COMPILED = [
     "router/routing/load.py",
     "router/routing/routes.py",
     "router/routing/strategies.py",
+    # the routing state the selector and the exchange read per request (native: struct reads)
+    "router/state/snapshot.py",
     "router/traffic.py",
 ]
 
