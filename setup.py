@@ -63,9 +63,13 @@ COMPILED = [
     # the https accept loop: runs once per new TLS connection
     "router/proxy/tlslisten.py",
     "router/proxy/upstream.py",
+    # the outlier observer: OutlierDetector.record runs on every upstream attempt's outcome
+    "router/health/outlier.py",
     "router/routing/load.py",
     "router/routing/routes.py",
     "router/routing/strategies.py",
+    # the routing state the selector and the exchange read per request (native: struct reads)
+    "router/state/snapshot.py",
     "router/traffic.py",
 ]
 

@@ -3,12 +3,17 @@
 A snapshot is plain frozen data (no locks, no clocks): the proxy reads ``holder.current``
 once per request. It is also what a supervisor will ship to worker processes, so it holds
 only values, never live objects.
+
+Compiled with mypyc (setup.py): the selector and the exchange read these attributes on
+every request, and a native class is a struct read where a Python dataclass is a generic
+attribute lookup. Compiled, ``slots=True`` is not honoured and pickle would go through the
+frozen ``__setattr__``, so each class pickles by its init fields (``__reduce__``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Literal
 
@@ -62,6 +67,9 @@ class RegionView:
     def eligible(self) -> bool:
         return self.state in ELIGIBLE_STATES
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), _init_values(self)))
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ArtifactInfo:
@@ -72,6 +80,9 @@ class ArtifactInfo:
     source: str | None = None  # the region the latest job of this name read from
     read_at: float = 0.0  # wall clock: when that digest (or source) was read
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), _init_values(self)))
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Tier:
@@ -79,6 +90,9 @@ class Tier:
     regions: tuple[RegionView, ...]  # candidates of this tier (eligible, or all in panic)
     share: float  # fraction of the route's traffic this tier takes (0..1)
     health_percent: float  # eligible / counted regions x 100 (before overprovisioning)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), _init_values(self)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,6 +107,9 @@ class RoutePlan:
     # requires_artifact: the digest regions must hold (None: any) and the fallback region
     artifact_sha256: str | None = None
     artifact_fallback: str | None = None
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), _init_values(self)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,6 +131,17 @@ class Snapshot:
             f"<Snapshot v{self.version} regions={len(self.regions)} "
             f"eligible={eligible} panic={self.panic}>"
         )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), _init_values(self)))
+
+
+def _init_values(obj: object) -> dict[str, object]:
+    return {f.name: getattr(obj, f.name) for f in fields(obj) if f.init}  # type: ignore[arg-type]
+
+
+def _rebuild(cls: type[object], values: dict[str, object]) -> object:
+    return cls(**values)
 
 
 class SnapshotHolder:
