@@ -60,6 +60,8 @@ COMPILED = [
     "router/proxy/services.py",
     # the https connection's transport: every TLS read and write goes through it
     "router/proxy/tlsio.py",
+    # the https accept loop: runs once per new TLS connection
+    "router/proxy/tlslisten.py",
     "router/proxy/upstream.py",
     # the outlier observer: OutlierDetector.record runs on every upstream attempt's outcome
     "router/health/outlier.py",

@@ -42,6 +42,8 @@ def bind(host: str | None, port: int, *, reuse_port: bool, backlog: int) -> list
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            # Accepted sockets inherit it (Linux): no setsockopt per connection.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.bind(address)
             sock.listen(backlog)
             sock.setblocking(False)
@@ -95,9 +97,7 @@ class TlsListener:
                 loop.remove_reader(listening.fileno())
                 loop.call_later(_ACCEPT_RETRY_S, self._listen, listening)
                 return
-            sock.setblocking(False)
-            if sock.family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)  # O_NONBLOCK is not inherited; TCP_NODELAY is (bind)
             TlsTransport(
                 loop,
                 sock,
