@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
 
+from router.service import RouterService
 from tests.backends import (
     pattern,
     pattern_sha256,
@@ -44,6 +45,12 @@ async def serve(answer: Answer) -> Handler:
     return handler
 
 
+async def router_to(start_router: StartRouter, url: str, **settings: object) -> RouterService:
+    """A router whose one region is ``url``, probes passing."""
+    config = make_config([{"id": "r1", "endpoint": url}], **settings)
+    return await start_router(config, probe=probe_passes)
+
+
 async def get_many(port: int, paths: list[bytes]) -> list[tuple[int, bytes, bytes]]:
     """GET each path in turn on one client connection: (status, head, body) of each."""
     out = []
@@ -73,9 +80,7 @@ async def test_head_and_body_in_one_read_and_in_pieces_keep_the_connection(
                 writer.write(rest[k * len(rest) // 3 : (k + 1) * len(rest) // 3])
 
     async with start_raw_region(await serve(answer)) as region:
-        service = await start_router(
-            make_config([{"id": "r1", "endpoint": region.url}]), probe=probe_passes
-        )
+        service = await router_to(start_router, region.url)
         got = await get_many(service.proxy_port, [b"/a", b"/b", b"/c", b"/d"])
         for i, (status, head, data) in enumerate(got):
             assert status == 200
@@ -95,9 +100,7 @@ async def test_bytes_past_the_length_are_dropped_and_the_connection_closed(
         )
 
     async with start_raw_region(await serve(answer)) as region:
-        service = await start_router(
-            make_config([{"id": "r1", "endpoint": region.url}]), probe=probe_passes
-        )
+        service = await router_to(start_router, region.url)
         got = await get_many(service.proxy_port, [b"/a", b"/b"])
         for status, _, data in got:
             assert status == 200
@@ -113,9 +116,7 @@ async def test_interim_response_then_body_in_one_read(start_router: StartRouter)
         )
 
     async with start_raw_region(await serve(answer)) as region:
-        service = await start_router(
-            make_config([{"id": "r1", "endpoint": region.url}]), probe=probe_passes
-        )
+        service = await router_to(start_router, region.url)
         got = await get_many(service.proxy_port, [b"/a", b"/b"])
         for status, head, data in got:
             assert status == 200
@@ -133,9 +134,7 @@ async def test_chunked_body_in_the_same_read_as_its_head(start_router: StartRout
         )
 
     async with start_raw_region(await serve(answer)) as region:
-        service = await start_router(
-            make_config([{"id": "r1", "endpoint": region.url}]), probe=probe_passes
-        )
+        service = await router_to(start_router, region.url)
         async with raw_connection(service.proxy_port) as (reader, writer):
             for _ in range(2):
                 writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -172,9 +171,7 @@ async def test_websocket_bytes_in_the_read_of_the_101(start_router: StartRouter)
         )
 
     async with start_raw_region(await serve(answer)) as region:
-        service = await start_router(
-            make_config([{"id": "r1", "endpoint": region.url}]), probe=probe_passes
-        )
+        service = await router_to(start_router, region.url)
         async with raw_connection(service.proxy_port) as (reader, writer):
             writer.write(
                 b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
@@ -200,12 +197,8 @@ async def test_an_h2_stream_that_stalled_the_last_read_leaves_the_connection_rea
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (size, body(size)))
 
     async with start_raw_region(await serve(answer)) as region:
-        service = await start_router(
-            make_config(
-                [{"id": "r1", "endpoint": region.url}],
-                http2={"enabled": True, "max_concurrent_streams": 100},
-            ),
-            probe=probe_passes,
+        service = await router_to(
+            start_router, region.url, http2={"enabled": True, "max_concurrent_streams": 100}
         )
         client = H2Client(window=65535)
         await client.connect(service.proxy_port)
