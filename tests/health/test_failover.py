@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -229,20 +230,27 @@ async def test_fast_503_region_is_avoided_by_latency(
 ) -> None:
     a, b, c = await regions("a", "b", "c")
     b.status = 503  # fails fast; its health check still passes
+    clients = 6
     service = await start_router(
         make_config(
             [a.config(), b.config(), c.config()],
             strategy="latency",
             health_check=FAST_HC,
             outlier_detection={"consecutive_failures": 10000},  # latency alone must do it
+            # Not the retry budget's test: each time b's penalty decays, several of the six
+            # clients can pick it in one loop turn, and past the default budget (3 retries
+            # in flight) a 503 would rightly reach the client.
+            retries={"min_concurrent": clients},
         )
     )
     stop = asyncio.Event()
-    load = asyncio.create_task(drive(f"http://127.0.0.1:{service.proxy_port}/x", stop))
+    url = f"http://127.0.0.1:{service.proxy_port}/x"
+    load = asyncio.create_task(drive(url, stop, concurrency=clients))
     await wait_until(lambda: a.hits + c.hits >= 600, 10, "traffic")
     stop.set()
     outcomes = await load
-    assert all(o.status == 200 for o in outcomes)  # the few 503s were retried elsewhere
+    statuses = Counter(o.status for o in outcomes)
+    assert statuses.keys() == {200}, statuses  # the few 503s were retried elsewhere
     assert b.hits <= 0.02 * len(outcomes), (b.hits, len(outcomes))
     assert state(service, "b") is H
 
