@@ -370,6 +370,7 @@ async def test_guarded_failback_reejects_a_bad_recovery(
             health_check=FAST_HC,
             failover={"slow_start": "5s"},
             outlier_detection={"consecutive_failures": 1000, "base_ejection_time": "30s"},
+            retries={"min_concurrent": 6},  # drive()'s six clients may all be retrying
         )
     )
     b.health_status = 503
