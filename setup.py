@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent
 # them, bench/hotpath.py --shape defaults went from 23.2 to 21.9 us/request (docs/performance.md).
 COMPILED = [
     "router/proxy/accesslog.py",
+    "router/proxy/batching.py",
     "router/proxy/client.py",
     "router/proxy/core.py",
     "router/proxy/dns.py",

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from router.errors import BadRequest, HeadersTooLarge, ProxyError
+from router.proxy.batching import DEFER_MAX_BYTES
 from router.proxy.exchange import Exchange
 from router.proxy.headers import TRAILER_DROP, error_response
 from router.proxy.interfaces import ClientSide
@@ -57,6 +58,8 @@ class ClientConnection(ClientSide):
         self.tunnel: UpstreamConnection | None = None
         self._cork: list[bytes | memoryview] | None = None
         self._cork_views = False  # the cork holds a view of a read: write it without a join
+        self._cork_bytes = 0
+        self._deferred = False  # in the loop pass's WriteBatch (router.proxy.batching)
         self.feeding = _IDLE
         self.corked_upstream: UpstreamConnection | None = None
         self.in_head = True  # between requests or inside a head: bytes are head bytes
@@ -96,7 +99,7 @@ class ClientConnection(ClientSide):
             corked = self.corked_upstream
             if corked is not None:
                 self.corked_upstream = None
-                corked.uncork()
+                self.core.writes.defer_upstream(corked)
         if self.in_head and not completed:
             # A head still incomplete after a read that held nothing else: bound what
             # llhttp buffers (a header line without its end would otherwise grow forever).
@@ -305,6 +308,7 @@ class ClientConnection(ClientSide):
         out = self._cork
         if out is not None:
             out.append(data)
+            self._cork_bytes += len(data)
         elif self.transport is not None and not self.closed:
             self.transport.write(data)
 
@@ -315,6 +319,7 @@ class ClientConnection(ClientSide):
         if out is not None:
             out.append(view)
             self._cork_views = True
+            self._cork_bytes += len(view)
         elif self.transport is not None and not self.closed:
             self.transport.write(view)
 
@@ -324,6 +329,7 @@ class ClientConnection(ClientSide):
 
     def uncork(self) -> None:
         out, self._cork = self._cork, None
+        self._cork_bytes = 0
         if out and self.transport is not None and not self.closed:
             if len(out) == 1:
                 self.transport.write(out[0])
@@ -332,6 +338,21 @@ class ClientConnection(ClientSide):
             else:
                 self.transport.write(b"".join(out))
         self._cork_views = False
+
+    def uncork_later(self) -> None:
+        """Small writes wait for the end of the loop's pass (router.proxy.batching)."""
+        if not self._cork:
+            if not self._deferred:
+                self._cork = None
+        elif self._cork_bytes > DEFER_MAX_BYTES:
+            self.uncork()  # a body: write now, so that backpressure starts from this write
+        elif not self._deferred:
+            self._deferred = True
+            self.core.writes.defer_client(self)
+
+    def flush_deferred(self) -> None:
+        self._deferred = False
+        self.uncork()
 
     def cork_upstream(self, conn: UpstreamConnection) -> None:
         """Hold writes to ``conn`` until the current client read is fully parsed."""

@@ -49,6 +49,15 @@ class ClientSide(asyncio.Protocol):
     def uncork(self) -> None:
         raise NotImplementedError
 
+    def uncork_later(self) -> None:
+        """``uncork`` at the end of the loop's pass over ready sockets, where the side
+        batches writes (router.proxy.batching); at once where it does not."""
+        self.uncork()
+
+    def flush_deferred(self) -> None:
+        """The batch's end-of-pass call for what ``uncork_later`` held."""
+        self.uncork()
+
     def cork_upstream(self, conn: UpstreamConnection) -> None:
         """Hold writes to ``conn`` until the current client read is parsed."""
         raise NotImplementedError

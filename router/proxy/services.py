@@ -22,6 +22,7 @@ from typing import Generic, TypeVar
 
 from router.config.loader import Config
 from router.config.model import HedgingConfig
+from router.proxy.batching import WriteBatch
 from router.proxy.dns import Resolver
 from router.proxy.h2upstream import H2Pool
 from router.proxy.headers import RESPONSE_SPECIAL, name_lengths
@@ -80,6 +81,7 @@ class ExchangeServices(Generic[E]):
         proxy updates it on every request; strategies, views and drains read it."""
         self.holder = holder
         self.loop = loop
+        self.writes = WriteBatch(loop)  # small writes held to the end of the loop's pass
         self.loads = loads
         self.selector = Selector(self.loads)
         self.stats = TrafficStats()

@@ -79,6 +79,8 @@ class UpstreamConnection(asyncio.Protocol):
         "born",
         "closed",
         "corked",
+        "corked_bytes",
+        "deferred",
         "exchange",
         "host",
         "idle_since",
@@ -108,6 +110,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.tunnel: Any = None  # the client connection once a WebSocket is tunnelled
         self.corked: list[bytes] | None = None  # writes held until the client read is parsed
+        self.corked_bytes = 0
+        self.deferred = False  # in the loop pass's WriteBatch (router.proxy.batching)
         self.at_head = True  # the parser is between responses: the next byte starts a head
         self.raw_ok = False  # parsing a head alone: its body may be relayed unparsed
         self.body_left = 0  # bytes of a body being relayed unparsed (the parser is left behind)
@@ -135,7 +139,7 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self._parse(data)
         finally:
-            client.uncork()
+            client.uncork_later()
 
     def _parse(self, data: bytes) -> None:
         base = 0  # where in ``data`` the bytes last fed to the parser start
@@ -266,12 +270,14 @@ class UpstreamConnection(asyncio.Protocol):
         out = self.corked
         if out is not None:
             out.append(data)
+            self.corked_bytes += len(data)
         elif self.usable():
             self.transport.write(data)  # type: ignore[union-attr]  # usable() checked it
         # else: the peer already reset it; connection_lost follows and fails the attempt
 
     def uncork(self) -> None:
         out, self.corked = self.corked, None
+        self.corked_bytes = 0
         if out and self.usable():
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]  # usable() checked it
 
