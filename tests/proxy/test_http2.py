@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import trustme
+
 from tests.backends import (
     pattern_sha256,
     probe_passes,
@@ -22,7 +24,7 @@ from tests.backends import (
 from tests.conftest import StartRouter, make_config
 from tests.h2client import H2Client
 from tests.poll import eventually
-from tests.tls import client_context, https_get, issue, new_ca
+from tests.tls import StartHttps, client_context, https_get
 
 AiohttpServer = Any
 H2 = {"enabled": True, "max_concurrent_streams": 100}
@@ -106,23 +108,12 @@ async def test_router_made_errors_are_json_on_the_stream(
         await client.close()
 
 
-async def test_alpn_h2_on_https(
-    aiohttp_server: AiohttpServer, start_router: StartRouter, tmp_path: Path
-) -> None:
-    region = await start_region(aiohttp_server, "r1")
-    ca = new_ca()
-    cert = issue(ca, tmp_path, "api", "localhost")
-    config = make_config(
-        [region.config()],
-        http2=H2,
-        listen={"proxy": "127.0.0.1:0", "admin": "127.0.0.1:0", "https": "127.0.0.1:0"},
-        tls={"certificates": [cert.config()]},
-    )
-    service = await start_router(config, probe=probe_passes)
-    assert service.https_port is not None
+async def test_alpn_h2_on_https(start_https: StartHttps, ca: trustme.CA) -> None:
+    port = (await start_https(http2=H2)).port
     client = H2Client()
-    await client.connect(service.https_port, ssl_ctx=client_context(ca, alpn=["h2", "http/1.1"]))
+    await client.connect(port, ssl_ctx=client_context(ca, alpn=["h2", "http/1.1"]))
     try:
+        assert client.alpn == "h2"
         resp = await client.request("/secure")
         assert resp.status == 200
         seen = json.loads(resp.body)
@@ -132,7 +123,7 @@ async def test_alpn_h2_on_https(
         await client.close()
     # a client that offers only http/1.1 (or no ALPN) gets HTTP/1.1 on the same listener
     for alpn in (["http/1.1"], None):
-        old = await https_get(service.https_port, client_context(ca, alpn=alpn), "localhost")
+        old = await https_get(port, client_context(ca, alpn=alpn), "localhost")
         assert old.alpn == (alpn[0] if alpn else None)
         assert old.response.status == 200
 
