@@ -237,3 +237,20 @@ def foreign_cpu_seconds() -> float:
             continue
         ticks += sum(int(value) for value in fields[11:15])
     return ticks / CLOCK_TICKS_PER_S
+
+
+def steal_seconds(cpus: tuple[int, ...]) -> dict[int, float]:
+    """Each CPU's ``steal`` time so far: the hypervisor ran another guest while this one
+    had work. A VM stalled as a whole (every target at half speed, nginx included) shows
+    here and nowhere else; the per-process CPU times cannot see it.
+    """
+    wanted = {f"cpu{cpu}": cpu for cpu in cpus}
+    out: dict[int, float] = {}
+    with open("/proc/stat") as stat:
+        for line in stat:
+            fields = line.split()
+            cpu = wanted.get(fields[0]) if fields else None
+            # cpuN user nice system idle iowait irq softirq steal ...
+            if cpu is not None and len(fields) > 8:
+                out[cpu] = int(fields[8]) / CLOCK_TICKS_PER_S
+    return out

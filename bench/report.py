@@ -16,12 +16,14 @@ from bench.throughput import (
     FOREIGN_CPU_WARN_PERCENT,
     HIGH_CONNECTIONS,
     SINGLE_CONNECTION,
+    STEAL_SPOIL_PERCENT,
     Cell,
     Outcome,
     Plan,
 )
 
 REFERENCE = "nginx"  # the "vs nginx" column divides by this target's req/s
+MIN_CLEAN_ROUNDS = 2  # fewer rounds without a stall than this: every round counts
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,32 +97,80 @@ def _interference(report: Report) -> list[str]:
         return []
     line = f"- other processes used at most {worst[0]:.0f}% of a CPU during a measured run"
     if worst[0] < FOREIGN_CPU_WARN_PERCENT:
-        return [line + " (quiet machine)"]
-    return [line + f" ({worst[1]}): **the machine was shared; treat these figures as noisy**"]
+        lines = [line + " (quiet machine)"]
+    else:
+        lines = [line + f" ({worst[1]}): **the machine was shared; treat these figures as noisy**"]
+    return lines + _steal(report)
 
 
-def fmt_paired(cell: Cell, reference: Cell | None) -> str:
+def _steal(report: Report) -> list[str]:
+    """One line on the hypervisor's stalls (steal time) and the rounds they cost."""
+    worst = 0.0
+    left_out: list[str] = []
+    cells = {(c.size, c.connections) for o in report.outcomes for c in o.cells}
+    for outcome in report.outcomes:
+        for cell in outcome.cells:
+            worst = max(worst, cell.max_steal_percent)
+    for size, connections in sorted(cells):
+        spoiled = spoiled_rounds(report, size, connections)
+        if spoiled:
+            left_out.append(f"{size} c={connections}: rounds {sorted(r + 1 for r in spoiled)}")
+    line = (
+        f"- steal (the hypervisor running another guest on the proxy's or the load's CPU): "
+        f"at most {worst:.0f}% of a run"
+    )
+    if not left_out:
+        return [line]
+    return [
+        line + f"; rounds with {STEAL_SPOIL_PERCENT:.0f}% or more are left out of the ratios "
+        f"(while {MIN_CLEAN_ROUNDS} or more remain): " + "; ".join(left_out)
+    ]
+
+
+def spoiled_rounds(report: Report, size: str, connections: int) -> frozenset[int]:
+    """Rounds of a cell in which the hypervisor stalled any target's run (steal time)."""
+    rounds: set[int] = set()
+    for outcome in report.outcomes:
+        cell = outcome.cell(size, connections)
+        if cell is not None:
+            rounds |= cell.spoiled_rounds()
+    return frozenset(rounds)
+
+
+def clean_ratios(cell: Cell, reference: Cell, spoiled: frozenset[int]) -> tuple[list[float], int]:
+    """The per-round ratios without the stalled rounds, and how many were left out; every
+    round when fewer than ``MIN_CLEAN_ROUNDS`` are left."""
+    everything = cell.round_ratios(reference)
+    clean = cell.round_ratios(reference, spoiled)
+    if len(clean) < MIN_CLEAN_ROUNDS:
+        return everything, 0
+    return clean, len(everything) - len(clean)
+
+
+def fmt_paired(cell: Cell, reference: Cell | None, spoiled: frozenset[int] = frozenset()) -> str:
     """Median of the per-round ratios to the reference, with their min-max."""
     if reference is None:
         return "-"
-    ratios = cell.round_ratios(reference)
+    ratios, left_out = clean_ratios(cell, reference, spoiled)
     if not ratios:
         return "-"
     med = statistics.median(ratios)
     if cell is reference:
         return "1.00x"
-    return f"{med:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+    text = f"{med:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+    return text + (f" [{len(ratios)} of {len(ratios) + left_out} rounds]" if left_out else "")
 
 
 def paired_ratio(report: Report, key: str, size: str, connections: int) -> float | None:
-    """Median per-round req/s ratio of target ``key`` to the reference, for one cell."""
+    """Median per-round req/s ratio of target ``key`` to the reference, for one cell
+    (rounds the hypervisor stalled left out)."""
     outcome, reference = report.outcome(key), report.outcome(REFERENCE)
     if outcome is None or reference is None:
         return None
     cell, ref = outcome.cell(size, connections), reference.cell(size, connections)
     if cell is None or ref is None:
         return None
-    ratios = cell.round_ratios(ref)
+    ratios, _ = clean_ratios(cell, ref, spoiled_rounds(report, size, connections))
     return statistics.median(ratios) if ratios else None
 
 
@@ -212,7 +262,7 @@ def render_markdown(report: Report) -> str:
                     outcome.target.label,
                     size,
                     fmt_rps(cell.requests_per_s),
-                    fmt_paired(cell, ref_cell),
+                    fmt_paired(cell, ref_cell, spoiled_rounds(report, size, BASE_CONNECTIONS)),
                     fmt_cpu(cell.proxy_cpu_us_per_request),
                     fmt_percent(cell.proxy_cpu_percent),
                     fmt_latency(cell.p50_us),
@@ -295,6 +345,7 @@ def _cell_json(cell: Cell, reference: Cell | None) -> dict[str, Any]:
             "proxy_cpu_percent": cell.proxy_cpu_percent,
         },
         "max_foreign_cpu_percent": cell.max_foreign_cpu_percent,
+        "max_steal_percent": cell.max_steal_percent,
         "non_2xx_3xx_total": cell.non_2xx_3xx,
         "socket_errors_total": cell.socket_errors,
         "runs": [
@@ -320,6 +371,7 @@ def _cell_json(cell: Cell, reference: Cell | None) -> dict[str, Any]:
                 "backend_cpu_s": s.backend_cpu_s,
                 "foreign_cpu_s": s.foreign_cpu_s,
                 "cpu_window_s": s.window_s,
+                "steal_s": s.steal_s,
             }
             for s in cell.samples
         ],

@@ -78,7 +78,7 @@ def test_rotation_gives_every_target_every_position() -> None:
     assert throughput.rotation([], 3) == []
 
 
-def _sample(rps: float, p50_us: float, round_index: int) -> throughput.Sample:
+def _sample(rps: float, p50_us: float, round_index: int, steal_s: float = 0.0) -> throughput.Sample:
     text = NON_2XX.replace("9232.34", str(rps)).replace("54.00us", f"{p50_us}us")
     result = wrk.parse(text.replace("  Non-2xx or 3xx responses: 9280\n", ""))
     return throughput.Sample(
@@ -88,11 +88,14 @@ def _sample(rps: float, p50_us: float, round_index: int) -> throughput.Sample:
         backend_cpu_s=0.2,
         foreign_cpu_s=0.0,
         window_s=1.0,
+        steal_s=steal_s,
     )
 
 
-def _cell(target: str, connections: int, runs: list[tuple[float, float]]) -> throughput.Cell:
-    samples = tuple(_sample(rps, p50, r) for r, (rps, p50) in enumerate(runs))
+def _cell(
+    target: str, connections: int, runs: list[tuple[float, float]], steal_s: float = 0.0
+) -> throughput.Cell:
+    samples = tuple(_sample(rps, p50, r, steal_s) for r, (rps, p50) in enumerate(runs))
     return throughput.Cell(target=target, size="small", connections=connections, samples=samples)
 
 
@@ -164,3 +167,58 @@ def test_defaults_is_the_repo_config_on_three_loopback_regions_and_bare_is_minim
     bare = parse_config(targets.bare_config(8000, listen, tmp_path), {})
     assert bare.strategy == "weighted" and bare.access_log is False
     assert len(bare.regions) == 1
+
+
+def test_a_round_the_hypervisor_stalled_is_left_out_of_the_paired_ratios() -> None:
+    plan = throughput.Plan(sizes=("small",), duration_s=1, runs=4, warmup_s=0)
+    by_key = {t.key: t for t in targets.TARGETS}
+    nginx_samples = [_sample(1000.0, 500.0, r) for r in range(4)]
+    # Round 2: the VM stalled during the router's run (steal 40% of it): 0.1 instead of 0.5.
+    router_samples = [
+        _sample(rps, 900.0, r, steal_s=0.4 if r == 2 else 0.01)
+        for r, rps in enumerate([500.0, 500.0, 100.0, 500.0])
+    ]
+    cells = {
+        "nginx": throughput.Cell(
+            target="nginx", size="small", connections=64, samples=tuple(nginx_samples)
+        ),
+        "defaults": throughput.Cell(
+            target="defaults", size="small", connections=64, samples=tuple(router_samples)
+        ),
+    }
+    report_ = report.Report(
+        command="python bench/run.py",
+        started_at="t0",
+        finished_at="t1",
+        machine={k: "?" for k in ("nproc", "kernel", "python", "cpu", "wrk", "nginx")}
+        | {"haproxy": "?", "loadavg_start": "0", "pinning": "?"},
+        plan=plan,
+        notes=(),
+        outcomes=tuple(
+            throughput.Outcome(target=by_key[key], cells=[cell]) for key, cell in cells.items()
+        ),
+    )
+    assert report.spoiled_rounds(report_, "small", 64) == {2}
+    assert report.paired_ratio(report_, "defaults", "small", 64) == pytest.approx(0.5)
+    text = report.render_markdown(report_)
+    assert "0.50x (0.50-0.50) [3 of 4 rounds]" in text
+    assert "at most 40% of a run" in text and "small c=64: rounds [3]" in text
+    runs = report.to_json(report_)["targets"][1]["cells"][0]["runs"]
+    assert [r["steal_s"] for r in runs] == pytest.approx([0.01, 0.01, 0.4, 0.01])
+
+
+def test_with_fewer_than_two_clean_rounds_every_round_counts() -> None:
+    nginx = throughput.Cell(
+        target="nginx",
+        size="small",
+        connections=64,
+        samples=tuple(_sample(1000.0, 500.0, r) for r in range(2)),
+    )
+    router = throughput.Cell(
+        target="defaults",
+        size="small",
+        connections=64,
+        samples=(_sample(500.0, 900.0, 0, steal_s=0.2), _sample(300.0, 900.0, 1)),
+    )
+    ratios, left_out = report.clean_ratios(router, nginx, frozenset({0}))
+    assert (ratios, left_out) == (pytest.approx([0.5, 0.3]), 0)

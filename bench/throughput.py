@@ -19,14 +19,18 @@ from pathlib import Path
 from typing import Literal
 
 from bench import wrk
-from bench.process import TargetError, cpu_seconds, foreign_cpu_seconds
-from bench.targets import INSTALL_HINT, LOAD_CPU, Endpoint, Target, check_response
+from bench.process import TargetError, cpu_seconds, foreign_cpu_seconds, steal_seconds
+from bench.targets import INSTALL_HINT, LOAD_CPU, PROXY_CPU, Endpoint, Target, check_response
 
 BASE_CONNECTIONS = 64
 HIGH_CONNECTIONS = 256
 SINGLE_CONNECTION = 1
 CONCURRENCY_SIZE = "small"  # the c=256 and c=1 runs use the small response
 FOREIGN_CPU_WARN_PERCENT = 5.0  # other processes using more than this share of a CPU: noisy
+# The hypervisor took more than this share of the proxy's or the load's CPU during a run:
+# that round is left out of the paired ratios (a stall hits one target's turn, not both).
+STEAL_SPOIL_PERCENT = 5.0
+MEASURED_CPUS = (PROXY_CPU, LOAD_CPU)
 
 Log = Callable[[str], None]
 
@@ -62,6 +66,11 @@ class Sample:
     backend_cpu_s: float
     foreign_cpu_s: float  # processes that are not ours: interference
     window_s: float  # wall time between the CPU readings (wrk's run plus its start and exit)
+    steal_s: float = 0.0  # the larger of the proxy CPU's and the load CPU's steal time
+
+    @property
+    def steal_percent(self) -> float:
+        return 100 * self.steal_s / self.window_s
 
     @property
     def proxy_cpu_percent(self) -> float | None:
@@ -138,10 +147,23 @@ class Cell:
     def socket_errors(self) -> int:
         return sum(s.result.socket_errors.total for s in self.samples)
 
-    def round_ratios(self, reference: Cell) -> list[float]:
-        """req/s over the reference's req/s of the same round, for each round both ran."""
+    @property
+    def max_steal_percent(self) -> float:
+        return max(s.steal_percent for s in self.samples)
+
+    def spoiled_rounds(self) -> set[int]:
+        """Rounds in which the hypervisor stalled this target's run."""
+        return {s.round for s in self.samples if s.steal_percent >= STEAL_SPOIL_PERCENT}
+
+    def round_ratios(self, reference: Cell, skip: frozenset[int] = frozenset()) -> list[float]:
+        """req/s over the reference's req/s of the same round, for each round both ran
+        (less the ``skip`` rounds)."""
         ref = {s.round: s.result.requests_per_s for s in reference.samples}
-        return [s.result.requests_per_s / ref[s.round] for s in self.samples if ref.get(s.round)]
+        return [
+            s.result.requests_per_s / ref[s.round]
+            for s in self.samples
+            if ref.get(s.round) and s.round not in skip
+        ]
 
 
 Status = Literal["ok", "skipped", "failed"]
@@ -180,9 +202,11 @@ def measure_once(
     proxy_before = cpu_seconds(proxy.pid) if proxy is not None else None
     backend_before = cpu_seconds(backend.child.pid)
     foreign_before = foreign_cpu_seconds()
+    steal_before = steal_seconds(MEASURED_CPUS)
     started = time.monotonic()
     result = wrk.run(url, connections=connections, duration_s=duration_s, cpu=LOAD_CPU)
     window_s = time.monotonic() - started
+    steal_after = steal_seconds(MEASURED_CPUS)
     foreign_cpu_s = foreign_cpu_seconds() - foreign_before
     backend_cpu_s = cpu_seconds(backend.child.pid) - backend_before
     proxy_cpu_s = (
@@ -199,6 +223,9 @@ def measure_once(
         backend_cpu_s=backend_cpu_s,
         foreign_cpu_s=foreign_cpu_s,
         window_s=window_s,
+        steal_s=max(
+            (steal_after[cpu] - before for cpu, before in steal_before.items()), default=0.0
+        ),
     )
 
 
@@ -213,6 +240,11 @@ def _log_sample(log: Log, name: str, size: str, connections: int, rnd: str, s: S
         + (
             f"  (other processes: {s.foreign_cpu_percent:.0f}% CPU)"
             if s.foreign_cpu_percent >= FOREIGN_CPU_WARN_PERCENT
+            else ""
+        )
+        + (
+            f"  (steal: {s.steal_percent:.0f}%, round left out)"
+            if s.steal_percent >= STEAL_SPOIL_PERCENT
             else ""
         )
     )

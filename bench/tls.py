@@ -35,7 +35,7 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench import wrk
-from bench.process import Child, TargetError, cpu_seconds, free_ports, pinned
+from bench.process import Child, TargetError, cpu_seconds, free_ports, pinned, steal_seconds
 from bench.targets import (
     LOAD_CPU,
     PROXY_CPU,
@@ -182,10 +182,15 @@ PLAIN_PORTS: dict[str, int] = {}
 MODES = ("plain", "keepalive", "handshakes")
 
 
-def measure(endpoint: Endpoint, mode: str, duration_s: int) -> tuple[float, float]:
-    """(requests/s, CPU microseconds of the proxy process per request) for one wrk run."""
+STEAL_SPOIL_PERCENT = 5.0  # as bench/throughput.py: a round stalled by the hypervisor
+
+
+def measure(endpoint: Endpoint, mode: str, duration_s: int) -> tuple[float, float, float]:
+    """(requests/s, CPU microseconds of the proxy process per request, steal %: the larger
+    share of the run the hypervisor took from the proxy's or the load's CPU) of one wrk run."""
     assert endpoint.child is not None
     cpu_before = cpu_seconds(endpoint.child.pid)
+    steal_before = steal_seconds((PROXY_CPU, LOAD_CPU))
     url = f"https://127.0.0.1:{endpoint.port}/small"
     if mode == "plain":
         plain = f"http://127.0.0.1:{PLAIN_PORTS[endpoint.name]}/small"
@@ -201,10 +206,13 @@ def measure(endpoint: Endpoint, mode: str, duration_s: int) -> tuple[float, floa
             headers=("Connection: close",),
         )
     cpu_s = cpu_seconds(endpoint.child.pid) - cpu_before
+    steal_after = steal_seconds((PROXY_CPU, LOAD_CPU))
+    steal_s = max((steal_after[c] - b for c, b in steal_before.items()), default=0.0)
     endpoint.ensure_alive()
     if result.non_2xx_3xx:
         raise TargetError(f"{endpoint.name}: {result.non_2xx_3xx} non-2xx answers in {mode}")
-    return result.requests_per_s, cpu_s * 1e6 / max(1, result.requests)
+    rps, us = result.requests_per_s, cpu_s * 1e6 / max(1, result.requests)
+    return rps, us, 100 * steal_s / max(result.duration_s, 1e-9)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,18 +251,29 @@ def run_mode(targets: list[Endpoint], mode: str, rounds: int, duration_s: int) -
         measure(target, mode, 1)  # warm up (the router's pool, nginx's upstream keep-alive)
     ratios: dict[str, list[float]] = {t.name: [] for t in targets[:-1]}
     cpu_ratios: dict[str, list[float]] = {t.name: [] for t in targets[:-1]}
+    stalled: list[int] = []  # rounds in which a run lost 5% or more to steal
     for i in range(rounds):
         order = targets[i % len(targets) :] + targets[: i % len(targets)]
         got = {t.name: measure(t, mode, duration_s) for t in order}
-        n_rps, n_us = got["nginx"]
+        n_rps, n_us, _ = got["nginx"]
+        steal = max(s for _, _, s in got.values())
         line = [f"{mode:10s} round {i + 1}:"]
         for name, series in ratios.items():
-            rps, us = got[name]
+            rps, us, _ = got[name]
             series.append(rps / n_rps)
             cpu_ratios[name].append(n_us / us)
             line.append(f"{name} {rps:8.0f}/s {us:6.1f} us/req ratio {series[-1]:.2f}")
-        line.append(f"nginx {n_rps:8.0f}/s {n_us:6.1f} us/req")
+        line.append(f"nginx {n_rps:8.0f}/s {n_us:6.1f} us/req  steal {steal:.0f}%")
+        if steal >= STEAL_SPOIL_PERCENT:
+            stalled.append(i)
+            line.append("(stalled: left out)")
         print("  ".join(line), flush=True)
+    if rounds - len(stalled) >= 2:  # as bench/report.py: too few clean rounds, all count
+        for series_by_name in (ratios, cpu_ratios):
+            for name, series in series_by_name.items():
+                series_by_name[name] = [r for j, r in enumerate(series) if j not in stalled]
+    elif stalled:
+        print(f"{mode:10s} only {rounds - len(stalled)} round(s) without steal: all counted")
     for name, series in ratios.items():
         label = "" if name == "region-router" else f" [{name}]"
         print(

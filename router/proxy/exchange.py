@@ -18,9 +18,7 @@ from collections.abc import Sequence
 from time import monotonic
 
 from router.errors import BodyTooLarge, NoEligibleRegion, ProxyError
-from router.proxy.headers import (
-    CRLF,
-)
+from router.proxy.headers import CRLF, status_label
 from router.proxy.interfaces import ClientSide
 from router.proxy.services import ExchangeServices, HedgeSet
 from router.proxy.upstream import ResponseSink, UpstreamConnection
@@ -381,7 +379,7 @@ class Exchange(ResponseSink):
             self.retrying = False
         now = monotonic()
         region_id = self.region.id if self.region is not None else "none"
-        core.stats.record(region_id, self.method_label, str(status), now - self.started_at)
+        core.stats.record(region_id, self.method_label, status_label(status), now - self.started_at)
         if core.access_log is not None:
             core.access_log(self, status, now - self.started_at, aborted, router_error)
         self.client.exchange_finished(self, self.close_client if close is None else close)

@@ -66,6 +66,26 @@ KNOWN_METHODS = frozenset(
 
 CRLF = b"\r\n"
 
+# Status codes as bytes and as metric labels, made once: ``%d`` and ``str()`` per response
+# cost an allocation and, compiled, the generic formatter (mypyc builds ``%b`` inline).
+# llhttp takes three digits only; ``status_bytes``/``status_label`` cover the rest anyway.
+_STATUS_BYTES = tuple(b"%d" % code for code in range(1000))
+_STATUS_LABELS = tuple(str(code) for code in range(1000))
+
+
+def status_bytes(status: int) -> bytes:
+    return _STATUS_BYTES[status] if 0 <= status < 1000 else b"%d" % status
+
+
+def status_label(status: int) -> str:
+    return _STATUS_LABELS[status] if 0 <= status < 1000 else str(status)
+
+
+def name_lengths(names: frozenset[bytes] | set[bytes]) -> frozenset[int]:
+    """The lengths of ``names``: a field whose name has none of them is not among them, so
+    the per-field ``lower()`` and set lookup are skipped for most of a response's fields."""
+    return frozenset(len(name) for name in names)
+
 
 _PLAIN_CONNECTION = {
     v: frozenset({v.lower()}) for v in (b"keep-alive", b"Keep-Alive", b"close", b"Close")

@@ -22,6 +22,7 @@ from router.proxy.headers import (
     connection_tokens,
     error_response,
     named_headers,
+    status_bytes,
 )
 from router.proxy.retry_policy import retry_after_seconds
 from router.proxy.upstream import UpstreamConnection
@@ -89,27 +90,30 @@ class ResponseRelay(Exchange):
         client = self.client
         assert self.region is not None
         drop = core.response_drop
-        lines = [b"HTTP/1.1 %d %b\r\n" % (status, self.resp_reason)]
+        drop_lengths = core.response_drop_lengths
+        lines = [b"HTTP/1.1 %b %b\r\n" % (status_bytes(status), self.resp_reason)]
         content_length: bytes | None = None
         upstream_chunked = False
         tokens: frozenset[bytes] | None = None
         for name, value in self.resp_headers:
-            lname = name.lower()
-            if lname in drop:
-                if lname == b"content-length":
-                    content_length = value
-                elif lname == b"transfer-encoding":
-                    upstream_chunked = True
-                elif lname == b"connection":
-                    more = connection_tokens(value)
-                    tokens = more if tokens is None else tokens | more
-                continue
+            if len(name) in drop_lengths:
+                lname = name.lower()
+                if lname in drop:
+                    if lname == b"content-length":
+                        content_length = value
+                    elif lname == b"transfer-encoding":
+                        upstream_chunked = True
+                    elif lname == b"connection":
+                        more = connection_tokens(value)
+                        tokens = more if tokens is None else tokens | more
+                    continue
             lines.append(b"%b: %b\r\n" % (name, value))
-        named = named_headers(tokens)
-        if named:
-            lines = [lines[0]] + [
-                ln for ln in lines[1:] if ln.split(b":", 1)[0].lower() not in named
-            ]
+        if tokens is not None:
+            named = named_headers(tokens)
+            if named:
+                lines = [lines[0]] + [
+                    ln for ln in lines[1:] if ln.split(b":", 1)[0].lower() not in named
+                ]
         if status == 101:
             lines.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
         elif self.is_head or status in (204, 304):

@@ -24,7 +24,7 @@ from router.config.loader import Config
 from router.config.model import HedgingConfig
 from router.proxy.dns import Resolver
 from router.proxy.h2upstream import H2Pool
-from router.proxy.headers import RESPONSE_SPECIAL
+from router.proxy.headers import RESPONSE_SPECIAL, name_lengths
 from router.proxy.pool import Pool
 from router.proxy.retry_policy import RetryPolicy
 from router.proxy.upstream import UpstreamConnection
@@ -114,6 +114,7 @@ class ExchangeServices(Generic[E]):
             | ({b"x-router-region"} if self.region_header else set())
             | ({b"x-request-id"} if self.request_id_header else set())
         )
+        self.response_drop_lengths = name_lengths(self.response_drop)
         self.response_headers_timeout_s = cfg.timeouts.response_headers_s
         self.retry = RetryPolicy.from_config(cfg.retries)
         self.per_try_s = cfg.timeouts.per_try_s
