@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 import uvloop
+from pytest_aiohttp import AiohttpServer
 
 from router.config.loader import Config, config_from_mapping
 from router.service import RouterService
 from tests.redis_server import RedisServer, require_redis
+from tests.tls import CertFiles, HttpsRouter, StartHttps, issue, new_ca, start_https_router
 
 
 def make_config(regions: list[dict[str, Any]] | None = None, **sections: Any) -> Config:
@@ -62,6 +65,39 @@ async def start_router(tmp_path: Any) -> AsyncIterator[StartRouter]:
     yield start
     for service in reversed(started):
         await service.stop(grace_s=1.0)
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    """A CA made for this test: it signs ``certs``, and clients trust it."""
+    return new_ca()
+
+
+@pytest.fixture
+def certs(ca: trustme.CA, tmp_path: Path) -> tuple[CertFiles, CertFiles]:
+    """``api``: api.test and localhost (the default); ``wild``: *.wild.test."""
+    return (
+        issue(ca, tmp_path, "api", "api.test", "localhost"),
+        issue(ca, tmp_path, "wild", "*.wild.test"),
+    )
+
+
+@pytest.fixture
+def start_https(
+    aiohttp_server: AiohttpServer,
+    start_router: StartRouter,
+    tmp_path: Path,
+    certs: tuple[CertFiles, CertFiles],
+) -> StartHttps:
+    """``await start_https(tls_options, **sections)``: a region behind a router that
+    terminates TLS with ``certs`` on ``listen.https`` (see tests/tls.py)."""
+
+    async def start(tls: dict[str, Any] | None = None, **sections: Any) -> HttpsRouter:
+        return await start_https_router(
+            aiohttp_server, start_router, tmp_path, certs, tls, **sections
+        )
+
+    return start
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:

@@ -71,6 +71,13 @@ class H2Client:
         self.flush()
         self._task = asyncio.get_running_loop().create_task(self._read())
 
+    @property
+    def alpn(self) -> str | None:
+        """The protocol ALPN chose on a TLS connection (None: h2c, or no ALPN)."""
+        assert self._writer is not None
+        sslobj = self._writer.get_extra_info("ssl_object")
+        return None if sslobj is None else sslobj.selected_alpn_protocol()
+
     def flush(self) -> None:
         assert self._writer is not None
         data = self.conn.data_to_send()

@@ -1,17 +1,27 @@
-"""TLS test helpers: certificates made at test time (trustme; no key is ever committed) and
-a small HTTPS client on raw asyncio streams that reports what the handshake chose."""
+"""TLS test helpers: certificates made at test time (trustme; no key is ever committed), a
+router with ``listen.https`` in front of one region, and a small HTTPS client on raw asyncio
+streams that reports what the handshake chose. The fixtures (``ca``, ``certs``,
+``start_https``) are in tests/conftest.py."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trustme
+import yaml
 from cryptography import x509
+from pytest_aiohttp import AiohttpServer
 
-from tests.backends import RawResponse, read_response
+from router.config.loader import load_config
+from router.service import RouterService
+from tests.backends import RawResponse, Region, read_response, start_region
+
+HTTPS_LISTEN = {"proxy": "127.0.0.1:0", "admin": "127.0.0.1:0", "https": "127.0.0.1:0"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,58 @@ def write_leaf(leaf: trustme.LeafCert, files: CertFiles) -> None:
 
 def new_ca() -> trustme.CA:
     return trustme.CA(key_type=trustme.KeyType.ECDSA)
+
+
+def ca_file(ca: trustme.CA, path: Path) -> Path:
+    """``ca``'s certificate as a PEM file at ``path`` (a ``ca_file`` or ``client_ca``)."""
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@dataclass
+class HttpsRouter:
+    region: Region
+    service: RouterService
+    config_path: Path
+
+    @property
+    def port(self) -> int:
+        port = self.service.https_port
+        assert port is not None
+        return port
+
+
+StartHttps = Callable[..., Awaitable[HttpsRouter]]
+
+
+async def start_https_router(
+    aiohttp_server: AiohttpServer,
+    start_router: Callable[..., Awaitable[RouterService]],
+    directory: Path,
+    certs: tuple[CertFiles, ...],
+    tls: dict[str, Any] | None = None,
+    **sections: Any,
+) -> HttpsRouter:
+    """A region behind a router with https, started from a config file (so reload works).
+
+    ``tls`` adds to the section that lists ``certs``; ``sections`` override top-level keys.
+    """
+    region = await start_region(aiohttp_server)
+    data: dict[str, Any] = {
+        "listen": HTTPS_LISTEN,
+        "access_log": False,
+        "reload": {"watch": False},
+        "strategy": "round_robin",
+        "state_dir": str(directory / "state"),
+        "health_check": {"path": "/health", "interval": "200ms", "timeout": "150ms"},
+        "regions": [region.config()],
+        "tls": {"certificates": [c.config() for c in certs], **(tls or {})},
+        **sections,
+    }
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    service = await start_router(load_config(path), config_path=str(path))
+    return HttpsRouter(region, service, path)
 
 
 def client_context(
@@ -74,10 +136,7 @@ async def https_get(
     host: str = "localhost",
 ) -> HttpsResult:
     """One GET over a fresh TLS connection to 127.0.0.1:port with SNI ``server_name``."""
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=server_name or ""),
-        10,
-    )
+    reader, writer = await open_tls(port, ctx, server_name)
     try:
         sslobj = writer.get_extra_info("ssl_object")
         try:
@@ -92,6 +151,16 @@ async def https_get(
         return HttpsResult(response, names, sslobj.selected_alpn_protocol(), sslobj.version())
     finally:
         writer.close()
+
+
+async def open_tls(
+    port: int, ctx: ssl.SSLContext, server_name: str | None = "localhost", timeout_s: float = 10
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TLS connection to 127.0.0.1:port, handshake done; ``server_name`` None: no SNI."""
+    return await asyncio.wait_for(
+        asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=server_name or ""),
+        timeout_s,
+    )
 
 
 def cert_names(der: bytes) -> tuple[str, ...]:

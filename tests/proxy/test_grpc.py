@@ -23,6 +23,7 @@ from tests.backends import (
 )
 from tests.conftest import StartRouter, make_config
 from tests.poll import eventually
+from tests.tls import CertFiles, ca_file
 
 SERVICE = "test.Echo"
 
@@ -249,14 +250,13 @@ async def test_grpc_suite_through_a_worker_mode_router(region: Region, tmp_path:
             assert out["fail"] == (grpc.StatusCode.NOT_FOUND, "no such model: resnet")
 
 
-async def test_h2_region_over_tls(start_router: StartRouter, tmp_path: Path) -> None:
-    ca = trustme.CA()
-    leaf = ca.issue_cert("localhost")
-    key = leaf.private_key_pem.bytes()
-    chain = b"".join(blob.bytes() for blob in leaf.cert_chain_pems)
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    region = Region(grpc.ssl_server_credentials([(key, chain)]))
+async def test_h2_region_over_tls(
+    start_router: StartRouter, tmp_path: Path, ca: trustme.CA, certs: tuple[CertFiles, CertFiles]
+) -> None:
+    localhost = certs[0]  # the default: api.test and localhost
+    trusted = ca_file(ca, tmp_path / "ca.pem")
+    credentials = [(localhost.key.read_bytes(), localhost.cert.read_bytes())]
+    region = Region(grpc.ssl_server_credentials(credentials))
     try:
         config = make_config(
             [
@@ -264,7 +264,7 @@ async def test_h2_region_over_tls(start_router: StartRouter, tmp_path: Path) -> 
                     "id": "g1",
                     "endpoint": f"https://localhost:{region.port}",
                     "protocol": "h2",
-                    "ca_file": str(ca_file),
+                    "ca_file": str(trusted),
                 }
             ],
             http2={"enabled": True},

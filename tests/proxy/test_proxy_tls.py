@@ -3,83 +3,25 @@
 from __future__ import annotations
 
 import ssl
-import subprocess
 from pathlib import Path
 
-import pytest
+import trustme
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from tests.backends import Region, probe_passes, raw_exchange
 from tests.conftest import StartRouter, make_config
-
-
-@pytest.fixture
-def certs(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate for localhost: (ca, cert, key)."""
-    ca_key, ca, key, csr, cert = (
-        tmp_path / n for n in ("ca.key", "ca.pem", "s.key", "s.csr", "s.pem")
-    )
-    ext = tmp_path / "ext.cnf"
-    ext.write_text("subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n")
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=test-ca",
-        "-keyout",
-        str(ca_key),
-        "-out",
-        str(ca),
-    )
-    openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        str(key),
-        "-out",
-        str(csr),
-    )
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        str(csr),
-        "-CA",
-        str(ca),
-        "-CAkey",
-        str(ca_key),
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        str(ext),
-        "-out",
-        str(cert),
-    )
-    return ca, cert, key
+from tests.tls import CertFiles, ca_file
 
 
 async def _tls_region(
-    aiohttp_server: AiohttpServer, cert: Path, key: Path
+    aiohttp_server: AiohttpServer, certs: tuple[CertFiles, CertFiles]
 ) -> tuple[Region, list[str | None]]:
+    """A region serving https with ``certs``' default (localhost); the SNI names it saw."""
     region = Region("secure")
     names: list[str | None] = []
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
+    ctx.load_cert_chain(certs[0].cert, certs[0].key)
 
     def sni(sock: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
         names.append(name)
@@ -91,13 +33,17 @@ async def _tls_region(
 
 
 async def test_https_region_with_its_ca_file(
-    aiohttp_server: AiohttpServer, start_router: StartRouter, certs: tuple[Path, Path, Path]
+    aiohttp_server: AiohttpServer,
+    start_router: StartRouter,
+    ca: trustme.CA,
+    certs: tuple[CertFiles, CertFiles],
+    tmp_path: Path,
 ) -> None:
-    ca, cert, key = certs
-    region, sni_names = await _tls_region(aiohttp_server, cert, key)
+    region, sni_names = await _tls_region(aiohttp_server, certs)
     endpoint = f"https://localhost:{region.port}"
+    trusted = ca_file(ca, tmp_path / "ca.pem")
     config = make_config(
-        [{"id": "secure", "endpoint": endpoint, "ca_file": str(ca)}],
+        [{"id": "secure", "endpoint": endpoint, "ca_file": str(trusted)}],
         health_check={"path": "/health", "interval": "200ms", "timeout": "150ms"},
     )
     service = await start_router(config)
@@ -110,10 +56,9 @@ async def test_https_region_with_its_ca_file(
 
 
 async def test_https_region_with_an_untrusted_certificate_is_502(
-    aiohttp_server: AiohttpServer, start_router: StartRouter, certs: tuple[Path, Path, Path]
+    aiohttp_server: AiohttpServer, start_router: StartRouter, certs: tuple[CertFiles, CertFiles]
 ) -> None:
-    _, cert, key = certs
-    region, _ = await _tls_region(aiohttp_server, cert, key)
+    region, _ = await _tls_region(aiohttp_server, certs)
     config = make_config(
         [{"id": "secure", "endpoint": f"https://localhost:{region.port}"}],  # no ca_file
         retries={"max_retries": 0},

@@ -9,80 +9,35 @@ import hashlib
 import shutil
 import ssl
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trustme
-import yaml
 from pytest_aiohttp import AiohttpServer
 
-from router.config.loader import config_notes, load_config
-from router.service import RouterService
-from tests.backends import Region, pattern_sha256, raw_exchange, read_response, start_region
-from tests.conftest import StartRouter, make_config
+from router.config.loader import config_notes
+from tests.backends import pattern_sha256, raw_exchange, read_response, start_region
+from tests.conftest import make_config
 from tests.poll import eventually
-from tests.tls import CertFiles, client_context, https_get, issue, new_ca, write_leaf
-
-
-@pytest.fixture
-def ca() -> trustme.CA:
-    return new_ca()
-
-
-@pytest.fixture
-def certs(ca: trustme.CA, tmp_path: Path) -> tuple[CertFiles, CertFiles]:
-    """``api``: api.test and localhost (the default); ``wild``: *.wild.test."""
-    return (
-        issue(ca, tmp_path, "api", "api.test", "localhost"),
-        issue(ca, tmp_path, "wild", "*.wild.test"),
-    )
-
-
-def tls_section(certs: tuple[CertFiles, ...], **extra: Any) -> dict[str, Any]:
-    return {"certificates": [c.config() for c in certs], **extra}
-
-
-async def tls_router(
-    aiohttp_server: AiohttpServer,
-    start_router: StartRouter,
-    tmp_path: Path,
-    tls: dict[str, Any],
-    reload: dict[str, Any] | None = None,
-) -> tuple[Region, RouterService, Path]:
-    """A region behind a router with https, started from a config file (so reload works)."""
-    region = await start_region(aiohttp_server)
-    data = {
-        "listen": {"proxy": "127.0.0.1:0", "admin": "127.0.0.1:0", "https": "127.0.0.1:0"},
-        "access_log": False,
-        "reload": reload or {"watch": False},
-        "strategy": "round_robin",
-        "state_dir": str(tmp_path / "state"),
-        "health_check": {"path": "/health", "interval": "200ms", "timeout": "150ms"},
-        "regions": [region.config()],
-        "tls": tls,
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(data))
-    service = await start_router(load_config(path), config_path=str(path))
-    return region, service, path
-
-
-def https_port(service: RouterService) -> int:
-    port = service.https_port
-    assert port is not None
-    return port
+from tests.tls import (
+    HTTPS_LISTEN,
+    CertFiles,
+    StartHttps,
+    ca_file,
+    client_context,
+    https_get,
+    issue,
+    new_ca,
+    open_tls,
+    write_leaf,
+)
 
 
 async def test_sni_picks_by_san_wildcards_too_and_the_first_is_the_default(
-    aiohttp_server: AiohttpServer,
-    start_router: StartRouter,
-    tmp_path: Path,
-    ca: trustme.CA,
-    certs: tuple[CertFiles, CertFiles],
+    start_https: StartHttps, ca: trustme.CA
 ) -> None:
-    tls = tls_section(certs)
-    region, service, _ = await tls_router(aiohttp_server, start_router, tmp_path, tls)
-    port, ctx = https_port(service), client_context(ca)
+    https = await start_https()
+    region, service = https.region, https.service
+    port, ctx = https.port, client_context(ca)
     api = await https_get(port, ctx, "api.test", host="api.test")
     assert api.names == ("api.test", "localhost")
     assert api.response.status == 200
@@ -108,16 +63,9 @@ async def test_sni_picks_by_san_wildcards_too_and_the_first_is_the_default(
 
 
 async def test_min_version_and_alpn_hold_on_every_sni_context(
-    aiohttp_server: AiohttpServer,
-    start_router: StartRouter,
-    tmp_path: Path,
-    ca: trustme.CA,
-    certs: tuple[CertFiles, CertFiles],
+    start_https: StartHttps, ca: trustme.CA
 ) -> None:
-    _, service, _ = await tls_router(
-        aiohttp_server, start_router, tmp_path, tls_section(certs, min_version="1.3")
-    )
-    port = https_port(service)
+    port = (await start_https({"min_version": "1.3"})).port
     for name in ("api.test", "x.wild.test"):
         # http2 is off in this config: ALPN must not offer h2, only http/1.1.
         ok = await https_get(port, client_context(ca, alpn=["h2", "http/1.1"]), name, host=name)
@@ -128,19 +76,11 @@ async def test_min_version_and_alpn_hold_on_every_sni_context(
 
 
 async def test_mtls_requires_a_client_certificate_from_client_ca_on_every_context(
-    aiohttp_server: AiohttpServer,
-    start_router: StartRouter,
-    tmp_path: Path,
-    ca: trustme.CA,
-    certs: tuple[CertFiles, CertFiles],
+    start_https: StartHttps, ca: trustme.CA, tmp_path: Path
 ) -> None:
     client_ca = new_ca()
-    ca_file = tmp_path / "client-ca.pem"
-    client_ca.cert_pem.write_to_path(str(ca_file))
-    _, service, _ = await tls_router(
-        aiohttp_server, start_router, tmp_path, tls_section(certs, client_ca=str(ca_file))
-    )
-    port = https_port(service)
+    client_ca_file = ca_file(client_ca, tmp_path / "client-ca.pem")
+    port = (await start_https({"client_ca": str(client_ca_file)})).port
     good = client_ca.issue_cert("client.test")
     stranger = new_ca().issue_cert("client.test")
     for name in ("api.test", "x.wild.test"):
@@ -153,27 +93,19 @@ async def test_mtls_requires_a_client_certificate_from_client_ca_on_every_contex
 
 
 async def test_a_large_response_and_a_large_upload_cross_tls_intact(
-    aiohttp_server: AiohttpServer,
-    start_router: StartRouter,
-    tmp_path: Path,
-    ca: trustme.CA,
-    certs: tuple[CertFiles, CertFiles],
+    start_https: StartHttps, ca: trustme.CA
 ) -> None:
     """8 MiB down (more than the socket buffers: the TLS transport's write buffer and
     pause_writing carry it) and 4 MiB up, through the router."""
-    region, service, _ = await tls_router(
-        aiohttp_server, start_router, tmp_path, tls_section(certs)
-    )
-    port = https_port(service)
+    https = await start_https()
+    region, port = https.region, https.port
     size = 8 * 1024 * 1024
     got = await https_get(port, client_context(ca), "api.test", f"/bytes/{size}", "api.test")
     assert got.response.status == 200
     assert len(got.response.body) == size
     assert hashlib.sha256(got.response.body).hexdigest() == pattern_sha256(size)
     upload = bytes(range(256)) * (4 * 4096)
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=client_context(ca), server_hostname="api.test"
-    )
+    reader, writer = await open_tls(port, client_context(ca), "api.test")
     head = f"POST /up HTTP/1.1\r\nHost: api.test\r\nContent-Length: {len(upload)}\r\n\r\n"
     writer.write(head.encode() + upload)
     response = await asyncio.wait_for(read_response(reader), 10)
@@ -183,15 +115,10 @@ async def test_a_large_response_and_a_large_upload_cross_tls_intact(
 
 
 async def test_redirect_http_answers_308_to_https_with_host_path_and_query(
-    aiohttp_server: AiohttpServer,
-    start_router: StartRouter,
-    tmp_path: Path,
-    certs: tuple[CertFiles, CertFiles],
+    start_https: StartHttps,
 ) -> None:
-    region, service, _ = await tls_router(
-        aiohttp_server, start_router, tmp_path, tls_section(certs, redirect_http=True)
-    )
-    port = https_port(service)
+    https = await start_https({"redirect_http": True})
+    region, service, port = https.region, https.service, https.port
     before = len(region.seen)
     r = await raw_exchange(
         service.proxy_port,
@@ -207,19 +134,13 @@ async def test_redirect_http_answers_308_to_https_with_host_path_and_query(
 
 
 async def test_reload_rereads_certificates_and_a_bad_pair_keeps_the_old_ones(
-    aiohttp_server: AiohttpServer,
-    start_router: StartRouter,
-    tmp_path: Path,
-    ca: trustme.CA,
-    certs: tuple[CertFiles, CertFiles],
+    start_https: StartHttps, ca: trustme.CA, certs: tuple[CertFiles, CertFiles]
 ) -> None:
     api, wild = certs
-    _, service, _ = await tls_router(aiohttp_server, start_router, tmp_path, tls_section(certs))
-    port = https_port(service)
+    https = await start_https()
+    service, port = https.service, https.port
     # A keep-alive connection opened before the reload.
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=client_context(ca), server_hostname="api.test"
-    )
+    reader, writer = await open_tls(port, client_context(ca), "api.test")
     try:
         # New certificate, same files: a reload picks it up for new handshakes.
         write_leaf(ca.issue_cert("api.test", "localhost", "new.test"), api)
@@ -246,19 +167,9 @@ async def test_reload_rereads_certificates_and_a_bad_pair_keeps_the_old_ones(
 
 
 async def test_stalled_handshakes_never_block_other_clients_and_time_out(
-    aiohttp_server: AiohttpServer,
-    start_router: StartRouter,
-    tmp_path: Path,
-    ca: trustme.CA,
-    certs: tuple[CertFiles, CertFiles],
+    start_https: StartHttps, ca: trustme.CA
 ) -> None:
-    _, service, _ = await tls_router(
-        aiohttp_server,
-        start_router,
-        tmp_path,
-        tls_section(certs, handshake_timeout="500ms"),
-    )
-    port = https_port(service)
+    port = (await start_https({"handshake_timeout": "500ms"})).port
     # A ClientHello cut short, plain HTTP, and silence: 20 of each.
     hello = _client_hello()
     stalls = [hello[: len(hello) // 2], b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b""]
@@ -284,16 +195,10 @@ async def test_stalled_handshakes_never_block_other_clients_and_time_out(
 
 
 async def test_plain_http_on_the_https_port_gets_a_400_in_clear_text(
-    aiohttp_server: AiohttpServer,
-    start_router: StartRouter,
-    tmp_path: Path,
-    ca: trustme.CA,
-    certs: tuple[CertFiles, CertFiles],
+    start_https: StartHttps, ca: trustme.CA
 ) -> None:
-    region, service, _ = await tls_router(
-        aiohttp_server, start_router, tmp_path, tls_section(certs, handshake_timeout="5s")
-    )
-    port = https_port(service)
+    https = await start_https({"handshake_timeout": "5s"})
+    region, port = https.region, https.port
     sends = [
         [b"GET /a?b=1 HTTP/1.1\r\nHost: api.test\r\n\r\n"],
         [b"G", b"ET / HTTP/1.1\r\nHost: api.test\r", b"\n\r\n"],  # the head in pieces
@@ -346,21 +251,15 @@ def _client_hello() -> bytes:
     reason="needs the curl and openssl command-line tools (.ci/run installs them)",
 )
 async def test_curl_and_openssl_s_client_speak_to_it(
-    aiohttp_server: AiohttpServer,
-    start_router: StartRouter,
-    tmp_path: Path,
-    ca: trustme.CA,
-    certs: tuple[CertFiles, CertFiles],
+    start_https: StartHttps, ca: trustme.CA, tmp_path: Path
 ) -> None:
-    _, service, _ = await tls_router(aiohttp_server, start_router, tmp_path, tls_section(certs))
-    port = https_port(service)
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
+    port = (await start_https()).port
+    trusted = ca_file(ca, tmp_path / "ca.pem")
     curl = await asyncio.create_subprocess_exec(
         "curl",
         "-sS",
         "--cacert",
-        str(ca_file),
+        str(trusted),
         "--resolve",
         f"x.wild.test:{port}:127.0.0.1",
         "-o",
@@ -381,7 +280,7 @@ async def test_curl_and_openssl_s_client_speak_to_it(
         "-servername",
         "api.test",
         "-CAfile",
-        str(ca_file),
+        str(trusted),
         "-verify_return_error",
         "-alpn",
         "h2,http/1.1",
@@ -400,7 +299,7 @@ async def test_check_reports_a_mismatched_pair_and_a_missing_tls_section(
     tmp_path: Path, ca: trustme.CA, certs: tuple[CertFiles, CertFiles]
 ) -> None:
     api, wild = certs
-    listen = {"proxy": "127.0.0.1:0", "admin": "127.0.0.1:0", "https": "127.0.0.1:0"}
+    listen = dict(HTTPS_LISTEN)
     mixed = {"cert": str(api.cert), "key": str(wild.key)}
     with pytest.raises(Exception) as bad:
         make_config(listen=listen, tls={"certificates": [mixed]})
@@ -471,25 +370,18 @@ def _listeners(port: int) -> int:
 
 
 async def test_a_new_client_ca_on_reload_refuses_the_old_one_for_every_name(
-    aiohttp_server: AiohttpServer,
-    start_router: StartRouter,
-    tmp_path: Path,
-    ca: trustme.CA,
-    certs: tuple[CertFiles, CertFiles],
+    start_https: StartHttps, ca: trustme.CA, tmp_path: Path
 ) -> None:
     first_ca, second_ca = new_ca(), new_ca()
-    ca_file = tmp_path / "client-ca.pem"
-    first_ca.cert_pem.write_to_path(str(ca_file))
-    _, service, path = await tls_router(
-        aiohttp_server, start_router, tmp_path, tls_section(certs, client_ca=str(ca_file))
-    )
-    port = https_port(service)
+    client_ca_file = ca_file(first_ca, tmp_path / "client-ca.pem")
+    https = await start_https({"client_ca": str(client_ca_file)})
+    service, port, path = https.service, https.port, https.config_path
     old_client, new_client = first_ca.issue_cert("c.test"), second_ca.issue_cert("c.test")
     ok = await https_get(port, client_context(ca, client_cert=old_client), "api.test")
     assert ok.response.status == 200
     # Another CA in the same file: a CA store only grows, so the router must not keep
     # trusting the first one on the default certificate's context.
-    second_ca.cert_pem.write_to_path(str(ca_file))
+    ca_file(second_ca, client_ca_file)
     result = await service.control.reload("test")
     assert result.ok, result.errors
     for name in ("api.test", "x.wild.test", None):
@@ -506,21 +398,11 @@ async def test_a_new_client_ca_on_reload_refuses_the_old_one_for_every_name(
 
 
 async def test_renewed_certificate_files_are_picked_up_by_the_watch(
-    aiohttp_server: AiohttpServer,
-    start_router: StartRouter,
-    tmp_path: Path,
-    ca: trustme.CA,
-    certs: tuple[CertFiles, CertFiles],
+    start_https: StartHttps, ca: trustme.CA, certs: tuple[CertFiles, CertFiles]
 ) -> None:
     api, _ = certs
-    _, service, _ = await tls_router(
-        aiohttp_server,
-        start_router,
-        tmp_path,
-        tls_section(certs),
-        reload={"watch": True, "debounce": "100ms"},
-    )
-    port = https_port(service)
+    https = await start_https(reload={"watch": True, "debounce": "100ms"})
+    service, port = https.service, https.port
     # A renewal rewrites the files in place; config.yaml does not change.
     write_leaf(ca.issue_cert("api.test", "localhost", "renewed.test"), api)
 

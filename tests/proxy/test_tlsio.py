@@ -16,7 +16,7 @@ import trustme
 
 from router.proxy.tlslisten import TlsListener
 from tests.poll import eventually
-from tests.tls import client_context, new_ca
+from tests.tls import client_context, new_ca, open_tls
 
 MiB = 1024 * 1024
 
@@ -95,61 +95,48 @@ class Producer(asyncio.Protocol):
 
 
 @pytest.fixture
-def ca() -> trustme.CA:
-    return new_ca()
-
-
-@pytest.fixture
 def server_context(ca: trustme.CA) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert("localhost").configure_cert(ctx)
     return ctx
 
 
-Listen = Callable[..., TlsListener]
+Listen = Callable[..., tuple[Seen, int]]
 
 
 @pytest.fixture
 async def listen(server_context: ssl.SSLContext) -> AsyncIterator[Listen]:
+    """``seen, port = listen(Protocol, size)``: a TlsListener on 127.0.0.1 until the test
+    ends, making ``Protocol(seen, size)`` (a Producer) per connection."""
     listeners: list[TlsListener] = []
 
-    def start(factory: Callable[[], asyncio.Protocol], timeout_s: float = 5.0) -> TlsListener:
+    def start(
+        protocol: type[Producer] = Producer, size: int = 0, timeout_s: float = 5.0
+    ) -> tuple[Seen, int]:
+        seen = Seen()
         listener = TlsListener(
             asyncio.get_running_loop(),
             "127.0.0.1",
             0,
             context=server_context,
-            app_factory=factory,
+            app_factory=lambda: protocol(seen, size),
             handshake_timeout_s=timeout_s,
             max_head=8192,
         )
         listeners.append(listener)
-        return listener
+        return seen, int(listener.sockets[0].getsockname()[1])
 
     yield start
     for listener in listeners:
         listener.close()
 
 
-def port_of(listener: TlsListener) -> int:
-    return int(listener.sockets[0].getsockname()[1])
-
-
-async def open_tls(port: int, ca: trustme.CA) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.wait_for(
-        asyncio.open_connection(
-            "127.0.0.1", port, ssl=client_context(ca), server_hostname="localhost"
-        ),
-        5,
-    )
-
-
 async def test_a_client_that_stops_reading_pauses_the_protocol_and_then_gets_every_byte(
     listen: Listen, ca: trustme.CA
 ) -> None:
-    seen, size = Seen(), 8 * MiB
-    port = port_of(listen(lambda: Producer(seen, size)))
-    reader, writer = await open_tls(port, ca)
+    size = 8 * MiB
+    seen, port = listen(Producer, size)
+    reader, writer = await open_tls(port, client_context(ca))
     writer.write(b"go")
     # The client reads nothing until the server's buffer passed its high mark.
     await asyncio.wait_for(seen.paused_event.wait(), 5)
@@ -167,7 +154,6 @@ async def test_a_large_write_arrives_intact_in_one_call(
     listen: Listen, ca: trustme.CA, server_context: ssl.SSLContext
 ) -> None:
     """One 32 MiB write: more than the socket takes, drained by the writer callback."""
-    seen = Seen()
     payload = pattern(32 * MiB)
     buffered: list[int] = []
 
@@ -178,8 +164,8 @@ async def test_a_large_write_arrives_intact_in_one_call(
             buffered.append(self.transport.get_write_buffer_size())
             self.transport.close()
 
-    port = port_of(listen(lambda: OneWrite(seen, 0)))
-    reader, writer = await open_tls(port, ca)
+    seen, port = listen(OneWrite)
+    reader, writer = await open_tls(port, client_context(ca))
     writer.write(b"go")
     got = await asyncio.wait_for(reader.read(), 10)
     writer.close()
@@ -191,7 +177,6 @@ async def test_a_large_write_arrives_intact_in_one_call(
 
 
 async def test_large_uploads_arrive_intact(listen: Listen, ca: trustme.CA) -> None:
-    seen = Seen()
     upload = pattern(8 * MiB)
 
     class Collector(Producer):
@@ -201,8 +186,8 @@ async def test_large_uploads_arrive_intact(listen: Listen, ca: trustme.CA) -> No
                 self.transport.write(digest(self.seen.data).encode())
                 self.transport.close()
 
-    port = port_of(listen(lambda: Collector(seen, 0)))
-    reader, writer = await open_tls(port, ca)
+    _, port = listen(Collector)
+    reader, writer = await open_tls(port, client_context(ca))
     writer.write(upload)
     answer = await asyncio.wait_for(reader.read(), 10)
     writer.close()
@@ -216,9 +201,8 @@ async def _true(value: bool) -> bool:
 async def test_a_client_that_closes_mid_response_is_lost_once_with_no_error_left(
     listen: Listen, ca: trustme.CA
 ) -> None:
-    seen, size = Seen(), 64 * MiB  # far more than the client will take
-    port = port_of(listen(lambda: Producer(seen, size)))
-    reader, writer = await open_tls(port, ca)
+    seen, port = listen(Producer, 64 * MiB)  # far more than the client will take
+    reader, writer = await open_tls(port, client_context(ca))
     writer.write(b"go")
     await asyncio.wait_for(reader.readexactly(MiB), 5)
     writer.transport.abort()  # a reset: the server is mid-write
@@ -231,9 +215,8 @@ async def test_a_client_that_closes_mid_response_is_lost_once_with_no_error_left
 async def test_close_notify_from_the_client_reaches_eof_received(
     listen: Listen, ca: trustme.CA
 ) -> None:
-    seen = Seen()
-    port = port_of(listen(lambda: Producer(seen, 0)))
-    _, writer = await open_tls(port, ca)
+    seen, port = listen()
+    _, writer = await open_tls(port, client_context(ca))
     writer.close()  # asyncio's SSL transport sends close_notify
     await asyncio.wait_for(seen.lost_event.wait(), 5)
     assert seen.eof == 1
@@ -243,8 +226,7 @@ async def test_close_notify_from_the_client_reaches_eof_received(
 @pytest.mark.parametrize("sends", [b"", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"])
 async def test_a_stalled_handshake_is_aborted_at_the_timeout(listen: Listen, sends: bytes) -> None:
     """Nothing sent, or a truncated ClientHello: closed at the deadline, no protocol made."""
-    seen = Seen()
-    port = port_of(listen(lambda: Producer(seen, 0), timeout_s=0.3))
+    seen, port = listen(timeout_s=0.3)
     loop = asyncio.get_running_loop()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(sends)
@@ -258,17 +240,15 @@ async def test_a_stalled_handshake_is_aborted_at_the_timeout(listen: Listen, sen
 async def test_a_failed_handshake_closes_without_a_protocol(
     listen: Listen, server_context: ssl.SSLContext
 ) -> None:
-    seen = Seen()
-    port = port_of(listen(lambda: Producer(seen, 0)))
+    seen, port = listen()
     with pytest.raises(ssl.SSLError):  # the client does not trust this server's CA
-        await open_tls(port, new_ca())
+        await open_tls(port, client_context(new_ca()))
     assert seen.made == 0
 
 
 async def test_many_connections_at_once(listen: Listen, ca: trustme.CA) -> None:
     """More connections than one accept wakeup takes, all in the backlog together."""
-    seen = Seen()
-    port = port_of(listen(lambda: Producer(seen, 1000)))
+    seen, port = listen(Producer, 1000)
     raw = [socket.create_connection(("127.0.0.1", port)) for _ in range(200)]
     for s in raw:
         s.setblocking(False)
@@ -292,8 +272,7 @@ async def test_plain_bytes_on_the_port_leave_the_tls_path(
     listen: Listen, server_context: ssl.SSLContext
 ) -> None:
     """Not a TLS record: the listener's gate answers in clear text, no TLS protocol made."""
-    seen = Seen()
-    port = port_of(listen(lambda: Producer(seen, 0)))
+    seen, port = listen()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     answer = await asyncio.wait_for(reader.read(), 5)
@@ -313,9 +292,8 @@ async def test_extra_info_and_alpn(listen: Listen, ca: trustme.CA) -> None:
             got["closing"] = transport.is_closing()
             got["default"] = transport.get_extra_info("nonesuch", "d")
 
-    seen = Seen()
-    port = port_of(listen(lambda: Info(seen, 0)))
-    _, writer = await open_tls(port, ca)
+    seen, port = listen(Info)
+    _, writer = await open_tls(port, client_context(ca))
     await eventually(lambda: _true(seen.made == 1), 5, "the connection")
     client_port = writer.get_extra_info("sockname")[1]
     writer.close()

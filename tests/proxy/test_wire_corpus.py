@@ -45,124 +45,101 @@ def post(body_headers: bytes, body: bytes, target: bytes = b"/") -> bytes:
     return b"POST " + target + b" HTTP/1.1\r\n" + H + body_headers + b"\r\n" + body
 
 
+def get(headers: bytes = b"") -> bytes:
+    """A GET of / with Host and then ``headers`` (each line with its CRLF)."""
+    return b"GET / HTTP/1.1\r\n" + H + headers + b"\r\n"
+
+
 CHUNKED = b"Transfer-Encoding: chunked\r\n"
 
-REFUSED: dict[str, tuple[bytes, Refused]] = {
+BAD_REQUEST: dict[str, bytes] = {
     # -- CL.TE and TE.CL: both framings present ----------------------------------------
-    "CL.TE": (post(b"Content-Length: 6\r\n" + CHUNKED, b"0\r\n\r\nG"), Refused()),
-    "TE.CL": (post(CHUNKED + b"Content-Length: 3\r\n", b"8\r\nSMUGGLED\r\n0\r\n\r\n"), Refused()),
-    "TE.CL, CL zero": (post(CHUNKED + b"Content-Length: 0\r\n", b"0\r\n\r\n"), Refused()),
+    "CL.TE": post(b"Content-Length: 6\r\n" + CHUNKED, b"0\r\n\r\nG"),
+    "TE.CL": post(CHUNKED + b"Content-Length: 3\r\n", b"8\r\nSMUGGLED\r\n0\r\n\r\n"),
+    "TE.CL, CL zero": post(CHUNKED + b"Content-Length: 0\r\n", b"0\r\n\r\n"),
     # -- Transfer-Encoding obfuscation -------------------------------------------------
-    "TE xchunked": (post(b"Transfer-Encoding: xchunked\r\n", b"0\r\n\r\n"), Refused()),
-    "TE chunked, identity": (
-        post(b"Transfer-Encoding: chunked, identity\r\n", b"0\r\n\r\n"),
-        Refused(),
+    "TE xchunked": post(b"Transfer-Encoding: xchunked\r\n", b"0\r\n\r\n"),
+    "TE chunked, identity": post(b"Transfer-Encoding: chunked, identity\r\n", b"0\r\n\r\n"),
+    "TE identity, chunked": post(b"Transfer-Encoding: identity, chunked\r\n", b"0\r\n\r\n"),
+    "TE quoted": post(b'Transfer-Encoding: "chunked"\r\n', b"0\r\n\r\n"),
+    "TE twice": post(CHUNKED + CHUNKED, b"0\r\n\r\n"),
+    "TE chunked then another TE": post(CHUNKED + b"Transfer-Encoding: x\r\n", b"0\r\n\r\n"),
+    "TE space before colon": post(b"Transfer-Encoding : chunked\r\n", b"0\r\n\r\n"),
+    "TE vertical tab": post(b"Transfer-Encoding:\x0bchunked\r\n", b"0\r\n\r\n"),
+    "TE form feed": post(b"Transfer-Encoding: \x0cchunked\r\n", b"0\r\n\r\n"),
+    "TE as obs-fold continuation": post(b"X-A: b\r\n Transfer-Encoding: chunked\r\n", b"0\r\n\r\n"),
+    "TE folded value": post(b"Transfer-Encoding:\r\n chunked\r\n", b"0\r\n\r\n"),
+    "TE with underscore": post(
+        b"Content-Length: 5\r\nTransfer_Encoding: chunked\r\n", b"0\r\n\r\n"
     ),
-    "TE identity, chunked": (
-        post(b"Transfer-Encoding: identity, chunked\r\n", b"0\r\n\r\n"),
-        Refused(),
+    "CL with underscore": post(
+        b"Content_Length: 5\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n"
     ),
-    "TE quoted": (post(b'Transfer-Encoding: "chunked"\r\n', b"0\r\n\r\n"), Refused()),
-    "TE twice": (post(CHUNKED + CHUNKED, b"0\r\n\r\n"), Refused()),
-    "TE chunked then another TE": (
-        post(CHUNKED + b"Transfer-Encoding: x\r\n", b"0\r\n\r\n"),
-        Refused(),
-    ),
-    "TE space before colon": (
-        post(b"Transfer-Encoding : chunked\r\n", b"0\r\n\r\n"),
-        Refused(),
-    ),
-    "TE vertical tab": (post(b"Transfer-Encoding:\x0bchunked\r\n", b"0\r\n\r\n"), Refused()),
-    "TE form feed": (post(b"Transfer-Encoding: \x0cchunked\r\n", b"0\r\n\r\n"), Refused()),
-    "TE as obs-fold continuation": (
-        post(b"X-A: b\r\n Transfer-Encoding: chunked\r\n", b"0\r\n\r\n"),
-        Refused(),
-    ),
-    "TE folded value": (post(b"Transfer-Encoding:\r\n chunked\r\n", b"0\r\n\r\n"), Refused()),
-    "TE with underscore": (
-        post(b"Content-Length: 5\r\nTransfer_Encoding: chunked\r\n", b"0\r\n\r\n"),
-        Refused(),
-    ),
-    "CL with underscore": (
-        post(b"Content_Length: 5\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n"),
-        Refused(),
-    ),
-    "TE on HTTP/1.0": (
-        b"POST / HTTP/1.0\r\n" + H + CHUNKED + b"\r\n0\r\n\r\n",
-        Refused(),
-    ),
+    "TE on HTTP/1.0": b"POST / HTTP/1.0\r\n" + H + CHUNKED + b"\r\n0\r\n\r\n",
     # -- Content-Length variants -------------------------------------------------------
-    "CL duplicate, equal": (
-        post(b"Content-Length: 3\r\nContent-Length: 3\r\n", b"abc"),
-        Refused(),
-    ),
-    "CL duplicate, different": (
-        post(b"Content-Length: 3\r\nContent-Length: 4\r\n", b"abcd"),
-        Refused(),
-    ),
-    "CL list": (post(b"Content-Length: 3, 3\r\n", b"abc"), Refused()),
-    "CL list, no space": (post(b"Content-Length: 3,3\r\n", b"abc"), Refused()),
-    "CL plus sign": (post(b"Content-Length: +3\r\n", b"abc"), Refused()),
-    "CL minus sign": (post(b"Content-Length: -3\r\n", b"abc"), Refused()),
-    "CL hex": (post(b"Content-Length: 0x3\r\n", b"abc"), Refused()),
-    "CL empty": (post(b"Content-Length: \r\n", b""), Refused()),
-    "CL inner space": (post(b"Content-Length: 1 2\r\n", b"abc"), Refused()),
-    "CL overflow": (post(b"Content-Length: 18446744073709551616\r\n", b"abc"), Refused()),
-    "CL over max_body": (post(b"Content-Length: 65537\r\n", b""), Refused(413, "body_too_large")),
+    "CL duplicate, equal": post(b"Content-Length: 3\r\nContent-Length: 3\r\n", b"abc"),
+    "CL duplicate, different": post(b"Content-Length: 3\r\nContent-Length: 4\r\n", b"abcd"),
+    "CL list": post(b"Content-Length: 3, 3\r\n", b"abc"),
+    "CL list, no space": post(b"Content-Length: 3,3\r\n", b"abc"),
+    "CL plus sign": post(b"Content-Length: +3\r\n", b"abc"),
+    "CL minus sign": post(b"Content-Length: -3\r\n", b"abc"),
+    "CL hex": post(b"Content-Length: 0x3\r\n", b"abc"),
+    "CL empty": post(b"Content-Length: \r\n", b""),
+    "CL inner space": post(b"Content-Length: 1 2\r\n", b"abc"),
+    "CL overflow": post(b"Content-Length: 18446744073709551616\r\n", b"abc"),
     # -- chunk framing -----------------------------------------------------------------
-    "chunk size overflow": (post(CHUNKED, b"1ffffffffffffffff\r\nabc\r\n0\r\n\r\n"), Refused()),
-    "chunk size not hex": (post(CHUNKED, b"zz\r\nabc\r\n0\r\n\r\n"), Refused()),
-    "chunk size with 0x": (post(CHUNKED, b"0x3\r\nabc\r\n0\r\n\r\n"), Refused()),
-    "chunk size leading space": (post(CHUNKED, b" 3\r\nabc\r\n0\r\n\r\n"), Refused()),
-    "chunk size bare LF": (post(CHUNKED, b"3\nabc\r\n0\r\n\r\n"), Refused()),
-    "chunk data bare LF": (post(CHUNKED, b"3\r\nabc\n0\r\n\r\n"), Refused()),
-    "chunk data too long": (post(CHUNKED, b"3\r\nabcd\r\n0\r\n\r\n"), Refused()),
-    "last chunk bare LF": (post(CHUNKED, b"3\r\nabc\r\n0\n\n"), Refused()),
-    "chunk size bare CR": (post(CHUNKED, b"3\rabc\r\n0\r\n\r\n"), Refused()),
-    "chunk extension lone LF": (post(CHUNKED, b"3;a=b\nabc\r\n0\r\n\r\n"), Refused()),
-    "chunk extension quoted LF": (post(CHUNKED, b'3;a="b\nc"\r\nabc\r\n0\r\n\r\n'), Refused()),
-    "chunk extension quoted CRLF": (
-        post(CHUNKED, b'3;a="b\r\nc"\r\nabc\r\n0\r\n\r\n'),
-        Refused(),
-    ),
-    "chunk extension NUL": (post(CHUNKED, b"3;a=\x00\r\nabc\r\n0\r\n\r\n"), Refused()),
-    "chunk extension unterminated quote": (
-        post(CHUNKED, b'3;a="bc\r\nabc\r\n0\r\n\r\n'),
-        Refused(),
-    ),
+    "chunk size overflow": post(CHUNKED, b"1ffffffffffffffff\r\nabc\r\n0\r\n\r\n"),
+    "chunk size not hex": post(CHUNKED, b"zz\r\nabc\r\n0\r\n\r\n"),
+    "chunk size with 0x": post(CHUNKED, b"0x3\r\nabc\r\n0\r\n\r\n"),
+    "chunk size leading space": post(CHUNKED, b" 3\r\nabc\r\n0\r\n\r\n"),
+    "chunk size bare LF": post(CHUNKED, b"3\nabc\r\n0\r\n\r\n"),
+    "chunk data bare LF": post(CHUNKED, b"3\r\nabc\n0\r\n\r\n"),
+    "chunk data too long": post(CHUNKED, b"3\r\nabcd\r\n0\r\n\r\n"),
+    "last chunk bare LF": post(CHUNKED, b"3\r\nabc\r\n0\n\n"),
+    "chunk size bare CR": post(CHUNKED, b"3\rabc\r\n0\r\n\r\n"),
+    "chunk extension lone LF": post(CHUNKED, b"3;a=b\nabc\r\n0\r\n\r\n"),
+    "chunk extension quoted LF": post(CHUNKED, b'3;a="b\nc"\r\nabc\r\n0\r\n\r\n'),
+    "chunk extension quoted CRLF": post(CHUNKED, b'3;a="b\r\nc"\r\nabc\r\n0\r\n\r\n'),
+    "chunk extension NUL": post(CHUNKED, b"3;a=\x00\r\nabc\r\n0\r\n\r\n"),
+    "chunk extension unterminated quote": post(CHUNKED, b'3;a="bc\r\nabc\r\n0\r\n\r\n'),
     # -- request line --------------------------------------------------------------------
-    "tab in the request line": (b"GET\t/ HTTP/1.1\r\n" + H + b"\r\n", Refused()),
-    "trailing space in the request line": (b"GET / HTTP/1.1 \r\n" + H + b"\r\n", Refused()),
-    "bare CR in the target": (b"GET /a\rb HTTP/1.1\r\n" + H + b"\r\n", Refused()),
-    "NUL in the target": (b"GET /a\x00b HTTP/1.1\r\n" + H + b"\r\n", Refused()),
-    "NUL in the method": (b"GE\x00T / HTTP/1.1\r\n" + H + b"\r\n", Refused()),
-    "HTTP/0.9": (b"GET /\r\n\r\n", Refused()),
-    "HTTP/1.2": (b"GET / HTTP/1.2\r\n" + H + b"\r\n", Refused()),
-    "HTTP/2.0": (b"GET / HTTP/2.0\r\n" + H + b"\r\n", Refused()),
-    "lower-case version": (b"GET / http/1.1\r\n" + H + b"\r\n", Refused()),
-    "bare LF request line": (b"GET / HTTP/1.1\n" + H + b"\r\n", Refused()),
+    "tab in the request line": b"GET\t/ HTTP/1.1\r\n" + H + b"\r\n",
+    "trailing space in the request line": b"GET / HTTP/1.1 \r\n" + H + b"\r\n",
+    "bare CR in the target": b"GET /a\rb HTTP/1.1\r\n" + H + b"\r\n",
+    "NUL in the target": b"GET /a\x00b HTTP/1.1\r\n" + H + b"\r\n",
+    "NUL in the method": b"GE\x00T / HTTP/1.1\r\n" + H + b"\r\n",
+    "HTTP/0.9": b"GET /\r\n\r\n",
+    "HTTP/1.2": b"GET / HTTP/1.2\r\n" + H + b"\r\n",
+    "HTTP/2.0": b"GET / HTTP/2.0\r\n" + H + b"\r\n",
+    "lower-case version": b"GET / http/1.1\r\n" + H + b"\r\n",
+    "bare LF request line": b"GET / HTTP/1.1\n" + H + b"\r\n",
     # -- header fields -------------------------------------------------------------------
-    "obs-fold": (b"GET / HTTP/1.1\r\n" + H + b"X-A: a\r\n  folded\r\n\r\n", Refused()),
-    "fold on the first header": (b"GET / HTTP/1.1\r\n Host: a\r\n\r\n", Refused()),
-    "bare LF between headers": (b"GET / HTTP/1.1\r\nHost: a\nX-A: b\r\n\r\n", Refused()),
-    "bare CR in a value": (b"GET / HTTP/1.1\r\n" + H + b"X-A: a\rb\r\n\r\n", Refused()),
-    "NUL in a value": (b"GET / HTTP/1.1\r\n" + H + b"X-A: a\x00b\r\n\r\n", Refused()),
-    "NUL in a name": (b"GET / HTTP/1.1\r\n" + H + b"X-\x00A: b\r\n\r\n", Refused()),
-    "DEL in a value": (b"GET / HTTP/1.1\r\n" + H + b"X-A: a\x7fb\r\n\r\n", Refused()),
-    "control char in a value": (b"GET / HTTP/1.1\r\n" + H + b"X-A: a\x01b\r\n\r\n", Refused()),
-    "space in a name": (b"GET / HTTP/1.1\r\n" + H + b"X A: b\r\n\r\n", Refused()),
-    "empty name": (b"GET / HTTP/1.1\r\n" + H + b": b\r\n\r\n", Refused()),
-    "no colon": (b"GET / HTTP/1.1\r\n" + H + b"X-A b\r\n\r\n", Refused()),
-    "non-token char in a name": (b"GET / HTTP/1.1\r\n" + H + b"X(A): b\r\n\r\n", Refused()),
+    "obs-fold": get(b"X-A: a\r\n  folded\r\n"),
+    "fold on the first header": b"GET / HTTP/1.1\r\n Host: a\r\n\r\n",
+    "bare LF between headers": b"GET / HTTP/1.1\r\nHost: a\nX-A: b\r\n\r\n",
+    "bare CR in a value": get(b"X-A: a\rb\r\n"),
+    "NUL in a value": get(b"X-A: a\x00b\r\n"),
+    "NUL in a name": get(b"X-\x00A: b\r\n"),
+    "DEL in a value": get(b"X-A: a\x7fb\r\n"),
+    "control char in a value": get(b"X-A: a\x01b\r\n"),
+    "space in a name": get(b"X A: b\r\n"),
+    "empty name": get(b": b\r\n"),
+    "no colon": get(b"X-A b\r\n"),
+    "non-token char in a name": get(b"X(A): b\r\n"),
     # -- Host ----------------------------------------------------------------------------
-    "no Host": (b"GET / HTTP/1.1\r\n\r\n", Refused()),
-    "two Hosts": (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Refused()),
-    "empty Host on HTTP/1.1": (b"GET / HTTP/1.1\r\nHost: \r\n\r\n", Refused()),
-    "space in Host": (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", Refused()),
-    "slash in Host": (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", Refused()),
-    "userinfo in Host": (b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", Refused()),
-    "comma in Host": (b"GET / HTTP/1.1\r\nHost: a,b\r\n\r\n", Refused()),
-    "absolute form, other host": (b"GET http://b/ HTTP/1.1\r\n" + H + b"\r\n", Refused()),
+    "no Host": b"GET / HTTP/1.1\r\n\r\n",
+    "two Hosts": b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    "empty Host on HTTP/1.1": b"GET / HTTP/1.1\r\nHost: \r\n\r\n",
+    "space in Host": b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+    "slash in Host": b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+    "userinfo in Host": b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n",
+    "comma in Host": b"GET / HTTP/1.1\r\nHost: a,b\r\n\r\n",
+    "absolute form, other host": b"GET http://b/ HTTP/1.1\r\n" + H + b"\r\n",
+}
+
+REFUSED: dict[str, tuple[bytes, Refused]] = {
+    **{name: (data, Refused()) for name, data in BAD_REQUEST.items()},
+    "CL over max_body": (post(b"Content-Length: 65537\r\n", b""), Refused(413, "body_too_large")),
 }
 
 FORWARDED: dict[str, tuple[bytes, Forwarded]] = {
