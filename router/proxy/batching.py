@@ -30,13 +30,18 @@ DEFER_MAX_BYTES = 16 * 1024  # a read leaving more than this corked is written a
 class WriteBatch:
     """The connections whose corked writes wait for the end of this pass of the loop."""
 
-    __slots__ = ("clients", "loop", "scheduled", "upstreams")
+    __slots__ = ("clients", "held", "largest", "loop", "passes", "scheduled", "upstreams")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.clients: list[ClientSide] = []
         self.upstreams: list[UpstreamConnection] = []
         self.scheduled = False
+        # What batching did (tests and benchmarks read them): flushes, connections
+        # written by them, and the most written by one.
+        self.passes = 0
+        self.held = 0
+        self.largest = 0
 
     def defer_client(self, client: ClientSide) -> None:
         """``client.flush_deferred()`` at the end of this pass (the client keeps its cork)."""
@@ -63,6 +68,10 @@ class WriteBatch:
         self.scheduled = False
         upstreams, self.upstreams = self.upstreams, []
         clients, self.clients = self.clients, []
+        count = len(upstreams) + len(clients)
+        self.passes += 1
+        self.held += count
+        self.largest = max(self.largest, count)
         # Requests first: the regions start on theirs while the responses go out.
         for conn in upstreams:
             conn.deferred = False
