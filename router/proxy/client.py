@@ -347,8 +347,10 @@ class ClientConnection(ClientSide):
         elif self._cork_bytes > DEFER_MAX_BYTES:
             self.uncork()  # a body: write now, so that backpressure starts from this write
         elif not self._deferred:
-            self._deferred = True
-            self.core.writes.defer_client(self)
+            if self.core.writes.hold_client(self):
+                self._deferred = True
+            else:
+                self.uncork()
 
     def flush_deferred(self) -> None:
         self._deferred = False
