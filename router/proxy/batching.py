@@ -9,13 +9,13 @@ one as each read is handled, the responses of one poll wake the client (wrk, a b
 connection pool, another proxy) once each; held to the end of the poll and sent together,
 the first wakes it and the rest land while it runs.
 
-The first response (and the first request) of a pass is written at once: at low load a
-pass holds one read, and holding its write would add a loop iteration to every request's
-latency (8-10 us at c=1 on this VM, measured). Only the pass's later writes wait, for a
-``call_soon`` callback that runs before the loop polls again; a pass then wakes each peer
-at most twice instead of once per read. A read that leaves more than ``DEFER_MAX_BYTES``
-corked is written at once, so a large body keeps its backpressure (``pause_writing`` comes
-from the write).
+Held writes wait for a ``call_soon`` callback that runs before the loop polls again. At
+low load a pass holds one read, and holding its write would only add a loop iteration to
+the request's latency (8-10 us at c=1 on this VM, measured): so after a pass that wrote
+for at most one read, the next pass writes its first response and its first request at
+once and holds only the rest (Nagle's rule, per loop pass instead of per socket). A read
+that leaves more than ``DEFER_MAX_BYTES`` corked is written at once, so a large body keeps
+its backpressure (``pause_writing`` comes from the write).
 """
 
 from __future__ import annotations
@@ -35,9 +35,11 @@ class WriteBatch:
     """The connections whose corked writes wait for the end of this pass of the loop."""
 
     __slots__ = (
+        "busy",
         "client_written",
         "clients",
         "held",
+        "in_pass",
         "largest",
         "loop",
         "passes",
@@ -54,6 +56,8 @@ class WriteBatch:
         # This pass has written a response / a request already: the next ones are held.
         self.client_written = False
         self.upstream_written = False
+        self.in_pass = 0  # reads of this pass that left writes
+        self.busy = False  # the last pass had more than one: hold this one's first too
         # What batching did (tests and benchmarks read them): flushes, connections
         # written by them, and the most written by one.
         self.passes = 0
@@ -63,30 +67,35 @@ class WriteBatch:
     def hold_client(self, client: ClientSide) -> bool:
         """Hold ``client``'s corked writes to the end of this pass (``flush_deferred``).
 
-        False for the first response of a pass: that one is written now (it wakes the
-        client; a pass of one read, as at low load, then waits for nothing), and the
-        pass's later ones are held to go together.
+        False for the first response of a pass after a quiet one: that one is written now
+        (a pass of one read, as at low load, then waits for nothing) and only the pass's
+        later ones are held.
         """
-        if not self.client_written:
+        self.in_pass += 1
+        if not self.client_written and not self.busy:
             self.client_written = True
             self._schedule()
             return False
         self.clients.append(client)
+        self._schedule()
         return True
 
     def defer_upstream(self, conn: UpstreamConnection) -> None:
-        """``conn.uncork()`` now for the first request of a pass or a large body, else at
-        the end of this pass."""
+        """``conn.uncork()`` now for a large body or the first request of a pass after a
+        quiet one, else at the end of this pass."""
         if conn.deferred:
             return  # already held: the flush writes what was added since
-        if conn.corked and self.upstream_written and conn.corked_bytes <= DEFER_MAX_BYTES:
+        if not conn.corked:
+            conn.uncork()  # nothing to write: drop the empty cork
+            return
+        self.in_pass += 1
+        if (self.upstream_written or self.busy) and conn.corked_bytes <= DEFER_MAX_BYTES:
             conn.deferred = True
             self.upstreams.append(conn)
-            return
-        if conn.corked:
+        else:
             self.upstream_written = True
-            self._schedule()
-        conn.uncork()
+            conn.uncork()
+        self._schedule()
 
     def _schedule(self) -> None:
         if not self.scheduled:
@@ -96,6 +105,8 @@ class WriteBatch:
     def flush(self) -> None:
         self.scheduled = False
         self.client_written = self.upstream_written = False
+        self.busy = self.in_pass > 1  # then the next pass holds its first writes too
+        self.in_pass = 0
         upstreams, self.upstreams = self.upstreams, []
         clients, self.clients = self.clients, []
         count = len(upstreams) + len(clients)
