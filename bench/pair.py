@@ -1,7 +1,8 @@
 """Two compiled trees head to head, c=64 and c=1: `python bench/pair.py BASE NEW`.
 
 A quicker instrument than `bench/run.py` for one change: only the two trees' "defaults"
-target (or `--shape bare`), no nginx, and per round one wrk run at c=64 (throughput and
+target (or `--shape bare`; `--size 64k` or `1m` for another response than the 100 B
+`/small`), no nginx, and per round one wrk run at c=64 (throughput and
 CPU per request) and one at c=1 (added latency) against each tree, the order alternating.
 Both trees run at once on the same backend and the same pinning as bench/run.py. A round
 in which steal (the hypervisor running another guest, /proc/stat) took 5% or more of
@@ -51,12 +52,12 @@ class Run:
     steal_percent: float
 
 
-def measure(endpoint: Endpoint, connections: int, duration_s: int) -> Run:
+def measure(endpoint: Endpoint, connections: int, duration_s: int, size: str = "small") -> Run:
     assert endpoint.child is not None
     steal_before = steal_seconds((PROXY_CPU, LOAD_CPU))
     cpu_before = cpu_seconds(endpoint.child.pid)
     result = wrk.run(
-        endpoint.url("/small"), connections=connections, duration_s=duration_s, cpu=LOAD_CPU
+        endpoint.url(f"/{size}"), connections=connections, duration_s=duration_s, cpu=LOAD_CPU
     )
     cpu_s = cpu_seconds(endpoint.child.pid) - cpu_before
     steal_after = steal_seconds((PROXY_CPU, LOAD_CPU))
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("new", type=Path, help="the tree after")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="defaults")
+    parser.add_argument("--size", choices=("small", "64k", "1m"), default="small")
     args = parser.parse_args(argv)
     config = SHAPES[args.shape]
     with tempfile.TemporaryDirectory(prefix="bench-pair-") as tmp, ExitStack() as stack:
@@ -94,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.rounds):
             order = ["base", "new"] if i % 2 == 0 else ["new", "base"]
             for connections, duration_s in CELLS:
-                got = {name: measure(trees[name], connections, duration_s) for name in order}
+                got = {
+                    name: measure(trees[name], connections, duration_s, args.size) for name in order
+                }
                 for name, run in got.items():
                     runs[(name, connections)].append(run)
                 steal = max(run.steal_percent for run in got.values())
@@ -126,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             rps = statistics.median(n.requests_per_s / b.requests_per_s for n, b in pairs)
             p50 = statistics.median(n.p50_us - b.p50_us for n, b in pairs)
             print(
-                f"c={connections} ({len(pairs)} of {args.rounds} rounds, {args.shape}): "
+                f"c={connections} ({len(pairs)} of {args.rounds} rounds, {args.shape}, "
+                f"{args.size}): "
                 f"CPU per request new/base {cpu:.3f}; req/s new/base {rps:.3f}; "
                 f"p50 new - base {p50:+.0f} us"
             )
