@@ -99,6 +99,19 @@ def _cell(
     return throughput.Cell(target=target, size="small", connections=connections, samples=samples)
 
 
+def _report(plan: throughput.Plan, outcomes: tuple[throughput.Outcome, ...]) -> report.Report:
+    return report.Report(
+        command="python bench/run.py",
+        started_at="t0",
+        finished_at="t1",
+        machine={k: "?" for k in ("nproc", "kernel", "python", "cpu", "wrk", "nginx")}
+        | {"haproxy": "?", "loadavg_start": "0", "pinning": "?"},
+        plan=plan,
+        notes=(),
+        outcomes=outcomes,
+    )
+
+
 def test_report_pairs_rounds_and_shows_bars_added_latency_and_failed_target() -> None:
     plan = throughput.Plan(sizes=("small",), duration_s=1, runs=3, warmup_s=0)
     by_key = {t.key: t for t in targets.TARGETS}
@@ -125,16 +138,7 @@ def test_report_pairs_rounds_and_shows_bars_added_latency_and_failed_target() ->
     bare = throughput.Outcome(
         target=by_key["bare"], status="failed", note="exited with code 1", log_tail="boom"
     )
-    report_ = report.Report(
-        command="python bench/run.py",
-        started_at="t0",
-        finished_at="t1",
-        machine={k: "?" for k in ("nproc", "kernel", "python", "cpu", "wrk", "nginx")}
-        | {"haproxy": "?", "loadavg_start": "0", "pinning": "?"},
-        plan=plan,
-        notes=(),
-        outcomes=(direct, defaults, bare, nginx),
-    )
+    report_ = _report(plan, (direct, defaults, bare, nginx))
     text = report.render_markdown(report_)
     assert report.paired_ratio(report_, "defaults", "small", 64) == pytest.approx(0.6)
     assert (
@@ -186,17 +190,9 @@ def test_a_round_the_hypervisor_stalled_is_left_out_of_the_paired_ratios() -> No
             target="defaults", size="small", connections=64, samples=tuple(router_samples)
         ),
     }
-    report_ = report.Report(
-        command="python bench/run.py",
-        started_at="t0",
-        finished_at="t1",
-        machine={k: "?" for k in ("nproc", "kernel", "python", "cpu", "wrk", "nginx")}
-        | {"haproxy": "?", "loadavg_start": "0", "pinning": "?"},
-        plan=plan,
-        notes=(),
-        outcomes=tuple(
-            throughput.Outcome(target=by_key[key], cells=[cell]) for key, cell in cells.items()
-        ),
+    report_ = _report(
+        plan,
+        tuple(throughput.Outcome(target=by_key[key], cells=[cell]) for key, cell in cells.items()),
     )
     assert report.spoiled_rounds(report_, "small", 64) == {2}
     assert report.paired_ratio(report_, "defaults", "small", 64) == pytest.approx(0.5)
