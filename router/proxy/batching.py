@@ -58,44 +58,41 @@ class WriteBatch:
         self.upstream_written = False
         self.in_pass = 0  # reads of this pass that left writes
         self.busy = False  # the last pass had more than one: hold this one's first too
-        # What batching did (tests and benchmarks read them): flushes, connections
-        # written by them, and the most written by one.
+        # What batching did (tests read them): flushes, connections written by them, and
+        # the most written by one.
         self.passes = 0
         self.held = 0
         self.largest = 0
 
-    def hold_client(self, client: ClientSide) -> bool:
-        """Hold ``client``'s corked writes to the end of this pass (``flush_deferred``).
-
-        False for the first response of a pass after a quiet one: that one is written now
-        (a pass of one read, as at low load, then waits for nothing) and only the pass's
-        later ones are held.
-        """
-        self.in_pass += 1
-        if not self.client_written and not self.busy:
-            self.client_written = True
-            self._schedule()
-            return False
-        self.clients.append(client)
-        self._schedule()
-        return True
+    def hold_client(self, client: ClientSide, corked_bytes: int) -> bool:
+        """True: ``client``'s corked writes wait for the end of this pass
+        (``flush_deferred``); False: the caller writes them now."""
+        if self._hold(self.client_written, corked_bytes):
+            self.clients.append(client)
+            return True
+        self.client_written = True
+        return False
 
     def defer_upstream(self, conn: UpstreamConnection) -> None:
-        """``conn.uncork()`` now for a large body or the first request of a pass after a
-        quiet one, else at the end of this pass."""
+        """``conn.uncork()`` at the end of this pass, or now (see ``_hold``)."""
         if conn.deferred:
             return  # already held: the flush writes what was added since
         if not conn.corked:
             conn.uncork()  # nothing to write: drop the empty cork
-            return
-        self.in_pass += 1
-        if (self.upstream_written or self.busy) and conn.corked_bytes <= DEFER_MAX_BYTES:
+        elif self._hold(self.upstream_written, conn.corked_bytes):
             conn.deferred = True
             self.upstreams.append(conn)
         else:
             self.upstream_written = True
             conn.uncork()
+
+    def _hold(self, written: bool, corked_bytes: int) -> bool:
+        """Hold a read's writes unless they are a large body, or the first of their
+        direction in a pass that follows a quiet one (``written``: this pass has written
+        one already)."""
+        self.in_pass += 1
         self._schedule()
+        return (written or self.busy) and corked_bytes <= DEFER_MAX_BYTES
 
     def _schedule(self) -> None:
         if not self.scheduled:

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 import httptools
 
 from router.errors import BadRequest, HeadersTooLarge, ProxyError
-from router.proxy.batching import DEFER_MAX_BYTES
 from router.proxy.exchange import Exchange
 from router.proxy.headers import TRAILER_DROP, error_response
 from router.proxy.interfaces import ClientSide
@@ -342,15 +341,13 @@ class ClientConnection(ClientSide):
     def uncork_later(self) -> None:
         """Small writes wait for the end of the loop's pass (router.proxy.batching)."""
         if not self._cork:
-            if not self._deferred:
-                self._cork = None
-        elif self._cork_bytes > DEFER_MAX_BYTES:
-            self.uncork()  # a body: write now, so that backpressure starts from this write
-        elif not self._deferred:
-            if self.core.writes.hold_client(self):
-                self._deferred = True
-            else:
-                self.uncork()
+            self._cork = None  # nothing corked: later writes go straight out
+        elif self._deferred:
+            pass  # already held: the flush writes what was added since
+        elif self.core.writes.hold_client(self, self._cork_bytes):
+            self._deferred = True
+        else:
+            self.uncork()
 
     def flush_deferred(self) -> None:
         self._deferred = False

@@ -1,8 +1,8 @@
 """Small writes wait for the end of the loop's pass and leave together (router.proxy.batching).
 
-Over real sockets: many clients at once, pipelined requests whose responses share a pass
-with a large body (written at once, not held), and a client that goes away while its
-response is held.
+Over real sockets: many clients at once, a lone client (never held), pipelined requests
+whose responses share a pass with a large body (written at once, not held), and a client
+that goes away while its response is held.
 """
 
 from __future__ import annotations
@@ -59,6 +59,20 @@ async def test_the_responses_of_one_pass_leave_together_and_every_byte_arrives(
     assert batch.largest >= 4, (batch.passes, batch.held, batch.largest)
     assert batch.held > batch.passes
     assert not batch.clients and not batch.upstreams and not batch.scheduled
+
+
+async def test_a_lone_client_is_never_held(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    """At low load every pass has one read: its write goes at once, adding no latency."""
+    service = await router_on_one_region(aiohttp_server, start_router)
+    batch = service.runtime.core.writes
+    async with raw_connection(service.proxy_port) as (reader, writer):
+        for n in range(20):
+            writer.write(b"GET /lone/%d HTTP/1.1\r\nHost: a\r\n\r\n" % n)
+            assert (await read_response(reader)).json()["raw_path"] == f"/lone/{n}"
+    assert batch.passes >= 20  # every read went through the batch's pass accounting ...
+    assert batch.held == 0  # ... and none was held
 
 
 async def test_pipelined_small_large_small_arrive_whole_and_in_order(
