@@ -28,7 +28,7 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench import wrk
-from bench.process import cpu_seconds, steal_seconds
+from bench.process import cpu_seconds, steal_seconds, steal_since
 from bench.targets import (
     LOAD_CPU,
     PROXY_CPU,
@@ -60,9 +60,8 @@ def measure(endpoint: Endpoint, connections: int, duration_s: int, size: str = "
         endpoint.url(f"/{size}"), connections=connections, duration_s=duration_s, cpu=LOAD_CPU
     )
     cpu_s = cpu_seconds(endpoint.child.pid) - cpu_before
-    steal_after = steal_seconds((PROXY_CPU, LOAD_CPU))
+    steal = steal_since(steal_before)
     endpoint.ensure_alive()
-    steal = max(steal_after[cpu] - before for cpu, before in steal_before.items())
     return Run(
         requests_per_s=result.requests_per_s,
         cpu_us=cpu_s * 1e6 / max(1, result.requests),

@@ -254,3 +254,9 @@ def steal_seconds(cpus: tuple[int, ...]) -> dict[int, float]:
             if cpu is not None and len(fields) > 8:
                 out[cpu] = int(fields[8]) / CLOCK_TICKS_PER_S
     return out
+
+
+def steal_since(before: dict[int, float]) -> float:
+    """The most steal time any CPU of ``before`` (a ``steal_seconds`` reading) had since."""
+    after = steal_seconds(tuple(before))
+    return max((after[cpu] - seconds for cpu, seconds in before.items()), default=0.0)

@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Literal
 
 from bench import wrk
-from bench.process import TargetError, cpu_seconds, foreign_cpu_seconds, steal_seconds
+from bench.process import (
+    TargetError,
+    cpu_seconds,
+    foreign_cpu_seconds,
+    steal_seconds,
+    steal_since,
+)
 from bench.targets import INSTALL_HINT, LOAD_CPU, PROXY_CPU, Endpoint, Target, check_response
 
 BASE_CONNECTIONS = 64
@@ -206,7 +212,7 @@ def measure_once(
     started = time.monotonic()
     result = wrk.run(url, connections=connections, duration_s=duration_s, cpu=LOAD_CPU)
     window_s = time.monotonic() - started
-    steal_after = steal_seconds(MEASURED_CPUS)
+    steal_s = steal_since(steal_before)
     foreign_cpu_s = foreign_cpu_seconds() - foreign_before
     backend_cpu_s = cpu_seconds(backend.child.pid) - backend_before
     proxy_cpu_s = (
@@ -223,9 +229,7 @@ def measure_once(
         backend_cpu_s=backend_cpu_s,
         foreign_cpu_s=foreign_cpu_s,
         window_s=window_s,
-        steal_s=max(
-            (steal_after[cpu] - before for cpu, before in steal_before.items()), default=0.0
-        ),
+        steal_s=steal_s,
     )
 
 

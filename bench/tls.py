@@ -35,7 +35,16 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench import wrk
-from bench.process import Child, TargetError, cpu_seconds, free_ports, pinned, steal_seconds
+from bench.process import (
+    Child,
+    TargetError,
+    cpu_seconds,
+    free_ports,
+    pinned,
+    steal_seconds,
+    steal_since,
+)
+from bench.report import MIN_CLEAN_ROUNDS
 from bench.targets import (
     LOAD_CPU,
     PROXY_CPU,
@@ -49,6 +58,7 @@ from bench.targets import (
     backend_upstream,
     nginx_backend,
 )
+from bench.throughput import STEAL_SPOIL_PERCENT
 
 ROUTER_CONFIG = """\
 listen: {{proxy: "127.0.0.1:{proxy_port}", admin: "127.0.0.1:{admin_port}",
@@ -182,9 +192,6 @@ PLAIN_PORTS: dict[str, int] = {}
 MODES = ("plain", "keepalive", "handshakes")
 
 
-STEAL_SPOIL_PERCENT = 5.0  # as bench/throughput.py: a round stalled by the hypervisor
-
-
 def measure(endpoint: Endpoint, mode: str, duration_s: int) -> tuple[float, float, float]:
     """(requests/s, CPU microseconds of the proxy process per request, steal %: the larger
     share of the run the hypervisor took from the proxy's or the load's CPU) of one wrk run."""
@@ -206,8 +213,7 @@ def measure(endpoint: Endpoint, mode: str, duration_s: int) -> tuple[float, floa
             headers=("Connection: close",),
         )
     cpu_s = cpu_seconds(endpoint.child.pid) - cpu_before
-    steal_after = steal_seconds((PROXY_CPU, LOAD_CPU))
-    steal_s = max((steal_after[c] - b for c, b in steal_before.items()), default=0.0)
+    steal_s = steal_since(steal_before)
     endpoint.ensure_alive()
     if result.non_2xx_3xx:
         raise TargetError(f"{endpoint.name}: {result.non_2xx_3xx} non-2xx answers in {mode}")
@@ -268,7 +274,7 @@ def run_mode(targets: list[Endpoint], mode: str, rounds: int, duration_s: int) -
             stalled.append(i)
             line.append("(stalled: left out)")
         print("  ".join(line), flush=True)
-    if rounds - len(stalled) >= 2:  # as bench/report.py: too few clean rounds, all count
+    if rounds - len(stalled) >= MIN_CLEAN_ROUNDS:  # else too few clean rounds: all count
         for series_by_name in (ratios, cpu_ratios):
             for name, series in series_by_name.items():
                 series_by_name[name] = [r for j, r in enumerate(series) if j not in stalled]
