@@ -35,8 +35,18 @@ ELIGIBLE_STATES = frozenset({RegionState.HEALTHY, RegionState.RECOVERING})
 MANUAL_STATES = frozenset({RegionState.DRAINING, RegionState.FAILED_OVER})
 
 
+class _PlainValue:
+    """Pickles by its init fields: compiled, a frozen dataclass would go through its
+    frozen ``__setattr__`` (module docstring)."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), _init_values(self)))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RegionView:
+class RegionView(_PlainValue):
     index: int  # position in Snapshot.regions
     id: str
     name: str
@@ -67,12 +77,9 @@ class RegionView:
     def eligible(self) -> bool:
         return self.state in ELIGIBLE_STATES
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (type(self), _init_values(self)))
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ArtifactInfo:
+class ArtifactInfo(_PlainValue):
     """What replication knows of one artifact name (router/state/artifacts.py routes by it)."""
 
     name: str
@@ -80,23 +87,17 @@ class ArtifactInfo:
     source: str | None = None  # the region the latest job of this name read from
     read_at: float = 0.0  # wall clock: when that digest (or source) was read
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (type(self), _init_values(self)))
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Tier:
+class Tier(_PlainValue):
     priority: int
     regions: tuple[RegionView, ...]  # candidates of this tier (eligible, or all in panic)
     share: float  # fraction of the route's traffic this tier takes (0..1)
     health_percent: float  # eligible / counted regions x 100 (before overprovisioning)
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (type(self), _init_values(self)))
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RoutePlan:
+class RoutePlan(_PlainValue):
     """Where one route's traffic may go right now."""
 
     route: RouteConfig | None  # None: the default (all regions, top-level strategy)
@@ -108,12 +109,9 @@ class RoutePlan:
     artifact_sha256: str | None = None
     artifact_fallback: str | None = None
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (type(self), _init_values(self)))
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Snapshot:
+class Snapshot(_PlainValue):
     version: int
     config: Config
     regions: tuple[RegionView, ...]
@@ -131,9 +129,6 @@ class Snapshot:
             f"<Snapshot v{self.version} regions={len(self.regions)} "
             f"eligible={eligible} panic={self.panic}>"
         )
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (type(self), _init_values(self)))
 
 
 def _init_values(obj: object) -> dict[str, object]:
