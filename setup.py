@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent
 COMPILED = [
     "router/proxy/accesslog.py",
     "router/proxy/batching.py",
+    "router/proxy/busypoll.py",
     "router/proxy/client.py",
     "router/proxy/core.py",
     "router/proxy/dns.py",

@@ -20,6 +20,7 @@ from bench.throughput import (
     Cell,
     Outcome,
     Plan,
+    Sample,
 )
 
 REFERENCE = "nginx"  # the "vs nginx" column divides by this target's req/s
@@ -161,6 +162,39 @@ def fmt_paired(cell: Cell, reference: Cell | None, spoiled: frozenset[int] = fro
     return text + (f" [{len(ratios)} of {len(ratios) + left_out} rounds]" if left_out else "")
 
 
+def clean_samples(cell: Cell, spoiled: frozenset[int]) -> list[Sample]:
+    """The cell's runs outside the stalled rounds; all of them when fewer than
+    ``MIN_CLEAN_ROUNDS`` are left."""
+    clean = [s for s in cell.samples if s.round not in spoiled]
+    return clean if len(clean) >= MIN_CLEAN_ROUNDS else list(cell.samples)
+
+
+def clean_rps(cell: Cell, spoiled: frozenset[int]) -> float:
+    """Median req/s over the rounds the hypervisor did not stall (the c=256/c=64 columns:
+    the two cells ran at different times, so their rounds are not paired)."""
+    return statistics.median(s.result.requests_per_s for s in clean_samples(cell, spoiled))
+
+
+def added_latencies(cell: Cell, than: Cell, spoiled: frozenset[int]) -> tuple[list[float], int]:
+    """Per round, ``cell``'s p50 minus ``than``'s (the two ran in the same round), without
+    the stalled rounds, and how many were left out (none when fewer than
+    ``MIN_CLEAN_ROUNDS`` would remain)."""
+    other = {s.round: s.result.p50_us for s in than.samples}
+    every = {s.round: s.result.p50_us - other[s.round] for s in cell.samples if s.round in other}
+    clean = [d for r, d in every.items() if r not in spoiled]
+    if len(clean) < MIN_CLEAN_ROUNDS:
+        return list(every.values()), 0
+    return clean, len(every) - len(clean)
+
+
+def fmt_added(cell: Cell, than: Cell, spoiled: frozenset[int]) -> str:
+    diffs, left_out = added_latencies(cell, than, spoiled)
+    if not diffs:
+        return "-"
+    text = fmt_latency(statistics.median(diffs))
+    return text + (f" [{len(diffs)} of {len(diffs) + left_out} rounds]" if left_out else "")
+
+
 def paired_ratio(report: Report, key: str, size: str, connections: int) -> float | None:
     """Median per-round req/s ratio of target ``key`` to the reference, for one cell
     (rounds the hypervisor stalled left out)."""
@@ -196,7 +230,9 @@ def _bars(report: Report) -> list[str]:
         base = _cell(report, key, CONCURRENCY_SIZE, BASE_CONNECTIONS)
         high = _cell(report, key, CONCURRENCY_SIZE, HIGH_CONNECTIONS)
         if base is not None and high is not None:
-            value = high.requests_per_s / base.requests_per_s
+            value = clean_rps(
+                high, spoiled_rounds(report, CONCURRENCY_SIZE, HIGH_CONNECTIONS)
+            ) / clean_rps(base, spoiled_rounds(report, CONCURRENCY_SIZE, BASE_CONNECTIONS))
             errors = high.non_2xx_3xx + high.socket_errors
             ok = value >= 0.9 and errors == 0
             rows.append(
@@ -210,7 +246,10 @@ def _bars(report: Report) -> list[str]:
         single = _cell(report, key, CONCURRENCY_SIZE, SINGLE_CONNECTION)
         nginx_single = _cell(report, REFERENCE, CONCURRENCY_SIZE, SINGLE_CONNECTION)
         if single is not None and nginx_single is not None:
-            extra_us = single.p50_us - nginx_single.p50_us
+            diffs, _ = added_latencies(
+                single, nginx_single, spoiled_rounds(report, CONCURRENCY_SIZE, SINGLE_CONNECTION)
+            )
+            extra_us = statistics.median(diffs)
             rows.append(
                 [
                     f"{key} c=1 p50 minus nginx's",
@@ -277,16 +316,21 @@ def render_markdown(report: Report) -> str:
     high_rows, single_rows = [], []
     direct_single = _cell(report, "direct", CONCURRENCY_SIZE, SINGLE_CONNECTION)
     nginx_single = _cell(report, REFERENCE, CONCURRENCY_SIZE, SINGLE_CONNECTION)
+    base_spoiled = spoiled_rounds(report, CONCURRENCY_SIZE, BASE_CONNECTIONS)
+    high_spoiled = spoiled_rounds(report, CONCURRENCY_SIZE, HIGH_CONNECTIONS)
+    single_spoiled = spoiled_rounds(report, CONCURRENCY_SIZE, SINGLE_CONNECTION)
     for outcome in report.outcomes:
         base = outcome.cell(CONCURRENCY_SIZE, BASE_CONNECTIONS)
         high = outcome.cell(CONCURRENCY_SIZE, HIGH_CONNECTIONS)
         if high is not None:
+            base_rps = clean_rps(base, base_spoiled) if base else None
+            high_rps = clean_rps(high, high_spoiled)
             high_rows.append(
                 [
                     outcome.target.label,
-                    fmt_rps(base.requests_per_s if base else None),
-                    fmt_rps(high.requests_per_s),
-                    fmt_ratio(high.requests_per_s, base.requests_per_s if base else None),
+                    fmt_rps(base_rps),
+                    fmt_rps(high_rps),
+                    fmt_ratio(high_rps, base_rps),
                     fmt_latency(high.p99_us),
                     str(high.non_2xx_3xx),
                     str(high.socket_errors),
@@ -298,7 +342,7 @@ def render_markdown(report: Report) -> str:
             def added(than: Cell | None, single: Cell = single) -> str:
                 if than is None or than is single:
                     return "-"
-                return fmt_latency(single.p50_us - than.p50_us)
+                return fmt_added(single, than, single_spoiled)
 
             single_rows.append(
                 [

@@ -299,6 +299,8 @@ class Config:
     alerts: AlertsConfig = AlertsConfig()
     access_log: bool | AccessLogConfig = True  # True: stdout
     shutdown_grace_s: float = 15.0
+    # After a read, poll up to this long before letting the loop sleep (router.proxy.busypoll).
+    busy_poll_s: float = 0.0002
     tls: TlsConfig | None = None  # set exactly when listen.https is
     dns: DnsConfig = DnsConfig()
     # sha256 of the canonical effective config (secrets included, so a token change reloads)

@@ -10,9 +10,9 @@ import math
 import re
 from typing import TypeGuard
 
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+")
+_DURATION_UNITS = {"us": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)")
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:us|ms|s|m|h))+")
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 
 _SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
@@ -44,7 +44,8 @@ def show(value: object) -> str:
 
 
 def parse_duration(value: object) -> float:
-    """``250ms``, ``5s``, ``2m``, ``1h``, ``1m30s``, or a bare number of seconds. May be < 0."""
+    """``200us``, ``250ms``, ``5s``, ``2m``, ``1h``, ``1m30s``, or a bare number of seconds.
+    May be < 0."""
     if is_number(value):
         seconds = float(value)
     elif isinstance(value, str):

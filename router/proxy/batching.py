@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from router.proxy.busypoll import BusyPoll
 from router.proxy.interfaces import ClientSide
 from router.proxy.upstream import UpstreamConnection
 
@@ -43,6 +44,7 @@ class WriteBatch:
         "largest",
         "loop",
         "passes",
+        "poll",
         "scheduled",
         "upstream_written",
         "upstreams",
@@ -50,6 +52,7 @@ class WriteBatch:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.poll = BusyPoll(loop)  # keeps the loop awake briefly after a pass (0: off)
         self.clients: list[ClientSide] = []
         self.upstreams: list[UpstreamConnection] = []
         self.scheduled = False
@@ -98,6 +101,7 @@ class WriteBatch:
         if not self.scheduled:
             self.scheduled = True
             self.loop.call_soon(self.flush)
+            self.poll.read()
 
     def flush(self) -> None:
         self.scheduled = False

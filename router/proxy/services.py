@@ -124,6 +124,7 @@ class ExchangeServices(Generic[E]):
         self.hedge_auto = self.hedging is not None and self.hedging.delay_s is None
         self.hedge_budget_fraction = cfg.hedging.budget_percent / 100.0
         self.tail_timers = bool(self.per_try_s) or self.hedging is not None
+        self.writes.poll.configure(cfg.busy_poll_s)
         self.pool.connect_timeout_s = cfg.timeouts.connect_s
         self.pool.idle_timeout_s = cfg.timeouts.idle_s
         self.pool.max_age_s = cfg.dns.max_connection_age_s

@@ -201,6 +201,8 @@ SECTION_ERRORS = [
     ("affinity: {}", "affinity: set exactly one of cookie or header"),
     ("reload: {watch: yes}", "reload.watch: expected true or false, got 'yes'"),
     ("shutdown_grace: soon", "shutdown_grace: expected a duration"),
+    ("busy_poll: 20ms", "busy_poll: expected at most 10ms (0 turns it off), got 20000us"),
+    ("busy_poll: -1us", "busy_poll: expected a duration >= 0"),
     ("access_log: yes", "access_log: expected true or false, got 'yes'"),
     ("access_log: {}", "access_log.path: required"),
     ("access_log: {path: ''}", "access_log.path: must not be empty"),
@@ -379,8 +381,8 @@ def test_env_expansion_in_lists_numbers_and_escapes() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("250ms", 0.25), ("5s", 5.0), ("2m", 120.0), ("1h", 3600.0), ("1m30s", 90.0),
-     ("1.5s", 1.5), (3, 3.0), (0.5, 0.5), ("10", 10.0), ("-1s", -1.0)],
+    [("200us", 0.0002), ("250ms", 0.25), ("5s", 5.0), ("2m", 120.0), ("1h", 3600.0),
+     ("1m30s", 90.0), ("1.5s", 1.5), (3, 3.0), (0.5, 0.5), ("10", 10.0), ("-1s", -1.0)],
 )  # fmt: skip
 def test_parse_duration(text: object, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
