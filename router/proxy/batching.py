@@ -108,6 +108,7 @@ class WriteBatch:
         self.client_written = self.upstream_written = False
         self.busy = self.in_pass > 1  # then the next pass holds its first writes too
         self.in_pass = 0
+        self.poll.pass_ended(self.busy)
         upstreams, self.upstreams = self.upstreams, []
         clients, self.clients = self.clients, []
         count = len(upstreams) + len(clients)

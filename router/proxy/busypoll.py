@@ -11,7 +11,9 @@ sleeping, at the price of a CPU at 100% forever.
 
 ``BusyPoll`` polls (a ``call_soon`` chain: while a callback is ready the loop polls with a
 zero timeout) for up to ``window_s`` after the last read that wrote, then lets the loop
-sleep. The window adapts the way the kernel's cpuidle ``haltpoll`` governor does: a
+sleep. Only after a quiet pass of the loop (one read): under load the loop has the next
+reads ready when it polls anyway, and a short sleep is what lets several of them gather
+into one pass, whose writes ``router.proxy.batching`` then sends together. The window adapts the way the kernel's cpuidle ``haltpoll`` governor does: a
 quiet spell no longer than ``max_s`` (which a longer window would have caught) doubles it,
 up to ``max_s``; a longer one halves it, down to 0. So traffic whose reads come more than
 ``max_s`` apart (a region 20 ms away, a client idle between clicks) soon stops the
@@ -27,13 +29,24 @@ from time import monotonic
 class BusyPoll:
     """The polling window of one event loop (``busy_poll`` in config.yaml; 0: off)."""
 
-    __slots__ = ("caught", "last_s", "loop", "max_s", "polling", "slept", "steps", "window_s")
+    __slots__ = (
+        "caught",
+        "last_s",
+        "loop",
+        "max_s",
+        "polling",
+        "slept",
+        "stepping",
+        "steps",
+        "window_s",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, max_s: float = 0.0) -> None:
         self.loop = loop
         self.max_s = max_s
         self.window_s = 0.0  # how long to poll after a read; adapts within [0, max_s]
-        self.polling = False  # a _step is ready: the loop does not sleep
+        self.polling = False  # keep the loop awake until the window has passed
+        self.stepping = False  # a _step is ready (it ends the chain once polling is off)
         self.last_s = 0.0  # when the last read that wrote came in
         # What polling did (tests and docs read them): reads that came while polling,
         # reads that found the loop asleep, and polls made.
@@ -53,10 +66,17 @@ class BusyPoll:
         elif self.max_s > 0.0:
             self.slept += 1
             self._adapt(now - self.last_s)
-            if self.window_s > 0.0:
-                self.polling = True
-                self.loop.call_soon(self._step)
         self.last_s = now
+
+    def pass_ended(self, busy: bool) -> None:
+        """The pass's writes are out (``WriteBatch.flush``); ``busy``: it had several reads."""
+        if busy or self.window_s <= 0.0:
+            self.polling = False  # a chain still running ends at its next step
+        else:
+            self.polling = True
+            if not self.stepping:
+                self.stepping = True
+                self.loop.call_soon(self._step)
 
     def _adapt(self, quiet_s: float) -> None:
         """``quiet_s``: from the previous read to this one, which found the loop asleep."""
@@ -67,8 +87,8 @@ class BusyPoll:
             self.window_s = window if window >= self.max_s / 8.0 else 0.0
 
     def _step(self) -> None:
-        if monotonic() - self.last_s < self.window_s:
+        if self.polling and monotonic() - self.last_s < self.window_s:
             self.steps += 1
             self.loop.call_soon(self._step)
         else:
-            self.polling = False
+            self.polling = self.stepping = False

@@ -17,6 +17,7 @@ from router.proxy.busypoll import BusyPoll
 from router.service import RouterService
 from tests.backends import raw_connection, read_response, router_process, start_region
 from tests.conftest import StartRouter, make_config
+from tests.poll import eventually
 
 
 async def router_polling(
@@ -96,3 +97,24 @@ async def test_a_router_process_sleeps_again_once_traffic_stops(
         # Polling forever would burn the whole second; asleep, the process uses ~nothing.
         assert idle_cpu < 0.1, idle_cpu
         await requests_in_a_row(router.proxy_port, ["/after"])  # and it wakes for the next
+
+
+async def test_a_busy_pass_lets_the_loop_sleep() -> None:
+    """Under load the loop gathers reads while it sleeps; polling would split them up."""
+    poll = BusyPoll(asyncio.get_running_loop(), 0.01)
+    poll.read()
+    poll.read()  # two reads close together: the window opens
+    poll.pass_ended(busy=False)
+    assert poll.polling and poll.stepping
+    await asyncio.sleep(0)
+    assert poll.steps > 0  # the loop is polling
+    poll.pass_ended(busy=True)  # a pass with several reads
+    assert not poll.polling
+
+    async def chain_ended() -> bool:
+        return not poll.stepping
+
+    await eventually(chain_ended, what="the polling chain to end")
+    steps = poll.steps
+    await asyncio.sleep(0.005)
+    assert poll.steps == steps
