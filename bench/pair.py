@@ -50,6 +50,7 @@ class Run:
     cpu_us: float  # the router's CPU time per request
     p50_us: float
     steal_percent: float
+    errors: int  # non-2xx/3xx answers plus socket errors
 
 
 def measure(endpoint: Endpoint, connections: int, duration_s: int, size: str = "small") -> Run:
@@ -67,6 +68,7 @@ def measure(endpoint: Endpoint, connections: int, duration_s: int, size: str = "
         cpu_us=cpu_s * 1e6 / max(1, result.requests),
         p50_us=result.p50_us,
         steal_percent=100 * steal / result.duration_s,
+        errors=result.errors,
     )
 
 

@@ -384,6 +384,12 @@ TARGETS: tuple[Target, ...] = (
         tools=(),
         start=partial(region_router, name="defaults-nolog", config=defaults_nolog_config),
     ),
+    Target(
+        key="defaults-nolog-mypyc",
+        label="region-router defaults, log off, mypyc",
+        tools=(),
+        start=partial(region_router, name="defaults-nolog-mypyc", config=defaults_nolog_config),
+    ),
     # The same two from a baseline tree (BENCH_BASELINE_ROOT, compiled), for before/after.
     Target(
         key="defaults-base",

@@ -218,3 +218,39 @@ def test_with_fewer_than_two_clean_rounds_every_round_counts() -> None:
     )
     ratios, left_out = report.clean_ratios(router, nginx, frozenset({0}))
     assert (ratios, left_out) == (pytest.approx([0.5, 0.3]), 0)
+
+
+def test_c1_and_c256_figures_come_from_the_rounds_the_hypervisor_did_not_stall() -> None:
+    plan = throughput.Plan(sizes=("small",), duration_s=1, runs=3, warmup_s=0)
+    by_key = {t.key: t for t in targets.TARGETS}
+
+    def cell(
+        target: str, connections: int, runs: list[tuple[float, float, float]]
+    ) -> throughput.Cell:
+        samples = tuple(_sample(rps, p50, r, steal) for r, (rps, p50, steal) in enumerate(runs))
+        return throughput.Cell(
+            target=target, size="small", connections=connections, samples=samples
+        )
+
+    nginx = throughput.Outcome(
+        target=by_key["nginx"],
+        cells=[
+            cell("nginx", 64, [(1000.0, 500.0, 0.0)] * 3),
+            cell("nginx", 1, [(100.0, 200.0, 0.0), (100.0, 210.0, 0.0), (100.0, 200.0, 0.0)]),
+        ],
+    )
+    # Round 3 (index 2) stalled the router's c=1 and c=256 runs: p50 900 us, 50 req/s.
+    defaults = throughput.Outcome(
+        target=by_key["defaults"],
+        cells=[
+            cell("defaults", 64, [(500.0, 900.0, 0.0)] * 3),
+            cell("defaults", 256, [(450.0, 900.0, 0.0), (460.0, 900.0, 0.0), (50.0, 900.0, 0.4)]),
+            cell("defaults", 1, [(90.0, 150.0, 0.0), (90.0, 170.0, 0.0), (20.0, 900.0, 0.4)]),
+        ],
+    )
+    text = report.render_markdown(_report(plan, (defaults, nginx)))
+    # c=1: the per-round differences -50 and -40 us; the stalled +700 is left out.
+    assert "| defaults c=1 p50 minus nginx's | <= 0.03 ms | -0.045 ms | yes |" in text
+    assert "| -45us [2 of 3 rounds] |" in text
+    # c=256: the median of the clean rounds (455) over c=64's (500), not 450/500.
+    assert "| defaults c=256 / c=64 | >= 0.90, 0 errors | 0.91, 0 errors | yes |" in text
