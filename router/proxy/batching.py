@@ -89,6 +89,12 @@ class WriteBatch:
             self.upstream_written = True
             conn.uncork()
 
+    def count_read(self) -> None:
+        """A read whose writes went out at once (HTTP/2: its connection flushes its own
+        frames) still counts toward the pass: for ``busy`` and for the polling after it."""
+        self.in_pass += 1
+        self._schedule()
+
     def _hold(self, written: bool, corked_bytes: int) -> bool:
         """Hold a read's writes unless they are a large body, or the first of their
         direction in a pass that follows a quiet one (``written``: this pass has written

@@ -11,11 +11,14 @@ sleeping, at the price of a CPU at 100% forever.
 
 ``BusyPoll`` polls (a ``call_soon`` chain: while a callback is ready the loop polls with a
 zero timeout) for up to ``window_s`` after the last read that wrote, then lets the loop
-sleep. Only after a quiet pass of the loop (one read): under load the loop has the next
-reads ready when it polls anyway, and a short sleep is what lets several of them gather
-into one pass, whose writes ``router.proxy.batching`` then sends together. The window adapts the way the kernel's cpuidle ``haltpoll`` governor does: a
-quiet spell no longer than ``max_s`` (which a longer window would have caught) doubles it,
-up to ``max_s``; a longer one halves it, down to 0. So traffic whose reads come more than
+sleep. HTTP/1.1 reads (plain and TLS) and HTTP/2 reads count alike. It polls only after a
+quiet pass of the loop (one read): under load the loop finds the next reads ready when it
+polls anyway, and a short sleep is what lets several of them gather into one pass, whose
+writes ``router.proxy.batching`` then sends together.
+
+The window adapts the way the kernel's cpuidle ``haltpoll`` governor does: a quiet spell
+no longer than ``max_s`` (which a longer window would have caught) doubles it, up to
+``max_s``; a longer one halves it, down to 0. So traffic whose reads come more than
 ``max_s`` apart (a region 20 ms away, a client idle between clicks) soon stops the
 polling, and the CPU burnt on it is at most about ``max_s`` per such gap while it decays.
 """

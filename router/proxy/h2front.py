@@ -95,6 +95,11 @@ class H2ClientConnection(asyncio.Protocol):
             self._fail_connection()
         else:
             self.flush()
+            self.core.writes.count_read()
+
+    def count_read(self) -> None:
+        """A stream's region answered (``H2Stream.uncork_later``): a read of the pass."""
+        self.core.writes.count_read()
 
     # -- from the framer (h2wire.FrameHandler) ---------------------------------------------
 

@@ -32,6 +32,7 @@ class H2Sender(Protocol):
 
     def cork(self) -> None: ...
     def uncork(self) -> None: ...
+    def count_read(self) -> None: ...
     def send_headers(self, stream_id: int, fields: list[Header], end_stream: bool) -> None: ...
     def send_data(self, stream_id: int, chunks: list[bytes], end: bool) -> bool: ...
     def end_stream(self, stream_id: int, trailers: list[Header]) -> None: ...
@@ -181,6 +182,12 @@ class H2Stream(ClientSide):
 
     def uncork(self) -> None:
         self.conn.uncork()
+
+    def uncork_later(self) -> None:
+        """Written at once (the connection batches its own frames); the region's read that
+        wrote still counts toward the loop's pass (router.proxy.busypoll)."""
+        self.conn.uncork()
+        self.conn.count_read()
 
     def cork_upstream(self, conn: UpstreamConnection) -> None:
         return None  # request frames are written as they are decoded

@@ -17,6 +17,7 @@ from router.proxy.busypoll import BusyPoll
 from router.service import RouterService
 from tests.backends import raw_connection, read_response, router_process, start_region
 from tests.conftest import StartRouter, make_config
+from tests.h2client import H2Client
 from tests.poll import eventually
 
 
@@ -65,6 +66,25 @@ async def test_reads_far_apart_shrink_the_window_to_nothing(
     await requests_in_a_row(service.proxy_port, ["/delay/0.005"] * 10, pause_s=0.005)
     assert poll.steps == steps  # no polling at all any more
     assert not poll.polling
+
+
+async def test_http2_reads_keep_the_loop_polling_too(
+    aiohttp_server: AiohttpServer, start_router: StartRouter
+) -> None:
+    region = await start_region(aiohttp_server)
+    config = make_config([region.config()], busy_poll="10ms", http2={"enabled": True})
+    service = await start_router(config)
+    poll = service.runtime.core.writes.poll
+    client = H2Client()
+    await client.connect(service.proxy_port)
+    try:
+        for n in range(40):
+            assert (await client.request(f"/h2/{n}")).status == 200
+    finally:
+        await client.close()
+    # As over HTTP/1.1: the stream's request and the region's answer are both reads of a
+    # pass (h2front's own, and the region connection's for an HTTP/2 stream).
+    assert poll.caught >= 40, (poll.caught, poll.slept, poll.window_s)
 
 
 async def test_busy_poll_0_never_polls(
