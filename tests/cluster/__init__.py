@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from tests.backends import RouterProcess, router_process
+from tests.backends import RouterProcess, free_ports, router_process
 from tests.poll import eventually  # noqa: F401  # still importable from here, as before tests/poll.py
 from tests.redis_server import RedisServer
 
@@ -99,8 +99,26 @@ class Cluster:
     ) -> list[Instance]:
         """``workers``: each instance runs with ``--workers N`` (0: one process)."""
         self.session = aiohttp.ClientSession()
+        # Every instance's two ports from one call, so they are distinct: picked one instance
+        # at a time, a port freed by one pick could come back in the next, and an instance
+        # whose admin port another took fails to start while /readyz answers from the other.
+        ports = free_ports(2 * n)
         started = await asyncio.gather(
-            *(self._start_one(f"inst-{i + 1}", regions, extra, workers) for i in range(n))
+            *(
+                self._start_one(
+                    f"inst-{i + 1}",
+                    regions,
+                    {
+                        "listen": {
+                            "proxy": f"127.0.0.1:{ports[2 * i]}",
+                            "admin": f"127.0.0.1:{ports[2 * i + 1]}",
+                        },
+                        **extra,
+                    },
+                    workers,
+                )
+                for i in range(n)
+            )
         )
         self.instances.extend(started)
         return list(started)
