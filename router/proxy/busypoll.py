@@ -52,7 +52,7 @@ class BusyPoll:
         self.stepping = False  # a _step is ready (it ends the chain once polling is off)
         self.last_s = 0.0  # when the last read that wrote came in
         # What polling did (tests and docs read them): reads that came while polling,
-        # reads that found the loop asleep, and polls made.
+        # reads that did not (the loop slept, or the pass before was busy), and polls made.
         self.caught = 0
         self.slept = 0
         self.steps = 0
