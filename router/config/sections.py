@@ -279,14 +279,6 @@ def _reload(f: Fields) -> ReloadConfig:
 BUSY_POLL_MAX_S = 0.01  # past this, polling would burn more CPU than any wake-up costs
 
 
-def _busy_poll(f: Fields, default: float) -> float:
-    seconds = f.duration("busy_poll", default, positive=False)
-    if seconds > BUSY_POLL_MAX_S:
-        f.error("busy_poll", f"expected at most 10ms (0 turns it off), got {seconds * 1e6:.0f}us")
-        return default
-    return seconds
-
-
 def _access_log(f: Fields) -> bool | AccessLogConfig:
     """``true``/``false`` (stdout or off), or ``{path: FILE}``."""
     if not isinstance(f.raw("access_log"), Mapping):
@@ -339,7 +331,7 @@ def build_config(data: object, errors: list[FieldError]) -> Config:
             alerts=_alerts(f.section("alerts")),
             access_log=_access_log(f),
             shutdown_grace_s=f.duration("shutdown_grace", d.shutdown_grace_s, positive=False),
-            busy_poll_s=_busy_poll(f, d.busy_poll_s),
+            busy_poll_s=f.duration("busy_poll", d.busy_poll_s, positive=False, hi=BUSY_POLL_MAX_S),
             tls=tls_section(f, listen.https),
             dns=dns_section(f.section("dns")),
         )

@@ -102,6 +102,15 @@ def list_items(value: object, path: str, errors: list[FieldError]) -> Iterator[t
 # -- parsers ---------------------------------------------------------------------------------
 
 
+def _duration_text(seconds: float) -> str:
+    """``0.01`` -> ``10ms``: a bound in the config's own units."""
+    if seconds >= 1:
+        return f"{seconds:g}s"
+    if seconds >= 0.001:
+        return f"{seconds * 1e3:g}ms"
+    return f"{seconds * 1e6:g}us"
+
+
 def _range_text(lo: float | None, hi: float | None) -> str:
     if lo is not None and hi is not None:
         return f" {lo}..{hi}"
@@ -172,8 +181,8 @@ def as_bool(value: object) -> bool:
     raise ValueError(f"expected true or false, got {show(value)}")
 
 
-def as_duration(*, positive: bool = True) -> Parser[float]:
-    """Seconds; ``positive`` demands > 0, otherwise >= 0."""
+def as_duration(*, positive: bool = True, hi: float | None = None) -> Parser[float]:
+    """Seconds; ``positive`` demands > 0, otherwise >= 0; ``hi``: at most this."""
 
     def parse(value: object) -> float:
         seconds = parse_duration(value)
@@ -181,6 +190,8 @@ def as_duration(*, positive: bool = True) -> Parser[float]:
             raise ValueError(f"expected a duration > 0, got {show(value)}")
         if seconds < 0:
             raise ValueError(f"expected a duration >= 0, got {show(value)}")
+        if hi is not None and seconds > hi:
+            raise ValueError(f"expected a duration <= {_duration_text(hi)}, got {show(value)}")
         return seconds
 
     return parse
@@ -308,8 +319,10 @@ class Fields:
     def flag(self, key: str, default: bool) -> bool:
         return self.get(key, as_bool, default)
 
-    def duration(self, key: str, default: float, *, positive: bool = True) -> float:
-        return self.get(key, as_duration(positive=positive), default)
+    def duration(
+        self, key: str, default: float, *, positive: bool = True, hi: float | None = None
+    ) -> float:
+        return self.get(key, as_duration(positive=positive, hi=hi), default)
 
     def size(self, key: str, default: int, *, positive: bool = False) -> int:
         return self.get(key, as_size(positive=positive), default)
