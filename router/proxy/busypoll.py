@@ -63,10 +63,12 @@ class BusyPoll:
 
     def read(self) -> None:
         """A pass of the loop had a read that wrote (``WriteBatch``: once per pass)."""
+        if self.max_s <= 0.0:
+            return  # off: no clock read per pass
         now = monotonic()
         if self.polling:
             self.caught += 1
-        elif self.max_s > 0.0:
+        else:
             self.slept += 1
             self._adapt(now - self.last_s)
         self.last_s = now
