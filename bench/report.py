@@ -8,7 +8,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.throughput import (
     BASE_CONNECTIONS,
@@ -20,8 +20,9 @@ from bench.throughput import (
     Cell,
     Outcome,
     Plan,
-    Sample,
 )
+
+T = TypeVar("T")
 
 REFERENCE = "nginx"  # the "vs nginx" column divides by this target's req/s
 MIN_CLEAN_ROUNDS = 2  # fewer rounds without a stall than this: every round counts
@@ -138,14 +139,22 @@ def spoiled_rounds(report: Report, size: str, connections: int) -> frozenset[int
     return frozenset(rounds)
 
 
-def clean_ratios(cell: Cell, reference: Cell, spoiled: frozenset[int]) -> tuple[list[float], int]:
-    """The per-round ratios without the stalled rounds, and how many were left out; every
-    round when fewer than ``MIN_CLEAN_ROUNDS`` are left."""
-    everything = cell.round_ratios(reference)
-    clean = cell.round_ratios(reference, spoiled)
+def without_stalls(per_round: dict[int, T], spoiled: frozenset[int]) -> tuple[list[T], int]:
+    """The values of the rounds the hypervisor did not stall, and how many were left out;
+    every round's (none left out) when fewer than ``MIN_CLEAN_ROUNDS`` would remain."""
+    clean = [value for r, value in per_round.items() if r not in spoiled]
     if len(clean) < MIN_CLEAN_ROUNDS:
-        return everything, 0
-    return clean, len(everything) - len(clean)
+        return list(per_round.values()), 0
+    return clean, len(per_round) - len(clean)
+
+
+def _rounds_note(kept: int, left_out: int) -> str:
+    return f" [{kept} of {kept + left_out} rounds]" if left_out else ""
+
+
+def clean_ratios(cell: Cell, reference: Cell, spoiled: frozenset[int]) -> tuple[list[float], int]:
+    """The per-round req/s ratios to the reference, without the stalled rounds."""
+    return without_stalls(cell.ratios_by_round(reference), spoiled)
 
 
 def fmt_paired(cell: Cell, reference: Cell | None, spoiled: frozenset[int] = frozenset()) -> str:
@@ -159,40 +168,29 @@ def fmt_paired(cell: Cell, reference: Cell | None, spoiled: frozenset[int] = fro
     if cell is reference:
         return "1.00x"
     text = f"{med:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
-    return text + (f" [{len(ratios)} of {len(ratios) + left_out} rounds]" if left_out else "")
-
-
-def clean_samples(cell: Cell, spoiled: frozenset[int]) -> list[Sample]:
-    """The cell's runs outside the stalled rounds; all of them when fewer than
-    ``MIN_CLEAN_ROUNDS`` are left."""
-    clean = [s for s in cell.samples if s.round not in spoiled]
-    return clean if len(clean) >= MIN_CLEAN_ROUNDS else list(cell.samples)
+    return text + _rounds_note(len(ratios), left_out)
 
 
 def clean_rps(cell: Cell, spoiled: frozenset[int]) -> float:
     """Median req/s over the rounds the hypervisor did not stall (the c=256/c=64 columns:
     the two cells ran at different times, so their rounds are not paired)."""
-    return statistics.median(s.result.requests_per_s for s in clean_samples(cell, spoiled))
+    rates, _ = without_stalls({s.round: s.result.requests_per_s for s in cell.samples}, spoiled)
+    return statistics.median(rates)
 
 
 def added_latencies(cell: Cell, than: Cell, spoiled: frozenset[int]) -> tuple[list[float], int]:
     """Per round, ``cell``'s p50 minus ``than``'s (the two ran in the same round), without
-    the stalled rounds, and how many were left out (none when fewer than
-    ``MIN_CLEAN_ROUNDS`` would remain)."""
+    the stalled rounds."""
     other = {s.round: s.result.p50_us for s in than.samples}
     every = {s.round: s.result.p50_us - other[s.round] for s in cell.samples if s.round in other}
-    clean = [d for r, d in every.items() if r not in spoiled]
-    if len(clean) < MIN_CLEAN_ROUNDS:
-        return list(every.values()), 0
-    return clean, len(every) - len(clean)
+    return without_stalls(every, spoiled)
 
 
 def fmt_added(cell: Cell, than: Cell, spoiled: frozenset[int]) -> str:
     diffs, left_out = added_latencies(cell, than, spoiled)
     if not diffs:
         return "-"
-    text = fmt_latency(statistics.median(diffs))
-    return text + (f" [{len(diffs)} of {len(diffs) + left_out} rounds]" if left_out else "")
+    return fmt_latency(statistics.median(diffs)) + _rounds_note(len(diffs), left_out)
 
 
 def paired_ratio(report: Report, key: str, size: str, connections: int) -> float | None:

@@ -161,15 +161,17 @@ class Cell:
         """Rounds in which the hypervisor stalled this target's run."""
         return {s.round for s in self.samples if s.steal_percent >= STEAL_SPOIL_PERCENT}
 
-    def round_ratios(self, reference: Cell, skip: frozenset[int] = frozenset()) -> list[float]:
-        """req/s over the reference's req/s of the same round, for each round both ran
-        (less the ``skip`` rounds)."""
+    def ratios_by_round(self, reference: Cell) -> dict[int, float]:
+        """Round -> req/s over the reference's req/s of that round, for each round both ran."""
         ref = {s.round: s.result.requests_per_s for s in reference.samples}
-        return [
-            s.result.requests_per_s / ref[s.round]
+        return {
+            s.round: s.result.requests_per_s / ref[s.round]
             for s in self.samples
-            if ref.get(s.round) and s.round not in skip
-        ]
+            if ref.get(s.round)
+        }
+
+    def round_ratios(self, reference: Cell) -> list[float]:
+        return list(self.ratios_by_round(reference).values())
 
 
 Status = Literal["ok", "skipped", "failed"]

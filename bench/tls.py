@@ -44,7 +44,7 @@ from bench.process import (
     steal_seconds,
     steal_since,
 )
-from bench.report import MIN_CLEAN_ROUNDS
+from bench.report import without_stalls
 from bench.targets import (
     LOAD_CPU,
     PROXY_CPU,
@@ -257,7 +257,7 @@ def run_mode(targets: list[Endpoint], mode: str, rounds: int, duration_s: int) -
         measure(target, mode, 1)  # warm up (the router's pool, nginx's upstream keep-alive)
     ratios: dict[str, list[float]] = {t.name: [] for t in targets[:-1]}
     cpu_ratios: dict[str, list[float]] = {t.name: [] for t in targets[:-1]}
-    stalled: list[int] = []  # rounds in which a run lost 5% or more to steal
+    stalled: set[int] = set()  # rounds in which a run lost 5% or more to steal
     for i in range(rounds):
         order = targets[i % len(targets) :] + targets[: i % len(targets)]
         got = {t.name: measure(t, mode, duration_s) for t in order}
@@ -271,14 +271,14 @@ def run_mode(targets: list[Endpoint], mode: str, rounds: int, duration_s: int) -
             line.append(f"{name} {rps:8.0f}/s {us:6.1f} us/req ratio {series[-1]:.2f}")
         line.append(f"nginx {n_rps:8.0f}/s {n_us:6.1f} us/req  steal {steal:.0f}%")
         if steal >= STEAL_SPOIL_PERCENT:
-            stalled.append(i)
+            stalled.add(i)
             line.append("(stalled: left out)")
         print("  ".join(line), flush=True)
-    if rounds - len(stalled) >= MIN_CLEAN_ROUNDS:  # else too few clean rounds: all count
-        for series_by_name in (ratios, cpu_ratios):
-            for name, series in series_by_name.items():
-                series_by_name[name] = [r for j, r in enumerate(series) if j not in stalled]
-    elif stalled:
+    left_out, spoiled = 0, frozenset(stalled)
+    for series_by_name in (ratios, cpu_ratios):
+        for name, series in series_by_name.items():
+            series_by_name[name], left_out = without_stalls(dict(enumerate(series)), spoiled)
+    if stalled and not left_out:
         print(f"{mode:10s} only {rounds - len(stalled)} round(s) without steal: all counted")
     for name, series in ratios.items():
         label = "" if name == "region-router" else f" [{name}]"
