@@ -51,7 +51,8 @@ async def propagation_middleware(request: web.Request, handler: Handler) -> web.
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
-    return web.json_response({"status": "ok"})
+    # "instance" tells which process answered (behind a balancer, or a port taken by another).
+    return web.json_response({"status": "ok", "instance": request.app[RUNTIME].instance_id})
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
@@ -59,7 +60,12 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     first_round = runtime.health.first_round.is_set()
     ready = first_round and runtime.ready()
     eligible = [r.id for r in runtime.holder.current.regions if r.eligible]
-    body = {"ready": ready, "first_round_done": first_round, "eligible": eligible}
+    body = {
+        "ready": ready,
+        "first_round_done": first_round,
+        "eligible": eligible,
+        "instance": runtime.instance_id,
+    }
     return web.json_response(body, status=200 if ready else 503)
 
 

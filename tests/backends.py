@@ -528,6 +528,7 @@ class RouterProcess:
     proxy_port: int
     admin_port: int
     log_path: Path
+    instance_id: str  # what its /readyz names: another process on the admin port is not it
 
     @property
     def pid(self) -> int:
@@ -550,20 +551,30 @@ class RouterProcess:
         return self.log_path.read_text(errors="replace")
 
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
-        """Poll admin ``/readyz`` until it answers 200; fail early if the process exits."""
+        """Poll admin ``/readyz`` until this process answers 200; fail early if it exits.
+
+        A 200 that names another instance (a process that holds this admin port while
+        this one failed to bind it) is not readiness: the poll goes on until this process
+        exits or the deadline passes."""
         url = f"http://127.0.0.1:{self.admin_port}/readyz"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        body: dict[str, Any] = {}
         async with aiohttp.ClientSession() as session:
             while True:
                 if self.process.returncode is not None:
                     raise AssertionError(f"router exited {self.process.returncode}:\n{self.log()}")
-                with contextlib.suppress(aiohttp.ClientError):
+                with contextlib.suppress(aiohttp.ClientError, ValueError):
                     async with session.get(url) as resp:
-                        if resp.status == 200:
+                        body = await resp.json(content_type=None)
+                        if resp.status == 200 and body.get("instance") == self.instance_id:
                             return
                 if loop.time() > deadline:
-                    raise AssertionError(f"router not ready in {timeout_s}s:\n{self.log()}")
+                    answered = f" (/readyz answered for {body.get('instance')!r})" if body else ""
+                    raise AssertionError(
+                        f"router {self.instance_id!r} not ready in {timeout_s}s{answered}:\n"
+                        f"{self.log()}"
+                    )
                 await asyncio.sleep(0.05)
 
     async def wait_exit(self, timeout_s: float = 30.0) -> int:
@@ -606,11 +617,13 @@ async def router_process(
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,
         )
+    proxy_port = int(config["listen"]["proxy"].rsplit(":", 1)[1])
     router = RouterProcess(
         proc,
-        int(config["listen"]["proxy"].rsplit(":", 1)[1]),
+        proxy_port,
         int(config["listen"]["admin"].rsplit(":", 1)[1]),
         log_path,
+        config.get("instance_id") or f"{socket.gethostname()}:{proxy_port}",
     )
     try:
         if ready:

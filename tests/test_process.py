@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from pytest_aiohttp import AiohttpServer
 
 from tests.backends import Region, free_ports, router_process, run_cli, start_region, write_config
@@ -178,3 +179,42 @@ def _listen(router: Any) -> dict[str, str]:
         "proxy": f"127.0.0.1:{router.proxy_port}",
         "admin": f"127.0.0.1:{router.admin_port}",
     }
+
+
+async def test_healthz_and_readyz_name_the_instance_that_answered(
+    aiohttp_server: AiohttpServer, tmp_path: Path
+) -> None:
+    region = await start_region(aiohttp_server)
+    named = _config(region, instance_id="edge-7")
+    (tmp_path / "named").mkdir()
+    (tmp_path / "default").mkdir()
+    async with (
+        router_process(tmp_path / "named", named) as router,
+        router_process(tmp_path / "default", _config(region)) as unnamed,
+        aiohttp.ClientSession() as session,
+    ):
+        for path in ("/healthz", "/readyz"):
+            async with session.get(f"{router.admin}{path}") as resp:
+                assert resp.status == 200
+                assert (await resp.json())["instance"] == "edge-7"
+        async with session.get(f"{unnamed.admin}/readyz") as resp:
+            expected = f"{socket.gethostname()}:{unnamed.proxy_port}"  # the documented default
+            assert (await resp.json())["instance"] == expected
+
+
+async def test_ready_means_this_process_answered_not_whoever_holds_the_port(
+    aiohttp_server: AiohttpServer, tmp_path: Path
+) -> None:
+    # A router whose admin port another router already holds exits at start; until it
+    # does, that other router answers /readyz on the port. Taking that answer for this
+    # router's readiness hid such a collision once (tests/cluster, fifth session).
+    region = await start_region(aiohttp_server)
+    (tmp_path / "first").mkdir()
+    async with router_process(tmp_path / "first", _config(region)) as first:
+        (proxy_port,) = free_ports(1)
+        listen = {"proxy": f"127.0.0.1:{proxy_port}", "admin": f"127.0.0.1:{first.admin_port}"}
+        (tmp_path / "second").mkdir()
+        # Its own exit is seen; the first router's 200 on the port does not count.
+        with pytest.raises(AssertionError, match="router exited 2"):
+            async with router_process(tmp_path / "second", _config(region, listen=listen)):
+                pass
