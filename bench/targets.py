@@ -241,6 +241,23 @@ backend origin
         child.stop()
 
 
+@contextmanager
+def floor(workdir: Path, backend_port: int, splice: bool = False) -> Iterator[Endpoint]:
+    """bench/floor.py: the fastest keep-alive proxy Python can be on uvloop, no features."""
+    name = "floor-splice" if splice else "floor"
+    prefix = workdir / name
+    prefix.mkdir(parents=True)
+    (port,) = free_ports(1)
+    argv = [sys.executable, str(REPO_ROOT / "bench" / "floor.py"), str(port), str(backend_port)]
+    argv += ["--splice"] if splice else []
+    child = Child(name, pinned(PROXY_CPU, argv), prefix / "floor.log")
+    try:
+        wait_ready(child, port, "/health", READY_TIMEOUT_S)
+        yield Endpoint(name, port, child)
+    finally:
+        child.stop()
+
+
 def bare_config(backend_port: int, listen: dict[str, str], state_dir: Path) -> str:
     """The fewest features: one region, ``weighted``, no access log (metrics are always on)."""
     config = {
@@ -405,6 +422,15 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(key="nginx", label="nginx", tools=("nginx",), start=nginx_proxy),
     Target(key="haproxy", label="haproxy", tools=("haproxy",), start=haproxy),
+    # What Python itself allows on this loop: a byte relay, and the same with the body
+    # spliced kernel to kernel (bench/floor.py). Measuring sticks, not proxies.
+    Target(key="floor", label="floor: uvloop byte relay", tools=(), start=floor),
+    Target(
+        key="floor-splice",
+        label="floor: body by splice(2)",
+        tools=(),
+        start=partial(floor, splice=True),
+    ),
     # The workers dimension (`--targets router-w1,router-w2,nginx,nginx-w2`): same
     # pinning, so CPU per request shows what the supervisor and channel cost.
     Target(
